@@ -1,0 +1,17 @@
+# The two commands of the README. Each one sets up .venv first if needed (offline-safe).
+.PHONY: setup book test lint
+
+setup:
+	@bash scripts/setup_env.sh
+
+## Execute every chapter (tutorial profile) with papermill, then build the HTML book.
+book: setup
+	.venv/bin/python -m residual_core.runner book
+
+## Run the test suite and the linter.
+test: setup
+	.venv/bin/python -m pytest -q
+	.venv/bin/ruff check .
+
+lint: setup
+	.venv/bin/ruff check .
