@@ -1,0 +1,158 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Units: the exact decomposition
+#
+# A CLIP-style vision transformer does not compute its image embedding in one opaque step. Its
+# CLS token carries a *residual stream* that every block only ever **adds to**: first the patch
+# and position embedding, then, layer after layer, the output of each attention head and of each
+# MLP. Each of these additive writers is a **unit**. For a model with $L$ layers and $H$ heads
+# there are $1 + L + L H$ units: `embed`, `L{l}.mlp` and `L{l}H{h}`.
+#
+# The stream ends in a LayerNorm and a linear projection $P$. Once the per-image scale of that
+# LayerNorm is fixed, both are linear, so the embedding splits *exactly* into one vector per unit:
+#
+# $$
+# y \;=\; \mathrm{LN}\Big(e + \sum_{l}\big(\textstyle\sum_h a_{l,h} + m_l\big)\Big) P
+#   \;=\; \sum_{u \in \text{units}} c_u, \qquad c_u \in \mathbb{R}^{d_\text{out}} .
+# $$
+#
+# Everything in this book (spectral analysis of the units, selecting units, ResiDual itself)
+# works on these $c_u$. This chapter builds a model, decomposes a batch of images, checks that
+# the units really add up to the embedding, and looks at how large each unit's contribution is.
+#
+# The cell below holds the chapter's parameters; the runner can override them, e.g.
+# `python -m residual_core.runner run 00_units --param n_images=64 --param device=cuda`.
+
+# %% tags=["parameters"]
+model_name = "ViT-B-32"  # an open_clip architecture
+pretrained = None  # None: random weights; a tag ("laion2b_s34b_b88k") downloads them
+n_images = 8
+seed = 0
+device = "cpu"
+
+# %%
+import matplotlib.pyplot as plt
+import open_clip
+import pandas as pd
+import torch
+from IPython.display import display
+
+from residual_core import decompose
+from residual_core.decompose import check_supported
+from residual_core.plotting import (
+    figure_picker,
+    layer_head_grid,
+    plot_layer_head_heatmap,
+    plot_layer_units,
+    relative_error,
+    unit_norm_table,
+)
+
+_ = torch.manual_seed(seed)  # the random weights depend on it
+
+# %% [markdown]
+# ## The model
+#
+# :::{warning}
+# **Random weights.** In the tutorial profile this chapter builds the open_clip `ViT-B-32`
+# architecture with *randomly initialised* weights (`pretrained = None`): no download, a few
+# seconds on a CPU. The decomposition is exact for any weights, so the numbers below check the
+# mathematics, but the pattern of unit sizes says nothing about a trained CLIP. The paper profile
+# (`--preset paper`) loads real weights on a GPU box.
+# :::
+
+# %%
+model = open_clip.create_model(model_name, pretrained=pretrained, device=device).eval()
+layout = check_supported(model)
+display(pd.DataFrame([vars(layout) | {"units": layout.n_units}], index=[model_name]))
+
+# %% [markdown]
+# `check_supported` reads the sizes from the model object and refuses variants where the
+# decomposition would not be exact (attention pooling, register tokens, ...).
+#
+# ## Decomposing a batch
+#
+# The images are random noise, uniform in $[-1, 1]$ per pixel after preprocessing (one of the
+# reference inputs of the paper); any preprocessed batch works the same way.
+
+# %%
+size = model.visual.image_size
+generator = torch.Generator().manual_seed(seed)
+images = (torch.rand(n_images, 3, *size, generator=generator) * 2 - 1).to(device)
+
+dec = decompose(model, images)
+print("units:", tuple(dec.units.shape), "(batch, unit, d_out)")
+first_head = layout.n_layers + 1
+print("labels:", dec.labels[:3], "...", dec.labels[first_head : first_head + 2], "...",
+      dec.labels[-1])
+
+# %% [markdown]
+# Units are always addressed by **label**, never by position:
+
+# %%
+last = layout.n_layers - 1
+print(dec.select(["embed", f"L{last}.mlp", f"L{last}H0"]).shape)
+
+# %% [markdown]
+# ## The reconstruction is exact
+#
+# Summing the units over the `unit` axis must give back `encode_image` (unnormalised), up to
+# float32 rounding. The chapter stops with an error if it does not.
+
+# %%
+with torch.no_grad():
+    reference = model.encode_image(images)
+error = relative_error(dec.total(), reference)
+print(f"max relative error of units.sum(1) vs encode_image: {error:.2e}")
+assert error < 1e-5, f"decomposition is not exact: relative error {error:.2e}"
+
+# %% [markdown]
+# ## How large is each unit?
+#
+# The norm $\lVert c_u \rVert_2$ of a unit's contribution, averaged over the images, by layer and
+# head, with each layer's MLP in the last column (logarithmic colour scale).
+
+# %%
+table = unit_norm_table(dec)
+embed_norm = table.loc[table.kind == "embed", "norm"].mean()
+plot_layer_head_heatmap(layer_head_grid(table), embed_norm)
+plt.show()
+
+# %% [markdown]
+# ## One layer at a time
+#
+# Each unit's contribution also varies from image to image. Choose a layer to see its heads and
+# its MLP for every image (the figures are precomputed, so the choice works on the static page
+# too; the logarithmic colour scale is shared across layers).
+
+# %%
+norms = table.loc[table.kind != "embed", "norm"]
+limits = dict(vmin=norms.min(), vmax=norms.max())
+figures = {
+    f"layer {layer}": plot_layer_units(table, layer, **limits)
+    for layer in range(layout.n_layers)
+}
+display(figure_picker(figures, "Layer", default=f"layer {layout.n_layers - 1}"))
+
+# %% [markdown]
+# ## Summary
+#
+# - A unit is one additive writer to the CLS residual stream: the embedding, an MLP or a head.
+# - `decompose(model, images)` returns all of them as a `(batch, unit, d_out)` tensor with
+#   stable labels; their sum is the image embedding, exactly.
+# - With random weights the sizes above only illustrate the bookkeeping; later chapters use a
+#   trained model and ask which units carry what.

@@ -1,0 +1,672 @@
+"""Execute the book's chapters headless with papermill and build the HTML book with Jupyter Book.
+
+Chapters are jupytext py:percent files ``notebooks/NN_slug.py``. Each has one first code cell
+tagged ``parameters`` that holds literal assignments only; a *run* is a chapter executed with a
+named parameter set from :data:`RUNS` (``{stem: {run: overrides}}``). The executed notebook is
+written to ``_build/executed/{stem}-{run}.ipynb``, copied to ``book/chapters/`` (which the
+committed ``_toc.yml`` globs) and the book is built with Jupyter Book v1 with execution off,
+nit-picky and warnings as errors.
+
+Command line::
+
+    python -m residual_core.runner book [--profile tutorial]
+    python -m residual_core.runner run 00_units --param n_images=64 --param device=cuda
+    python -m residual_core.runner list
+
+A failing cell or a build warning exits non-zero with the notebook, the cell and the error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import textwrap
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "RUNS",
+    "ChapterRun",
+    "NotebookError",
+    "ParameterError",
+    "RunnerError",
+    "build_book",
+    "ensure_mathjax",
+    "ensure_widget_assets",
+    "execute",
+    "find_chapter",
+    "list_chapters",
+    "main",
+    "parse_overrides",
+    "read_parameters",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+"""Repository root (the book's source directory)."""
+
+NOTEBOOKS = ROOT / "notebooks"
+BUILD = ROOT / "_build"
+EXECUTED = BUILD / "executed"
+CHAPTERS = ROOT / "book" / "chapters"
+WIDGETS = ROOT / "book" / "_static" / "widgets"
+MATHJAX = ROOT / "book" / "_static" / "mathjax"
+MATHJAX_PACKAGE = "mathjax@3.2.2"
+
+DEFAULT_PROFILE = "tutorial"
+"""Run name that ``book`` builds by default: small models and data, offline, CPU, minutes."""
+
+RUNS: dict[str, dict[str, dict[str, Any]]] = {
+    "00_units": {
+        "tutorial": {},
+        "paper": {
+            "model_name": "ViT-B-16",
+            "pretrained": "laion2b_s34b_b88k",
+            "n_images": 64,
+            "device": "cuda",
+        },
+    },
+}
+"""Named parameter sets per chapter: ``{stem: {run name: parameter overrides}}``.
+
+A chapter missing here gets a single ``tutorial`` run with its own defaults. The ``tutorial``
+profile is what ``make book`` builds (offline, CPU); ``paper`` uses the paper's models on a GPU box
+(``python -m residual_core.runner book --profile paper``).
+"""
+
+WIDGET_PACKAGES = {
+    "@jupyter-widgets/html-manager@1.0.15": ("package/dist/", "embed-amd.js"),
+    "requirejs@2.3.8": ("package/", "require.js"),
+}
+"""npm packages whose files the static widgets need (see ``ENV.md``): package → (dir, main file)."""
+
+_FONT_SUFFIXES = (".eot", ".svg", ".ttf", ".woff", ".woff2")
+_ANSI = re.compile("\x1b\\[[0-9;]*[A-Za-z]")
+
+
+class RunnerError(RuntimeError):
+    """A chapter could not be run or the book could not be built; the message says why."""
+
+
+class ParameterError(RunnerError):
+    """A parameters cell is malformed or an override names an unknown parameter."""
+
+
+class NotebookError(RunnerError):
+    """A cell of a chapter raised while executing.
+
+    Attributes:
+        notebook: The chapter's source file.
+        run: The run name.
+        cell: 1-based number of the failing code cell in the chapter source (parameters = 1).
+        line: Line of the failing cell in the source file, or ``None`` if it was not found.
+        output: The executed notebook, which holds the traceback.
+    """
+
+    def __init__(
+        self, message: str, notebook: Path, run: str, cell: int | None, line: int | None,
+        output: Path,
+    ):
+        super().__init__(message)
+        self.notebook, self.run, self.cell, self.line, self.output = (
+            notebook, run, cell, line, output)
+
+
+@dataclass
+class ChapterRun:
+    """One chapter executed with one parameter set.
+
+    Attributes:
+        source: The chapter's ``.py`` file.
+        run: Run name (part of the output file name).
+        parameters: Overrides injected by papermill (the rest keep their defaults).
+        output: The executed notebook.
+        seconds: Wall time of the execution.
+    """
+
+    source: Path
+    run: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    output: Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def stem(self) -> str:
+        """Chapter name, e.g. ``00_units``."""
+        return self.source.stem
+
+
+def _log(message: str) -> None:
+    print(f"[runner] {message}", flush=True)
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters
+
+
+def _read_notebook(source: Path):
+    import jupytext
+
+    if not source.is_file():
+        raise RunnerError(f"no such notebook: {source}")
+    return jupytext.read(source)
+
+
+def read_parameters(source: Path | str) -> dict[str, Any]:
+    """Read the defaults of a chapter's ``parameters`` cell.
+
+    Args:
+        source: A jupytext ``.py`` (or ``.ipynb``) notebook.
+
+    Returns:
+        Parameter name → default value, in the cell's order.
+
+    Raises:
+        ParameterError: If the first code cell is not tagged ``parameters``, another cell is, or
+            the cell holds anything but assignments of literals to plain names.
+    """
+    source = Path(source)
+    nb = _read_notebook(source)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    tagged = [i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", [])]
+    if tagged != [0]:
+        where = "no cell" if not tagged else f"code cell(s) {[i + 1 for i in tagged]}"
+        raise ParameterError(
+            f"{source}: exactly one cell, the first code cell, must be tagged 'parameters' "
+            f"(found: {where}). In py:percent write it as `# %% tags=[\"parameters\"]`."
+        )
+    try:
+        tree = ast.parse(code[0].source)
+    except SyntaxError as err:
+        raise ParameterError(f"{source}: parameters cell does not parse: {err}") from None
+    params: dict[str, Any] = {}
+    for stmt in tree.body:
+        target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
+            else getattr(stmt, "target", None) if isinstance(stmt, ast.AnnAssign) else None
+        if not isinstance(target, ast.Name) or stmt.value is None:
+            raise ParameterError(
+                f"{source}: parameters cell line {stmt.lineno}: only `name = literal` "
+                f"assignments are allowed, got {ast.unparse(stmt)!r}"
+            )
+        try:
+            params[target.id] = ast.literal_eval(stmt.value)
+        except ValueError:
+            raise ParameterError(
+                f"{source}: parameter {target.id!r} must be a Python literal (number, string, "
+                f"None, bool, tuple/list/dict of literals), got {ast.unparse(stmt.value)!r}"
+            ) from None
+    return params
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """Parse ``key=value`` overrides; values are Python literals, else plain strings.
+
+    ``n_images=64`` → 64, ``pretrained=None`` → None, ``device=cuda`` and ``device='cuda'`` →
+    ``"cuda"``, ``layers=[0,11]`` → ``[0, 11]``.
+
+    Raises:
+        ParameterError: For an item without ``=`` or with an empty name.
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ParameterError(f"--param expects key=value with a Python name, got {pair!r}")
+        try:
+            out[key] = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            out[key] = raw.strip()
+    return out
+
+
+def check_overrides(source: Path, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate overrides against a chapter's parameters cell.
+
+    Returns:
+        The full parameter set (defaults updated by the overrides).
+
+    Raises:
+        ParameterError: Naming unknown parameters and listing the valid ones with defaults, or
+            a string given where the default is a number or bool (a likely typo).
+    """
+    defaults = read_parameters(source)
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        valid = "\n".join(f"  {k} = {v!r}" for k, v in defaults.items())
+        raise ParameterError(
+            f"{source.name}: unknown parameter(s) {', '.join(unknown)}. "
+            f"Valid parameters (with defaults):\n{valid}"
+        )
+    for key, value in overrides.items():
+        default = defaults[key]
+        if isinstance(value, str) and isinstance(default, bool | int | float):
+            raise ParameterError(
+                f"{source.name}: parameter {key!r} expects a {type(default).__name__} "
+                f"(default {default!r}), got the string {value!r}"
+            )
+    return {**defaults, **overrides}
+
+
+# --------------------------------------------------------------------------------------------
+# Execution
+
+
+def list_chapters(notebooks: Path = NOTEBOOKS) -> list[Path]:
+    """The chapter sources ``NN_slug.py``, in order."""
+    return sorted(p for p in notebooks.glob("[0-9][0-9]_*.py"))
+
+
+def find_chapter(name: str | Path, notebooks: Path = NOTEBOOKS) -> Path:
+    """Resolve a chapter given as a path, a stem (``00_units``) or its number (``00``).
+
+    Raises:
+        RunnerError: Listing the chapters if ``name`` matches none or several.
+    """
+    path = Path(name)
+    if path.suffix in (".py", ".ipynb") and path.is_file():
+        return path.resolve()
+    matches = [p for p in list_chapters(notebooks) if p.stem == str(name)] or [
+        p for p in list_chapters(notebooks) if p.stem.startswith(f"{name}_")
+    ]
+    if len(matches) != 1:
+        known = ", ".join(p.stem for p in list_chapters(notebooks)) or "(none)"
+        raise RunnerError(f"no unique chapter {str(name)!r}; chapters: {known}")
+    return matches[0]
+
+
+def _locate_cell(source: Path, cell_source: str) -> tuple[int | None, int | None]:
+    """Number (1-based, code cells) and source line of the failing cell in the chapter file."""
+    import jupytext
+
+    nb = jupytext.read(source)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    number = next((i + 1 for i, c in enumerate(code) if c.strip() == cell_source.strip()), None)
+    text = source.read_text()
+    first = cell_source.strip().splitlines()[0] if cell_source.strip() else ""
+    offset = text.find(cell_source.strip()) if cell_source.strip() else -1
+    if offset < 0 and first:
+        offset = text.find(first)
+    line = text.count("\n", 0, offset) + 1 if offset >= 0 else None
+    return number, line
+
+
+def execute(
+    source: Path | str,
+    run: str = DEFAULT_PROFILE,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    out_dir: Path | str = EXECUTED,
+    log_output: bool = False,
+    timeout: int | None = None,
+) -> ChapterRun:
+    """Execute one chapter with papermill.
+
+    Args:
+        source: The chapter's jupytext ``.py`` file.
+        run: Run name; the output is ``{out_dir}/{stem}-{run}.ipynb``.
+        overrides: Parameter values to inject (validated against the parameters cell).
+        out_dir: Where to write the executed notebook.
+        log_output: Stream the cells' outputs to the terminal.
+        timeout: Per-cell timeout in seconds (``None``: no limit).
+
+    Returns:
+        The executed run with its output path and wall time.
+
+    Raises:
+        ParameterError: For unknown or malformed parameters.
+        NotebookError: If a cell raises; names the notebook, the cell and its source line.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError, strip_color
+
+    source = Path(source).resolve()
+    overrides = dict(overrides or {})
+    check_overrides(source, overrides)
+    nb = _read_notebook(source)
+    nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3",
+                                          "language": "python"})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    output = out_dir / f"{source.stem}-{run}.ipynb"
+    started = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            nb, str(output), parameters=overrides, progress_bar=False, log_output=log_output,
+            cwd=str(ROOT), execution_timeout=timeout,
+        )
+    except PapermillExecutionError as err:
+        cell, line = _locate_cell(source, err.source)
+        where = f"{_rel(source)}:{line}" if line else _rel(source)
+        snippet = textwrap.indent(textwrap.shorten(err.source, 300, placeholder=" ..."), "    ")
+        trace = strip_color("\n".join(err.traceback[-6:]))
+        raise NotebookError(
+            f"notebook {source.name} (run {run!r}) failed in code cell {cell or '?'} "
+            f"(In [{err.exec_count}], {where}):\n{snippet}\n{err.ename}: {err.evalue}\n"
+            f"--- traceback (end) ---\n{trace}\n"
+            f"The executed notebook with the full traceback: {_rel(output)}",
+            source, run, cell, line, output,
+        ) from None
+    seconds = time.perf_counter() - started
+    return ChapterRun(source, run, overrides, output, seconds)
+
+
+# --------------------------------------------------------------------------------------------
+# The book
+
+
+def _fetch_npm(packages: Sequence[str], target: Path, pick) -> None:
+    """``npm pack`` packages into a temporary folder and extract the picked files to target.
+
+    ``pick(package_spec, member_name)`` returns the destination path relative to ``target``,
+    or ``None`` to skip the member.
+    """
+    npm = shutil.which("npm")
+    if npm is None:
+        raise RunnerError(
+            f"npm is needed once to fetch {', '.join(packages)} into {_rel(target)} for the "
+            "offline book; install Node.js/npm (e.g. `apt-get install npm`) or copy the files "
+            "there by hand (see ENV.md)"
+        )
+    _log(f"fetching {', '.join(packages)} with npm into {_rel(target)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run([npm, "pack", "--silent", *packages], cwd=tmp,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RunnerError(f"`npm pack {' '.join(packages)}` failed:\n{proc.stderr}")
+        tarballs = sorted(Path(tmp).glob("*.tgz"))
+        for spec in packages:
+            stem = spec.rsplit("@", 1)[0].lstrip("@").replace("/", "-")
+            tgz = next((t for t in tarballs if t.name.startswith(stem + "-")), None)
+            if tgz is None:
+                raise RunnerError(f"npm pack gave no tarball for {spec}")
+            with tarfile.open(tgz) as tar:
+                for member in tar.getmembers():
+                    dest = pick(spec, member.name) if member.isfile() else None
+                    data = tar.extractfile(member) if dest is not None else None
+                    if data is not None:
+                        (target / dest).parent.mkdir(parents=True, exist_ok=True)
+                        (target / dest).write_bytes(data.read())
+
+
+def ensure_widget_assets(target: Path = WIDGETS) -> Path:
+    """Fetch the widget JavaScript for offline static pages with ``npm pack`` if missing.
+
+    Copies ``embed-amd.js`` and its font files from ``@jupyter-widgets/html-manager`` and
+    ``require.js`` from ``requirejs`` into ``target`` (git-ignored), see ``ENV.md``.
+
+    Raises:
+        RunnerError: If npm is not installed or the packages cannot be fetched.
+    """
+    if all((target / main).is_file() for _, main in WIDGET_PACKAGES.values()):
+        return target
+
+    def pick(spec: str, name: str) -> str | None:
+        prefix, main = WIDGET_PACKAGES[spec]
+        base = name[len(prefix):] if name.startswith(prefix) else ""
+        ok = "/" not in base and (base == main or base.endswith(_FONT_SUFFIXES))
+        return base if base and ok else None
+
+    target.mkdir(parents=True, exist_ok=True)
+    _fetch_npm(list(WIDGET_PACKAGES), target, pick)
+    missing = [m for _, m in WIDGET_PACKAGES.values() if not (target / m).is_file()]
+    if missing:
+        raise RunnerError(f"npm pack did not provide {missing}")
+    return target
+
+
+def ensure_mathjax(target: Path = MATHJAX) -> Path:
+    """Fetch MathJax 3 (``es5/`` bundle and fonts) with ``npm pack`` if missing (git-ignored).
+
+    Sphinx loads MathJax from a CDN by default; ``_config.yml`` points ``mathjax_path`` here so
+    the formulas render offline too.
+
+    Raises:
+        RunnerError: If npm is not installed or the package cannot be fetched.
+    """
+    if (target / "tex-mml-chtml.js").is_file():
+        return target
+    prefix = "package/es5/"
+    target.mkdir(parents=True, exist_ok=True)
+    _fetch_npm([MATHJAX_PACKAGE], target,
+               lambda _, name: name[len(prefix):] if name.startswith(prefix) else None)
+    if not (target / "tex-mml-chtml.js").is_file():
+        raise RunnerError(f"npm pack {MATHJAX_PACKAGE} did not provide es5/tex-mml-chtml.js")
+    return target
+
+
+def _retitle(notebook: Path, run: str) -> None:
+    """Append the run name to the first heading (when a chapter has several runs in a book)."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.source.lstrip().startswith("# "):
+            head, _, rest = cell.source.lstrip().partition("\n")
+            cell.source = f"{head} ({run} run)\n{rest}"
+            break
+    nbformat.write(nb, notebook)
+
+
+def place_chapters(runs: Sequence[ChapterRun], chapters: Path = CHAPTERS) -> list[Path]:
+    """Copy executed notebooks to where ``_toc.yml`` reads them, removing stale ones."""
+    chapters.mkdir(parents=True, exist_ok=True)
+    for old in chapters.glob("*.ipynb"):
+        old.unlink()
+    per_chapter: dict[str, int] = {}
+    for r in runs:
+        per_chapter[r.stem] = per_chapter.get(r.stem, 0) + 1
+    placed = []
+    for r in runs:
+        assert r.output is not None
+        dest = chapters / r.output.name
+        shutil.copyfile(r.output, dest)
+        if per_chapter[r.stem] > 1:
+            _retitle(dest, r.run)
+        placed.append(dest)
+    return placed
+
+
+def _jupyter_book() -> list[str]:
+    exe = Path(sys.executable).parent / "jupyter-book"
+    if exe.is_file():
+        return [str(exe)]
+    found = shutil.which("jupyter-book")
+    if found is None:
+        raise RunnerError("jupyter-book is not installed (pip install 'jupyter-book==1.0.4.post1')")
+    return [found]
+
+
+def build_book(root: Path = ROOT, *, fresh: bool = True) -> Path:
+    """Build the HTML book with Jupyter Book v1 (``-W -n --keep-going``).
+
+    Args:
+        root: The book's source directory (holds ``_config.yml`` and ``_toc.yml``).
+        fresh: Remove the previous HTML first so no stale page survives.
+
+    Returns:
+        The built ``index.html``.
+
+    Raises:
+        RunnerError: If the build fails or emits a warning; the warnings are repeated.
+    """
+    html = root / "_build" / "html"
+    if fresh:
+        shutil.rmtree(html, ignore_errors=True)
+        shutil.rmtree(root / "_build" / ".doctrees", ignore_errors=True)
+    cmd = [*_jupyter_book(), "build", str(root), "-W", "-n", "--keep-going"]
+    _log("building the book: " + " ".join(cmd[-5:]))
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if os.environ.get("RUNNER_VERBOSE"):
+            print(_ANSI.sub("", line), end="")
+    code = proc.wait()
+    lines = [_ANSI.sub("", ln) for ln in lines]
+    problems = [ln.rstrip() for ln in lines if "WARNING" in ln or "ERROR" in ln
+                or "Traceback" in ln]
+    if code != 0 or problems:
+        tail = "".join(lines[-40:])
+        detail = "\n".join(problems) if problems else tail
+        raise RunnerError(
+            f"jupyter-book build failed (exit {code}, {len(problems)} warning/error line(s)); "
+            f"warnings fail the build:\n{detail}"
+        )
+    _log(f"book built in {time.perf_counter() - started:.1f} s")
+    return html / "index.html"
+
+
+def runs_for(profile: str, notebooks: Path = NOTEBOOKS) -> list[tuple[Path, str, dict]]:
+    """The (chapter, run, overrides) triples of a profile, in chapter order.
+
+    A chapter not in :data:`RUNS` runs with its defaults under the default profile only.
+
+    Raises:
+        RunnerError: If :data:`RUNS` names a chapter that does not exist.
+    """
+    chapters = list_chapters(notebooks)
+    stale = sorted(set(RUNS) - {p.stem for p in chapters})
+    if stale and notebooks == NOTEBOOKS:
+        raise RunnerError(f"RUNS names chapters that do not exist: {stale}")
+    out = []
+    for path in chapters:
+        runs = RUNS.get(path.stem, {DEFAULT_PROFILE: {}})
+        if profile in runs:
+            out.append((path, profile, runs[profile]))
+    return out
+
+
+def book(profile: str = DEFAULT_PROFILE, *, log_output: bool = False) -> Path:
+    """Execute every chapter's run of ``profile``, then build the book.
+
+    Returns:
+        The built ``index.html``.
+    """
+    ensure_widget_assets()
+    ensure_mathjax()
+    selected = runs_for(profile)
+    if not selected:
+        raise RunnerError(f"no chapter has a run named {profile!r}")
+    _log(f"profile {profile!r}: {len(selected)} chapter(s)")
+    done, total = [], time.perf_counter()
+    for source, run, overrides in selected:
+        shown = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "defaults"
+        _log(f"{source.stem} [{run}] ({shown}) ...")
+        result = execute(source, run, overrides, log_output=log_output)
+        _log(f"{source.stem} [{run}] ok in {result.seconds:.1f} s → {_rel(result.output)}")
+        done.append(result)
+    place_chapters(done)
+    index = build_book()
+    _log(f"done in {time.perf_counter() - total:.1f} s. Open the book: {index.as_uri()}")
+    return index
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m residual_core.runner",
+        description="Run the ResiDual Book chapters with papermill and build the book.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_book = sub.add_parser("book", help="execute every chapter of a profile and build the HTML")
+    p_book.add_argument("--profile", default=DEFAULT_PROFILE,
+                        help="run name to execute per chapter (tutorial: CPU, offline; paper: "
+                        "real models, GPU). Default: %(default)s")
+    p_book.add_argument("-v", "--verbose", action="store_true", help="stream cell outputs")
+
+    p_run = sub.add_parser(
+        "run", help="execute one chapter with parameter overrides",
+        description="Execute one chapter. Example: run 00_units --preset paper "
+        "--param n_images=16 --param device=cuda --name gpu16",
+    )
+    p_run.add_argument("notebook", help="chapter path, stem (00_units) or number (00)")
+    p_run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a parameter; VALUE is a Python literal, else a string "
+                       "(repeatable)")
+    p_run.add_argument("--preset", default=None,
+                       help="start from a named parameter set of RUNS (e.g. tutorial, paper)")
+    p_run.add_argument("--name", default=None,
+                       help="run name used in the output file name (default: the preset, "
+                       "else 'custom' with overrides or 'tutorial' without)")
+    p_run.add_argument("--out", default=str(EXECUTED), help="output folder (default: %(default)s)")
+    p_run.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    p_run.add_argument("-v", "--verbose", action="store_true", help="stream cell outputs")
+
+    sub.add_parser("list", help="list chapters, their runs and their parameters")
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    source = find_chapter(args.notebook)
+    overrides: dict[str, Any] = {}
+    if args.preset is not None:
+        presets = RUNS.get(source.stem, {DEFAULT_PROFILE: {}})
+        if args.preset not in presets:
+            raise ParameterError(
+                f"{source.stem} has no preset {args.preset!r}; presets: {', '.join(presets)}")
+        overrides.update(presets[args.preset])
+    cli = parse_overrides(args.param)
+    overrides.update(cli)
+    name = args.name or ("custom" if cli else args.preset or DEFAULT_PROFILE)
+    full = check_overrides(source, overrides)
+    _log(f"{source.stem} [{name}] parameters:")
+    for key, value in full.items():
+        mark = "  (set)" if key in overrides else ""
+        print(f"    {key} = {value!r}{mark}")
+    result = execute(source, name, overrides, out_dir=Path(args.out), log_output=args.verbose,
+                     timeout=args.timeout)
+    _log(f"{source.stem} [{name}] ok in {result.seconds:.1f} s → {_rel(result.output)}")
+
+
+def _cmd_list() -> None:
+    for source in list_chapters():
+        runs = RUNS.get(source.stem, {DEFAULT_PROFILE: {}})
+        print(f"{source.stem}  ({_rel(source)})")
+        for key, value in read_parameters(source).items():
+            print(f"    {key} = {value!r}")
+        for run, params in runs.items():
+            shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "defaults"
+            print(f"  run {run}: {shown}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "book":
+            book(args.profile, log_output=args.verbose)
+        elif args.command == "run":
+            _cmd_run(args)
+        else:
+            _cmd_list()
+    except RunnerError as err:
+        print(f"\n[runner] FAILED: {err}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
