@@ -375,6 +375,28 @@ class UnitProjector(nn.Module):
         """Unit labels in the fixed order."""
         return self.layout.labels
 
+    def project_unit(
+        self,
+        label: str,
+        x: Float[Tensor, "batch d_in"],
+        sigma: Float[Tensor, " batch"],
+    ) -> Float[Tensor, "batch d_out"]:
+        """Project one unit's raw output alone (``d_head`` for a head, ``d_model`` otherwise).
+
+        Gives the same numbers as the corresponding column of :meth:`forward`, without
+        touching the other units (used to read single units from an encoding store).
+        """
+        layout = self.layout
+        layout.index(label)  # validates the label
+        n_writes = 2 * layout.n_layers + 1
+        inv_sigma = (1.0 / sigma.float())[:, None]
+        with torch.autocast(x.device.type, enabled=False):
+            if label == "embed" or label.endswith(".mlp"):
+                return (x.float() @ self.resid_map) * inv_sigma + self.beta_out / n_writes
+            layer, head = (int(v) for v in label[1:].split("H"))
+            out = (x.float() @ self.head_maps[layer, head] + self.head_bias[layer]) * inv_sigma
+            return out + self.beta_out / (n_writes * layout.n_heads)
+
     def forward(self, raw: RawUnits) -> Decomposition:
         """Project raw unit outputs to their contributions to the image embedding (float32)."""
         with torch.autocast(raw.embed.device.type, enabled=False):

@@ -263,3 +263,20 @@ def test_active_patch_dropout_is_rejected():
     with pytest.raises(UnsupportedModelError, match="patch dropout"):
         decompose(visual, images(1, 32))
     decompose(visual.eval(), images(1, 32))  # fine once in eval mode
+
+
+def test_project_unit_matches_full_projection():
+    visual = tiny_vit(ls_init_value=0.4)
+    x = images(3, 32)
+    raw = decompose_raw(visual, x)
+    projector = UnitProjector.from_model(visual)
+    full = projector(raw)
+    torch.testing.assert_close(projector.project_unit("embed", raw.embed, raw.sigma), full["embed"])
+    torch.testing.assert_close(
+        projector.project_unit("L1.mlp", raw.mlp[:, 1], raw.sigma), full["L1.mlp"]
+    )
+    torch.testing.assert_close(
+        projector.project_unit("L1H2", raw.heads[:, 1, 2], raw.sigma), full["L1H2"]
+    )
+    with pytest.raises(KeyError, match="L5H0"):
+        projector.project_unit("L5H0", raw.heads[:, 0, 0], raw.sigma)
