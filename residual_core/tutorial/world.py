@@ -372,7 +372,11 @@ _YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32)
 
 
 def _shape_mask(shape: np.ndarray, cx: np.ndarray, cy: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """(n, H, W) bool mask of each object; shape indices follow ``WorldConfig.shapes`` order."""
+    """(n, H, W) bool mask of each object; shape indices follow ``WorldConfig.shapes`` order.
+
+    Every shape stays within ``|dx| <= r`` of its centre, so with the default jitter an object
+    never crosses the vertical midline: the left and right halves show one object each.
+    """
     n = shape.shape[0]
     mask = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
     for s in range(5):
@@ -387,9 +391,9 @@ def _shape_mask(shape: np.ndarray, cx: np.ndarray, cy: np.ndarray, r: np.ndarray
         elif s == 1:  # square
             m = (dx <= 0.85 * rr) & (np.abs(dy) <= 0.85 * rr)
         elif s == 2:  # triangle, apex up
-            m = (dy >= -rr) & (dy <= rr) & (dx <= (dy + rr) * 0.55)
+            m = (dy >= -rr) & (dy <= rr) & (dx <= (dy + rr) * 0.5)
         elif s == 3:  # diamond
-            m = dx + np.abs(dy) <= 1.1 * rr
+            m = dx + np.abs(dy) <= rr + 0.5
         else:  # cross
             arm = np.maximum(rr / 3.0, 1.5)
             ady = np.abs(dy)
@@ -493,22 +497,27 @@ def _render_chunk(scenes: Scenes, rng: np.random.Generator) -> np.ndarray:
     return noisy.astype(np.uint8)
 
 
-def render(scenes: Scenes, seed: int, chunk: int = 256) -> np.ndarray:
+_CHUNK = 256  # scenes drawn per vectorised step, each step with its own seed
+
+
+def render(scenes: Scenes, seed: int) -> np.ndarray:
     """Draw the scenes.
+
+    Scenes are drawn in chunks of 256, chunk ``c`` from seed ``(seed, c)``, so the first
+    ``256·k`` images do not depend on how many scenes follow.
 
     Args:
         scenes: Scenes from ``sample_scenes`` (their ``shift`` selects the rendering variant).
-        seed: Seed of the pixel noise and colour jitter.
-        chunk: Scenes drawn per vectorised step (memory bound, not a result parameter).
+        seed: Seed of the pixel noise, colour jitter and clutter.
 
     Returns:
         uint8 array (n, 64, 64, 3).
     """
-    rng = np.random.default_rng([seed, 0x9E7D])
     n = len(scenes)
     out = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-    for start in range(0, n, chunk):
-        sl = slice(start, min(start + chunk, n))
+    for c, start in enumerate(range(0, n, _CHUNK)):
+        rng = np.random.default_rng([seed, 0x9E7D, c])
+        sl = slice(start, min(start + _CHUNK, n))
         out[sl] = _render_chunk(scenes.subset(sl), rng)
     return out
 
