@@ -1,0 +1,228 @@
+"""Unit ablation and coarse head selection on cached unit contributions.
+
+Everything here works on projected unit outputs ``(n, unit, d_out)`` (from ``decompose`` or an
+encoding store) and a frozen zero-shot classifier ``C`` (``d_out × K``), so no backbone is run.
+
+- **Ablation**: replace a set of units by zero or by their mean over a reference split.
+- **Coarse selection** (``SPEC.md`` §3): keep the top-k heads under a ranking, mean-ablate the
+  other heads (the embedding and MLPs are kept, so keeping every head is the full model), and
+  measure accuracy. Rankings: ``S`` greedy forward selection by validation accuracy
+  (supervised), ``U|T`` share of the head's variance inside the span of the task's classifier
+  directions, ``U`` share of the head's variance along the full output, ``R`` random (seeded).
+  Heads are chosen on the validation split only; test is used once, to evaluate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+__all__ = [
+    "RANKINGS",
+    "ablate",
+    "accuracy",
+    "coarse_selection",
+    "head_labels",
+    "k_values",
+    "rank_heads",
+]
+
+RANKINGS = ("S", "U|T", "U", "R")
+DEFAULT_FRACTIONS = (0.01, 0.05, 0.10, 0.25, 0.50, 0.75)
+
+
+def head_labels(labels: Sequence[str]) -> list[str]:
+    """The attention-head labels (``L{l}H{h}``) among unit labels, in order."""
+    return [u for u in labels if u.startswith("L") and "H" in u and not u.endswith(".mlp")]
+
+
+def accuracy(
+    z: Float[Tensor, "n d_out"],
+    classifier: Float[Tensor, "d_out k"],
+    targets: Int[Tensor, " n"],
+    normalize: bool = True,
+) -> float:
+    """Zero-shot accuracy of embeddings ``z`` under the classifier (cosine logits by default)."""
+    if normalize:
+        z = torch.nn.functional.normalize(z, dim=-1)
+    return float((z @ classifier).argmax(-1).eq(targets).float().mean())
+
+
+def ablate(
+    units: Float[Tensor, "n unit d_out"],
+    labels: Sequence[str],
+    ablated: Sequence[str],
+    mode: str = "mean",
+    means: Float[Tensor, "unit d_out"] | None = None,
+) -> Float[Tensor, "n d_out"]:
+    """The embedding with some units replaced by zero or by their reference mean.
+
+    Args:
+        units: Per-unit contributions.
+        labels: Label of each unit.
+        ablated: Labels of the units to ablate.
+        mode: ``"zero"`` or ``"mean"``.
+        means: Per-unit means over a reference split (required for ``"mean"``).
+
+    Returns:
+        The summed embedding after ablation.
+    """
+    if mode not in ("zero", "mean"):
+        raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
+    pos = {u: i for i, u in enumerate(labels)}
+    unknown = [u for u in ablated if u not in pos]
+    if unknown:
+        raise KeyError(f"unknown unit labels {unknown}")
+    idx = torch.tensor([pos[u] for u in ablated], dtype=torch.long)
+    z = units.sum(1)
+    if len(idx) == 0:
+        return z
+    z = z - units[:, idx].sum(1)
+    if mode == "mean":
+        if means is None:
+            raise ValueError("mode='mean' needs the reference means")
+        z = z + means[idx].sum(0)
+    return z
+
+
+def k_values(n_heads: int, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> list[int]:
+    """Numbers of heads to keep: 1, then the given fractions of all heads (deduplicated)."""
+    ks = {1} | {max(1, round(f * n_heads)) for f in fractions}
+    return sorted(ks)
+
+
+def _centered_heads(units: Tensor, head_idx: Tensor, means: Tensor) -> Tensor:
+    return units[:, head_idx] - means[head_idx]
+
+
+def _greedy_supervised(
+    base: Tensor, deltas: Tensor, classifier: Tensor, targets: Tensor, k_max: int,
+    normalize: bool, head_chunk: int = 32,
+) -> list[int]:
+    """Forward selection: repeatedly add the head whose restoration helps accuracy most.
+
+    Ties (frequent on small splits) are broken by the mean logit of the correct class.
+    """
+    chosen: list[int] = []
+    z = base.clone()
+    remaining = torch.ones(deltas.shape[1], dtype=torch.bool)
+    for _ in range(k_max):
+        keys = []
+        for start in range(0, deltas.shape[1], head_chunk):  # bounded (n, chunk, d) memory
+            cand = z[:, None] + deltas[:, start : start + head_chunk]
+            if normalize:
+                cand = torch.nn.functional.normalize(cand, dim=-1)
+            logits = cand @ classifier
+            acc = logits.argmax(-1).eq(targets[:, None]).float().mean(0)
+            correct = logits.gather(-1, targets[:, None, None].expand(-1, cand.shape[1], 1))
+            keys.append(acc + 1e-6 * torch.tanh(correct.squeeze(-1).mean(0)))
+        key = torch.cat(keys)
+        key[~remaining] = -torch.inf
+        j = int(key.argmax())
+        chosen.append(j)
+        remaining[j] = False
+        z = z + deltas[:, j]
+    return chosen
+
+
+def rank_heads(
+    ranking: str,
+    units: Float[Tensor, "n unit d_out"],
+    labels: Sequence[str],
+    means: Float[Tensor, "unit d_out"],
+    classifier: Float[Tensor, "d_out k"],
+    targets: Int[Tensor, " n"] | None = None,
+    k_max: int | None = None,
+    seed: int = 0,
+    normalize: bool = True,
+) -> list[str]:
+    """Heads ordered from most to least important under a ranking (validation data only).
+
+    Args:
+        ranking: One of :data:`RANKINGS`.
+        units: Validation-split unit contributions.
+        labels: Unit labels.
+        means: Reference-split means of every unit.
+        classifier: Zero-shot classifier of the task.
+        targets: Validation labels (used by ``S`` only).
+        k_max: For ``S``, how many heads to select greedily (default all).
+        seed: Seed of ``R``.
+        normalize: Cosine logits (L2-normalised embeddings).
+
+    Returns:
+        Head labels in order of selection.
+    """
+    if ranking not in RANKINGS:
+        raise ValueError(f"unknown ranking {ranking!r}; valid: {list(RANKINGS)}")
+    heads = head_labels(labels)
+    pos = {u: i for i, u in enumerate(labels)}
+    head_idx = torch.tensor([pos[h] for h in heads])
+    deltas = _centered_heads(units, head_idx, means)  # restoring head h adds deltas[:, h]
+    if ranking == "R":
+        order = np.random.default_rng(seed).permutation(len(heads)).tolist()
+    elif ranking == "S":
+        if targets is None:
+            raise ValueError("ranking 'S' is supervised: pass the validation targets")
+        base = units.sum(1) - deltas.sum(1)  # every head mean-ablated
+        order = _greedy_supervised(base, deltas, classifier, targets,
+                                   k_max or len(heads), normalize)
+    else:
+        centred = deltas - deltas.mean(0)
+        if ranking == "U|T":
+            basis = torch.linalg.qr(classifier.double())[0].to(centred.dtype)  # (d, K)
+            inside = (centred @ basis).pow(2).sum((0, 2))
+        else:  # "U": variance along the full output's centred direction, per sample
+            out = units.sum(1)
+            out = out - out.mean(0)
+            unit_out = out / out.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            inside = (centred * unit_out[:, None]).sum(-1).pow(2).sum(0)
+        total = centred.pow(2).sum((0, 2)).clamp_min(1e-30)
+        order = torch.argsort(inside / total, descending=True, stable=True).tolist()
+    return [heads[i] for i in order]
+
+
+def coarse_selection(
+    val_units: Float[Tensor, "n_val unit d_out"],
+    val_targets: Int[Tensor, " n_val"],
+    test_units: Float[Tensor, "n_test unit d_out"],
+    test_targets: Int[Tensor, " n_test"],
+    labels: Sequence[str],
+    means: Float[Tensor, "unit d_out"],
+    classifier: Float[Tensor, "d_out k"],
+    rankings: Sequence[str] = RANKINGS,
+    ks: Sequence[int] | None = None,
+    random_seeds: int = 10,
+    normalize: bool = True,
+) -> pd.DataFrame:
+    """Accuracy of keeping the top-k heads under each ranking (others mean-ablated).
+
+    Heads are ranked on the validation split; the test split is only evaluated.
+
+    Returns:
+        A tidy table: ``ranking, seed, k, fraction, val_acc, test_acc`` (+ one ``full`` row).
+    """
+    heads = head_labels(labels)
+    ks = k_values(len(heads)) if ks is None else sorted(ks)
+    rows = []
+    for ranking in rankings:
+        seeds = range(random_seeds) if ranking == "R" else [0]
+        for seed in seeds:
+            order = rank_heads(ranking, val_units, labels, means, classifier, val_targets,
+                               k_max=max(ks), seed=seed, normalize=normalize)
+            for k in ks:
+                dropped = order[k:] + [h for h in heads if h not in order]
+                row = {"ranking": ranking, "seed": seed, "k": k, "fraction": k / len(heads)}
+                for split, u, t in (("val", val_units, val_targets),
+                                    ("test", test_units, test_targets)):
+                    z = ablate(u, labels, dropped, "mean", means)
+                    row[f"{split}_acc"] = accuracy(z, classifier, t, normalize)
+                rows.append(row)
+    full = {"ranking": "full", "seed": 0, "k": len(heads), "fraction": 1.0}
+    full["val_acc"] = accuracy(val_units.sum(1), classifier, val_targets, normalize)
+    full["test_acc"] = accuracy(test_units.sum(1), classifier, test_targets, normalize)
+    return pd.DataFrame([*rows, full])

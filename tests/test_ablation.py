@@ -1,0 +1,97 @@
+"""Ablation and coarse head selection on planted units."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from residual_core.ablation import (
+    ablate,
+    accuracy,
+    coarse_selection,
+    head_labels,
+    k_values,
+    rank_heads,
+)
+from residual_core.decompose import unit_labels
+
+LABELS = unit_labels(2, 4)  # embed, 2 MLPs, 8 heads
+SIGNAL = "L1H2"
+
+
+def planted(n: int, seed: int):
+    """Head L1H2 writes the class direction; every other unit writes larger class-free noise."""
+    d, k = 16, 4
+    g = torch.Generator().manual_seed(1234)  # one task: the same classifier for every split
+    classifier = torch.nn.functional.normalize(torch.randn(d, k, generator=g), dim=0)
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.randint(0, k, (n,), generator=g)
+    units = 0.6 * torch.randn(n, len(LABELS), d, generator=g)
+    units[:, LABELS.index(SIGNAL)] = 2.0 * classifier.T[targets] + 0.1 * torch.randn(n, d,
+                                                                                     generator=g)
+    return units, targets, classifier
+
+
+def test_head_labels_and_k_values():
+    assert head_labels(LABELS) == [f"L{layer}H{h}" for layer in range(2) for h in range(4)]
+    assert k_values(144) == [1, 7, 14, 36, 72, 108]
+    assert k_values(8) == [1, 2, 4, 6]
+
+
+def test_ablate_zero_mean_and_errors():
+    units, _, _ = planted(50, 0)
+    means = units.mean(0)
+    torch.testing.assert_close(ablate(units, LABELS, []), units.sum(1))
+    assert ablate(units, LABELS, LABELS, "zero").abs().max() == 0
+    torch.testing.assert_close(ablate(units, LABELS, LABELS, "mean", means),
+                               means.sum(0).expand(50, -1))
+    z = ablate(units, LABELS, ["L0H1"], "zero")
+    torch.testing.assert_close(z, units.sum(1) - units[:, LABELS.index("L0H1")])
+    with pytest.raises(KeyError, match="L9H9"):
+        ablate(units, LABELS, ["L9H9"])
+    with pytest.raises(ValueError, match="mode must be"):
+        ablate(units, LABELS, [], mode="drop")
+    with pytest.raises(ValueError, match="needs the reference means"):
+        ablate(units, LABELS, ["L0H0"], "mean")
+
+
+@pytest.mark.parametrize("ranking", ["S", "U|T"])
+def test_informed_rankings_find_the_signal_head(ranking):
+    units, targets, classifier = planted(400, 1)
+    order = rank_heads(ranking, units, LABELS, units.mean(0), classifier, targets)
+    assert order[0] == SIGNAL
+    assert sorted(order) == sorted(head_labels(LABELS))
+
+
+def test_random_ranking_is_seeded():
+    units, targets, classifier = planted(50, 2)
+    a = rank_heads("R", units, LABELS, units.mean(0), classifier, seed=3)
+    assert a == rank_heads("R", units, LABELS, units.mean(0), classifier, seed=3)
+    assert a != rank_heads("R", units, LABELS, units.mean(0), classifier, seed=4)
+    with pytest.raises(ValueError, match="valid"):
+        rank_heads("X", units, LABELS, units.mean(0), classifier)
+
+
+def test_coarse_selection_keeps_signal_and_never_looks_at_test():
+    val, val_t, classifier = planted(300, 3)
+    test, test_t, _ = planted(300, 4)
+    means = val.mean(0)
+    table = coarse_selection(val, val_t, test, test_t, LABELS, means, classifier, random_seeds=3)
+    s1 = table[(table.ranking == "S") & (table.k == 1)].iloc[0]
+    full = table[table.ranking == "full"].iloc[0]
+    assert s1.test_acc > full.test_acc  # the noise heads hurt: one good head beats all
+    assert s1.test_acc > 0.9
+    assert set(table.ranking) == {"S", "U|T", "U", "R", "full"}
+    assert (table.ranking == "R").sum() == 3 * len(k_values(8))
+    # Garbage test data changes test accuracies only: the selection is made on validation.
+    garbage = coarse_selection(val, val_t, torch.randn_like(test), test_t.flip(0), LABELS, means,
+                               classifier, random_seeds=3)
+    assert garbage.val_acc.tolist() == table.val_acc.tolist()
+    assert garbage.test_acc.tolist() != table.test_acc.tolist()
+
+
+def test_accuracy_normalisation_is_explicit():
+    classifier = torch.eye(2)
+    z = torch.tensor([[3.0, 1.0], [0.1, 0.2]])
+    assert accuracy(z, classifier, torch.tensor([0, 1])) == 1.0
+    assert accuracy(z, classifier, torch.tensor([0, 1]), normalize=False) == 1.0
