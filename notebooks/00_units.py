@@ -76,6 +76,7 @@ _ = torch.manual_seed(seed)  # the random weights depend on it
 # :::
 
 # %%
+# The one line that picks the model; everything below reads its sizes from the model object.
 model = open_clip.create_model(model_name, pretrained=pretrained, device=device).eval()
 layout = check_supported(model)
 display(pd.DataFrame([vars(layout) | {"units": layout.n_units}], index=[model_name]))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import os
 import re
 import shutil
@@ -250,8 +251,11 @@ def check_overrides(source: Path, overrides: Mapping[str, Any]) -> dict[str, Any
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         valid = "\n".join(f"  {k} = {v!r}" for k, v in defaults.items())
+        hints = [f"{u} → {close[0]}?" for u in unknown
+                 if (close := difflib.get_close_matches(u, defaults, n=1))]
+        hint = f" (did you mean: {', '.join(hints)})" if hints else ""
         raise ParameterError(
-            f"{source.name}: unknown parameter(s) {', '.join(unknown)}. "
+            f"{source.name}: unknown parameter(s) {', '.join(unknown)}{hint}. "
             f"Valid parameters (with defaults):\n{valid}"
         )
     for key, value in overrides.items():
@@ -350,6 +354,7 @@ def execute(
         papermill.execute_notebook(
             nb, str(output), parameters=overrides, progress_bar=False, log_output=log_output,
             cwd=str(ROOT), execution_timeout=timeout,
+            extra_arguments=["--log-level=ERROR"],  # quiet the kernel app's own start-up log
         )
     except PapermillExecutionError as err:
         cell, line = _locate_cell(source, err.source)
