@@ -253,9 +253,9 @@ def world_split(
     for b in range(-(-size // BLOCK)):
         n = min(BLOCK, size - b * BLOCK)
         scene_seed, render_seed = _split_seeds(distribution, split, b)
-        s = W.sample_scenes(BLOCK, scene_seed, config, shift).subset(slice(0, n))
-        scenes.append(s)
-        images.append(W.render(s, render_seed))
+        s = W.sample_scenes(BLOCK, scene_seed, config, shift)
+        scenes.append(s.subset(slice(0, n)))
+        images.append(W.render(s, render_seed)[:n])  # whole blocks: a prefix stays a prefix
     merged = W.Scenes(
         **{
             f: np.concatenate([getattr(s, f) for s in scenes])

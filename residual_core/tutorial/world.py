@@ -52,7 +52,7 @@ SHIFTS = ("noise", "palette", "clutter", "sketch", "random")
 
 - ``noise``: strong Gaussian pixel noise (σ = ``WorldConfig.shift_noise_std``).
 - ``palette``: another RGB palette for objects and backgrounds, with stronger colour jitter.
-- ``clutter``: the plain background is replaced by random blocky colour clutter.
+- ``clutter``: random 8×8-pixel colour blocks, half-blended with the plain background.
 - ``sketch``: black outlines of the objects and stars on a white page (no colour, no texture).
 - ``random``: uniform noise images; the attribute table is sampled but not drawn.
 """
@@ -462,9 +462,10 @@ def _render_chunk(scenes: Scenes, rng: np.random.Generator) -> np.ndarray:
     jitter = cfg.shift_color_jitter if shift == "palette" else cfg.color_jitter
     if sketch:
         img = np.full(shape4, 235, np.uint8)
-    elif shift == "clutter":
+    elif shift == "clutter":  # 8×8-pixel blocks of random colour, half-blended with the background
+        bg = np.asarray(bg_pal, np.float32)[scenes.background][:, None, None, :]
         blocks = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
-        img = np.repeat(np.repeat(blocks, 8, axis=1), 8, axis=2)
+        img = _to_u8(0.5 * np.repeat(np.repeat(blocks, 8, axis=1), 8, axis=2) + 0.5 * bg)
     else:
         bg = np.asarray(bg_pal, np.float32)[scenes.background]
         bg = _to_u8(bg + rng.uniform(-8, 8, (n, 1)).astype(np.float32))

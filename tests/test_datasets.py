@@ -1,0 +1,167 @@
+"""Tests of the dataset registry and the tutorial-world task datasets."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from residual_core import datasets as D
+from residual_core.tutorial import world as W
+
+SIZE = 300  # small splits keep the tests fast; the defaults are SPLIT_SIZES
+
+
+def _hashes(images: np.ndarray) -> set[bytes]:
+    return {img.tobytes() for img in images}
+
+
+def test_registry_lists_every_distribution_task_and_the_reference():
+    names = D.list_datasets()
+    assert names == sorted(names)
+    expected = {f"{d}.{t}" for d in D.DISTRIBUTIONS for t in W.ATTRIBUTES} | {"world.reference"}
+    assert set(names) == expected
+    assert {"world", "world_noise", "world_palette", "world_clutter", "world_sketch"} <= set(
+        D.DISTRIBUTIONS
+    )
+    assert "world_random" in D.DISTRIBUTIONS
+
+
+def test_unknown_name_or_split_lists_valid_choices():
+    with pytest.raises(ValueError, match="unknown dataset 'cifar11'") as err:
+        D.load_dataset("cifar11", "train")
+    assert "world.left_shape" in str(err.value) and "world.reference" in str(err.value)
+    with pytest.raises(ValueError, match="valid splits: train, val, test"):
+        D.load_dataset("world.left_shape", "validation")
+    with pytest.raises(ValueError, match="positive"):
+        D.load_dataset("world.left_shape", "train", size=0)
+
+
+def test_register_dataset_is_the_extension_point():
+    def build(split, size):
+        n = size or 4
+        images = [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(n)]
+        return D.ClassificationDataset("toy", split, images, np.arange(n) % 2, ["a", "b"], ["{}"])
+
+    spec = D.DatasetSpec("toy", build, splits=("train", "test"), description="toy")
+    D.register_dataset(spec)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            D.register_dataset(spec)
+        ds = D.load_dataset("toy", "test", size=3)
+        assert len(ds) == 3 and ds.attributes is None
+        img, label = ds[2]
+        assert isinstance(img, Image.Image) and img.getpixel((0, 0)) == (2, 0, 0) and label == 0
+        with pytest.raises(ValueError, match="valid splits: train, test"):
+            D.load_dataset("toy", "val")
+    finally:
+        del D._REGISTRY["toy"]
+        D._CACHE.clear()
+
+
+def test_world_task_dataset_interface():
+    ds = D.load_dataset("world.left_color", "val", size=SIZE)
+    assert (ds.name, ds.split, len(ds)) == ("world.left_color", "val", SIZE)
+    assert ds.classnames == list(W.ATTRIBUTES["left_color"])
+    assert ds.templates == list(W.TEMPLATES["left_color"])
+    img, label = ds[5]
+    assert isinstance(img, Image.Image) and img.size == (64, 64) and img.mode == "RGB"
+    assert isinstance(label, int) and label == ds.attributes["left_color"][5]
+    np.testing.assert_array_equal(np.asarray(img), ds.images[5])
+    assert set(ds.attributes) == set(W.ATTRIBUTES)
+    np.testing.assert_array_equal(ds.labels, ds.attributes["left_color"])
+    assert ds.images.shape == (SIZE, 64, 64, 3) and ds.images.dtype == np.uint8
+    assert len(ds.scenes) == SIZE
+    assert set(np.unique(ds.labels)) == set(range(len(ds.classnames)))
+
+
+def test_transform_is_applied_without_touching_the_cache():
+    def to_tensor(img):
+        return torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
+
+    ds = D.load_dataset("world.count", "test", transform=to_tensor, size=SIZE)
+    x, y = ds[0]
+    assert isinstance(x, torch.Tensor) and x.shape == (3, 64, 64)
+    plain = D.load_dataset("world.count", "test", size=SIZE)
+    assert isinstance(plain[0][0], Image.Image)
+    assert plain.images is ds.images  # shared, generated once
+
+
+def test_tasks_of_one_distribution_share_images_and_table():
+    a = D.load_dataset("world.left_shape", "train", size=SIZE)
+    b = D.load_dataset("world.relation", "train", size=SIZE)
+    assert a.images is b.images
+    np.testing.assert_array_equal(b.labels, a.attributes["relation"])
+
+
+def test_splits_are_disjoint_and_deterministic():
+    splits = {s: D.load_dataset("world.left_shape", s, size=SIZE) for s in D.SPLITS}
+    hashes = {s: _hashes(ds.images) for s, ds in splits.items()}
+    keys = {s: {row.tobytes() for row in ds.scenes.keys()} for s, ds in splits.items()}
+    for s in D.SPLITS:
+        assert len(hashes[s]) == SIZE and len(keys[s]) == SIZE  # no duplicates within a split
+        for t in D.SPLITS:
+            if s < t:
+                assert not hashes[s] & hashes[t], (s, t)
+                assert not keys[s] & keys[t], (s, t)
+    before = splits["test"].images.copy()
+    D.clear_cache()
+    again = D.load_dataset("world.left_shape", "test", size=SIZE)
+    assert again.images is not splits["test"].images
+    np.testing.assert_array_equal(again.images, before)
+
+
+def test_smaller_size_is_a_prefix():
+    small = D.load_dataset("world.background", "train", size=120)
+    large = D.load_dataset("world.background", "train", size=D.BLOCK + 50)
+    np.testing.assert_array_equal(small.images, large.images[:120])
+    np.testing.assert_array_equal(small.labels, large.labels[:120])
+
+
+def test_default_sizes():
+    assert D.SPLIT_SIZES == {"train": 2000, "val": 1000, "test": 2000}
+    ds = D.load_dataset("world.left_texture", "val")
+    assert len(ds) == D.SPLIT_SIZES["val"]
+
+
+def test_shifted_distributions_differ_from_the_base_one():
+    base = D.load_dataset("world.left_shape", "test", size=SIZE).images.astype(float)
+    stats = {}
+    for dist in D.DISTRIBUTIONS:
+        ds = D.load_dataset(f"{dist}.left_shape", "test", size=SIZE)
+        assert ds.scenes.shift == D.DISTRIBUTIONS[dist]
+        stats[dist] = ds.images.astype(float)
+        if dist != "world":
+            assert not _hashes(ds.images) & _hashes(base.astype(np.uint8))
+    mean = {d: x.mean() for d, x in stats.items()}
+    assert mean["world_sketch"] > 200 > 120 > mean["world"]
+    assert abs(mean["world_random"] - 127.5) < 2
+    # pixel-to-pixel roughness: noise and clutter add high-frequency content
+    rough = {d: np.abs(np.diff(x, axis=2)).mean() for d, x in stats.items()}
+    assert rough["world_noise"] > 3 * rough["world"]
+    assert rough["world_clutter"] > rough["world"]
+    assert abs(mean["world_palette"] - mean["world"]) > 3
+
+
+def test_reference_dataset():
+    ds = D.load_dataset("world.reference", "val", size=SIZE)
+    assert len(ds.classnames) == 30 and ds.classnames[0] == "red circle"
+    color, shape = ds.attributes["left_color"], ds.attributes["left_shape"]
+    np.testing.assert_array_equal(ds.labels, color * 5 + shape)
+    for i in range(5):
+        c, s = ds.classnames[ds.labels[i]].split()
+        assert (c, s) == (
+            W.ATTRIBUTES["left_color"][color[i]],
+            W.ATTRIBUTES["left_shape"][shape[i]],
+        )
+    base = D.load_dataset("world.left_shape", "val", size=SIZE)
+    assert not _hashes(ds.images) & _hashes(base.images)
+    assert D.REFERENCE_SIZES["train"] > D.SPLIT_SIZES["train"]
+
+
+def test_templates_and_classnames_use_vocabulary_words():
+    vocab = set(W.vocabulary())
+    for name in ["world.reference", *(f"world.{t}" for t in W.ATTRIBUTES)]:
+        ds = D.load_dataset(name, "val", size=20)
+        for t in ds.templates:
+            for c in ds.classnames:
+                assert set(t.format(c).split()) <= vocab, (name, t, c)
