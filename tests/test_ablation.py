@@ -80,7 +80,7 @@ def test_coarse_selection_keeps_signal_and_never_looks_at_test():
     s1 = table[(table.ranking == "S") & (table.k == 1)].iloc[0]
     full = table[table.ranking == "full"].iloc[0]
     # The noise heads hurt: keeping the one good head beats keeping all of them by far.
-    assert s1.test_acc > full.test_acc + 0.3
+    assert s1.test_acc > full.test_acc + 0.15
     assert set(table.ranking) == {"S", "U|T", "U", "R", "full"}
     assert (table.ranking == "R").sum() == 3 * len(k_values(8))
     # Garbage test data changes test accuracies only: the selection is made on validation.
