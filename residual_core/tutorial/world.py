@@ -3,12 +3,31 @@
 Every 64×64 RGB image shows two objects, one in the left half and one in the right half, each
 with a shape, a colour, a size and a texture; a background colour; a row of one to four small
 stars in the bottom 8 pixel rows; and a vertical relation (the left object is *higher* or *lower*
-than the right one). All attributes are visible at 8×8-patch resolution. Captions are templated
-and mention each attribute only with a configured probability (``WorldConfig.mention``), which is
-the lever that sets how well contrastive training aligns the text side with each attribute:
-frequently captioned attributes (shape, colour) are easy zero-shot tasks, rarely captioned ones
-(texture, star count, relation) stay visible to the image tower but weakly aligned, the analogue
-of the paper's weak zero-shot datasets (SPEC §6).
+than the right one). All attributes are visible at 8×8-patch resolution. Eleven attribute
+families, eight of them bound to an object, are more than a 4-head tower can carry redundantly.
+
+Captions are templated and mention each attribute only with a configured probability
+(``WorldConfig.mention``; per caption rates from ``mention_rates``). That is the lever that sets
+how well contrastive training aligns the text side with each attribute: frequently captioned
+attributes are easy zero-shot tasks; rarely captioned ones stay visible to the image tower but
+weakly aligned, the analogue of the paper's weak zero-shot datasets (SPEC §6). Defaults:
+
+==============  ===============  ==================  =========================================
+family          P(mention|desc)  per caption         role
+==============  ===============  ==================  =========================================
+shape (L, R)    0.85             0.64                easy: frequently captioned
+color (L, R)    0.60             0.45                easy, but must be bound to its side
+size (L, R)     0.30             0.23                medium
+texture L       0.15             0.11                visible, rarely captioned
+texture R       0.05             0.04                visible, very rarely captioned; confusable
+                                                     with the more often captioned left texture
+background      –                0.25                scene-level, medium
+count (stars)   –                0.08                rare, and counting is hard
+relation        –                0.08                rare, relational (compares two objects)
+==============  ===============  ==================  =========================================
+
+A caption describes both objects (p 0.5), only the left one (0.25) or only the right one (0.25);
+per caption rate = P(object described) × P(mention|described) for object attributes.
 
 Everything is deterministic from integer seeds: ``sample_scenes`` draws the attribute table and
 geometry, ``render`` draws pixels (noise, jitter), ``captions`` draws which attributes are said.
@@ -35,6 +54,7 @@ __all__ = [
     "WorldConfig",
     "caption_stream",
     "captions",
+    "descriptions",
     "max_caption_words",
     "mention_rates",
     "render",
@@ -640,6 +660,63 @@ def vocabulary(config: WorldConfig = DEFAULT_WORLD) -> list[str]:
         for t in templates:
             words.update(t.replace("{}", " ").split())
     return sorted(words)
+
+
+def descriptions(n: int = 3000, seed: int = 0, config: WorldConfig = DEFAULT_WORLD) -> list[str]:
+    """A dictionary of short image descriptions for TextSpan (SPEC §3), deterministic.
+
+    First every prompt template filled with every class name of its task and short phrases
+    naming one or two attribute values (``a striped object``, ``a red circle``, ...), then
+    distinct captions of random scenes until there are ``n`` texts.
+
+    Args:
+        n: Number of descriptions (at least the number of structured phrases).
+        seed: Seed of the sampled captions.
+        config: The world.
+
+    Returns:
+        ``n`` distinct descriptions, structured phrases first.
+    """
+    a = config.attributes
+    texts: dict[str, None] = {}
+    for task, templates in TEMPLATES.items():
+        if task in a:
+            for t in templates:
+                for v in a[task]:
+                    texts[t.format(v)] = None
+    modifiers = (config.sizes, config.textures, config.colors)
+    for values in modifiers:
+        for v in values:
+            texts[f"a {v} object"] = None
+            for shape in config.shapes:
+                texts[f"a {v} {shape}"] = None
+    for shape in config.shapes:
+        texts[f"a {shape}"] = None
+    for i, first in enumerate(modifiers):
+        for second in modifiers[i + 1 :]:
+            for v in first:
+                for w in second:
+                    texts[f"a {v} {w} object"] = None
+    for bg in config.backgrounds:
+        texts[f"a {bg} background"] = None
+    for k, c in enumerate(config.counts):
+        texts[f"{c} {'star' if k == 0 else 'stars'}"] = None
+    for side in SIDES:
+        for r in config.relations:
+            texts[f"the {side} one is {r}"] = None
+    if n < len(texts):
+        raise ValueError(f"n must be at least {len(texts)} (the structured phrases)")
+    step = 0
+    while len(texts) < n:
+        scenes = sample_scenes(
+            1024, seed=int(np.random.SeedSequence([seed, step]).generate_state(1)[0]), config=config
+        )
+        for c in captions(scenes, seed=seed + step, config=config):
+            texts[c] = None
+            if len(texts) == n:
+                break
+        step += 1
+    return list(texts)
 
 
 def caption_stream(
