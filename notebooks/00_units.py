@@ -34,6 +34,13 @@
 # works on these $c_u$. This chapter builds a model, decomposes a batch of images, checks that
 # the units really add up to the embedding, and looks at how large each unit's contribution is.
 #
+# :::{warning}
+# **Random weights, random images.** In the tutorial profile this chapter uses an open_clip
+# architecture with *randomly initialised* weights and random-noise images. The decomposition is
+# exact for any weights, so the numbers below check the mathematics, but the pattern of unit
+# sizes says nothing about a trained CLIP.
+# :::
+#
 # The cell below holds the chapter's parameters; the runner can override them, e.g.
 # `python -m residual_core.runner run 00_units --param n_images=64 --param device=cuda`.
 
@@ -67,13 +74,9 @@ _ = torch.manual_seed(seed)  # the random weights depend on it
 # %% [markdown]
 # ## The model
 #
-# :::{warning}
-# **Random weights.** In the tutorial profile this chapter builds the open_clip `ViT-B-32`
-# architecture with *randomly initialised* weights (`pretrained = None`): no download, a few
-# seconds on a CPU. The decomposition is exact for any weights, so the numbers below check the
-# mathematics, but the pattern of unit sizes says nothing about a trained CLIP. The paper profile
-# (`--preset paper`) loads real weights on a GPU box.
-# :::
+# In the tutorial profile this is the open_clip `ViT-B-32` architecture with randomly
+# initialised weights (`pretrained = None`): no download, a few seconds on a CPU. The paper
+# profile (`--preset paper`) loads trained weights on a GPU box.
 
 # %%
 # The one line that picks the model; everything below reads its sizes from the model object.

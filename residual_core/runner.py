@@ -9,8 +9,9 @@ nit-picky and warnings as errors.
 
 Command line::
 
-    python -m residual_core.runner book [--profile tutorial]
-    python -m residual_core.runner run 00_units --param n_images=64 --param device=cuda
+    python -m residual_core.runner book [--profile tutorial] [--keep-going]
+    python -m residual_core.runner run 00_units [--preset paper] --param n_images=64 \
+        --param device=cuda [--name RUNNAME] [--out DIR]
     python -m residual_core.runner list
 
 A failing cell or a build warning exits non-zero with the notebook, the cell and the error.
@@ -41,7 +42,9 @@ __all__ = [
     "NotebookError",
     "ParameterError",
     "RunnerError",
+    "book",
     "build_book",
+    "check_overrides",
     "ensure_mathjax",
     "ensure_widget_assets",
     "execute",
@@ -49,7 +52,9 @@ __all__ = [
     "list_chapters",
     "main",
     "parse_overrides",
+    "place_chapters",
     "read_parameters",
+    "runs_for",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -561,11 +566,21 @@ def runs_for(profile: str, notebooks: Path = NOTEBOOKS) -> list[tuple[Path, str,
     return out
 
 
-def book(profile: str = DEFAULT_PROFILE, *, log_output: bool = False) -> Path:
+def book(profile: str = DEFAULT_PROFILE, *, log_output: bool = False,
+         keep_going: bool = False) -> Path:
     """Execute every chapter's run of ``profile``, then build the book.
+
+    Args:
+        profile: The run name to execute per chapter.
+        log_output: Stream the cells' outputs to the terminal.
+        keep_going: After a failing chapter, still execute the others (then fail, listing all).
 
     Returns:
         The built ``index.html``.
+
+    Raises:
+        NotebookError: The first failing chapter (without ``keep_going``).
+        RunnerError: Listing every failing chapter (with ``keep_going``), or a failed build.
     """
     ensure_widget_assets()
     ensure_mathjax()
@@ -573,13 +588,24 @@ def book(profile: str = DEFAULT_PROFILE, *, log_output: bool = False) -> Path:
     if not selected:
         raise RunnerError(f"no chapter has a run named {profile!r}")
     _log(f"profile {profile!r}: {len(selected)} chapter(s)")
-    done, total = [], time.perf_counter()
+    done, failed, total = [], [], time.perf_counter()
     for source, run, overrides in selected:
         shown = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "defaults"
         _log(f"{source.stem} [{run}] ({shown}) ...")
-        result = execute(source, run, overrides, log_output=log_output)
+        started = time.perf_counter()
+        try:
+            result = execute(source, run, overrides, log_output=log_output)
+        except NotebookError as err:
+            if not keep_going:
+                raise
+            _log(f"{source.stem} [{run}] FAILED after {time.perf_counter() - started:.1f} s:\n"
+                 f"{err}")
+            failed.append(f"{source.stem} [{run}] code cell {err.cell or '?'}")
+            continue
         _log(f"{source.stem} [{run}] ok in {result.seconds:.1f} s → {_rel(result.output)}")
         done.append(result)
+    if failed:
+        raise RunnerError(f"{len(failed)} chapter(s) failed (details above): {'; '.join(failed)}")
     place_chapters(done)
     index = build_book()
     _log(f"done in {time.perf_counter() - total:.1f} s. Open the book: {index.as_uri()}")
@@ -600,6 +626,8 @@ def _parser() -> argparse.ArgumentParser:
     p_book.add_argument("--profile", default=DEFAULT_PROFILE,
                         help="run name to execute per chapter (tutorial: CPU, offline; paper: "
                         "real models, GPU). Default: %(default)s")
+    p_book.add_argument("-k", "--keep-going", action="store_true",
+                        help="after a failing chapter, still execute the others")
     p_book.add_argument("-v", "--verbose", action="store_true", help="stream cell outputs")
 
     p_run = sub.add_parser(
@@ -614,9 +642,10 @@ def _parser() -> argparse.ArgumentParser:
     p_run.add_argument("--preset", default=None,
                        help="start from a named parameter set of RUNS (e.g. tutorial, paper)")
     p_run.add_argument("--name", default=None,
-                       help="run name used in the output file name (default: the preset, "
-                       "else 'custom' with overrides or 'tutorial' without)")
-    p_run.add_argument("--out", default=str(EXECUTED), help="output folder (default: %(default)s)")
+                       help="run name used in the output file name (default: the preset or "
+                       "'tutorial'; 'custom' / '{preset}-custom' when --param is given)")
+    p_run.add_argument("--out", default=None,
+                       help="output folder (default: _build/executed in the repository)")
     p_run.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     p_run.add_argument("-v", "--verbose", action="store_true", help="stream cell outputs")
 
@@ -635,13 +664,17 @@ def _cmd_run(args: argparse.Namespace) -> None:
         overrides.update(presets[args.preset])
     cli = parse_overrides(args.param)
     overrides.update(cli)
-    name = args.name or ("custom" if cli else args.preset or DEFAULT_PROFILE)
+    base = args.preset or DEFAULT_PROFILE
+    name = args.name or (("custom" if args.preset is None else f"{base}-custom") if cli else base)
+    if not re.fullmatch(r"[\w.-]+", name):
+        raise ParameterError(f"--name must be letters, digits, '_', '-' or '.', got {name!r}")
     full = check_overrides(source, overrides)
     _log(f"{source.stem} [{name}] parameters:")
     for key, value in full.items():
         mark = "  (set)" if key in overrides else ""
         print(f"    {key} = {value!r}{mark}")
-    result = execute(source, name, overrides, out_dir=Path(args.out), log_output=args.verbose,
+    out_dir = EXECUTED if args.out is None else Path(args.out)
+    result = execute(source, name, overrides, out_dir=out_dir, log_output=args.verbose,
                      timeout=args.timeout)
     _log(f"{source.stem} [{name}] ok in {result.seconds:.1f} s → {_rel(result.output)}")
 
@@ -662,7 +695,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "book":
-            book(args.profile, log_output=args.verbose)
+            book(args.profile, log_output=args.verbose, keep_going=args.keep_going)
         elif args.command == "run":
             _cmd_run(args)
         else:

@@ -147,3 +147,20 @@ def test_build_warning_fails_the_build(tmp_path: Path):
     (tmp_path / "intro.md").write_text("# Intro\n\nA reference to {ref}`no-such-label`.\n")
     with pytest.raises(runner.RunnerError, match="no-such-label"):
         runner.build_book(tmp_path)
+
+
+def test_chapters_without_named_runs_get_a_tutorial_run(tmp_path: Path, tiny: Path):
+    assert runner.runs_for("tutorial", tmp_path) == [(tiny, "tutorial", {})]
+    assert runner.runs_for("paper", tmp_path) == []
+
+
+def test_place_chapters_replaces_stale_notebooks(tmp_path: Path):
+    executed = tmp_path / "executed" / "01_a-tutorial.ipynb"
+    executed.parent.mkdir()
+    executed.write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+    chapters = tmp_path / "chapters"
+    chapters.mkdir()
+    (chapters / "99_old-tutorial.ipynb").write_text("{}")
+    run = runner.ChapterRun(tmp_path / "01_a.py", "tutorial", output=executed)
+    assert runner.place_chapters([run], chapters) == [chapters / "01_a-tutorial.ipynb"]
+    assert sorted(p.name for p in chapters.iterdir()) == ["01_a-tutorial.ipynb"]
