@@ -70,7 +70,7 @@ _STAR_SLOTS = 8  # one star slot per 8-pixel column
 SHIFTS = ("noise", "palette", "clutter", "sketch", "random")
 """Distribution shifts understood by ``sample_scenes``/``render`` (``None`` is the base world).
 
-- ``noise``: strong Gaussian pixel noise (σ = ``WorldConfig.shift_noise_std``).
+- ``noise``: strong pixel noise (std ``WorldConfig.shift_noise_std``).
 - ``palette``: another RGB palette for objects and backgrounds, with stronger colour jitter.
 - ``clutter``: random 8×8-pixel colour blocks, half-blended with the plain background.
 - ``sketch``: black outlines of the objects and stars on a white page (no colour, no texture).
@@ -120,8 +120,8 @@ class WorldConfig:
         min_dy: Minimum vertical gap between the two objects' centres (relation margin).
         color_jitter: Uniform per-object jitter of each RGB channel.
         texture_shade: Brightness factor of the texture's dark pixels.
-        noise_std: Gaussian pixel noise of the base world.
-        shift_noise_std: Gaussian pixel noise of the ``noise`` shift.
+        noise_std: Standard deviation of the (uniform, per channel) pixel noise of the base world.
+        shift_noise_std: Standard deviation of the pixel noise of the ``noise`` shift.
         shift_palette: RGB of each object colour under the ``palette`` shift.
         shift_background_palette: RGB of each background under the ``palette`` shift.
         shift_color_jitter: Colour jitter under the ``palette`` shift.
@@ -467,29 +467,37 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
-def _to_u8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+_BLOCK_MAP = ((_YY // 8) * 8 + _XX // 8).astype(np.uint8)  # 8×8-pixel block id of each pixel
 
 
 def _render_chunk(scenes: Scenes, rng: np.random.Generator) -> np.ndarray:
+    """Draw a chunk through a per-pixel label map and a per-image colour table.
+
+    Labels: 0 background, 1/2 left object light/dark (texture), 3/4 right object, 5 star,
+    6 + b the clutter block b. One gather turns labels into colours; noise is added last.
+    """
     cfg, shift, n = scenes.config, scenes.shift, len(scenes)
     shape4 = (n, IMAGE_SIZE, IMAGE_SIZE, 3)
     if shift == "random":
         return rng.integers(0, 256, shape4, dtype=np.uint8)
     sketch = shift == "sketch"
     palette = np.asarray(cfg.shift_palette if shift == "palette" else cfg.palette, np.float32)
-    bg_pal = cfg.shift_background_palette if shift == "palette" else cfg.background_palette
+    bg_pal = np.asarray(
+        cfg.shift_background_palette if shift == "palette" else cfg.background_palette, np.float32
+    )
     jitter = cfg.shift_color_jitter if shift == "palette" else cfg.color_jitter
+    table = np.zeros((n, 6 + 64 * (shift == "clutter"), 3), np.float32)
     if sketch:
-        img = np.full(shape4, 235, np.uint8)
-    elif shift == "clutter":  # 8×8-pixel blocks of random colour, half-blended with the background
-        bg = np.asarray(bg_pal, np.float32)[scenes.background][:, None, None, :]
-        blocks = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
-        img = _to_u8(0.5 * np.repeat(np.repeat(blocks, 8, axis=1), 8, axis=2) + 0.5 * bg)
+        table[:, 0], table[:, 1:] = 235.0, 20.0
     else:
-        bg = np.asarray(bg_pal, np.float32)[scenes.background]
-        bg = _to_u8(bg + rng.uniform(-8, 8, (n, 1)).astype(np.float32))
-        img = np.broadcast_to(bg[:, None, None, :], shape4).copy()
+        table[:, 0] = bg_pal[scenes.background] + rng.uniform(-8, 8, (n, 1)).astype(np.float32)
+        table[:, 5] = 240.0
+    if shift == "clutter":  # 8×8-pixel blocks of random colour, half-blended with the background
+        blocks = rng.integers(0, 256, (n, 64, 3)).astype(np.float32)
+        table[:, 6:] = 0.5 * blocks + 0.5 * table[:, :1]
+        labels = np.broadcast_to(_BLOCK_MAP + np.uint8(6), (n, IMAGE_SIZE, IMAGE_SIZE)).copy()
+    else:
+        labels = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
     for k, side in enumerate(SIDES):
         mask = _shape_mask(
             getattr(scenes, f"{side}_shape"),
@@ -498,22 +506,24 @@ def _render_chunk(scenes: Scenes, rng: np.random.Generator) -> np.ndarray:
             getattr(scenes, f"{side}_r"),
         )
         if sketch:
-            img[_outline(mask)] = 20
+            labels[_outline(mask)] = 1
             continue
         color = palette[getattr(scenes, f"{side}_color")]
         color = color + rng.uniform(-jitter, jitter, (n, 3)).astype(np.float32)
-        light, dark = _to_u8(color), _to_u8(color * cfg.texture_shade)
+        table[:, 1 + 2 * k] = color
+        table[:, 2 + 2 * k] = color * np.float32(cfg.texture_shade)
         pattern = _texture_mask(getattr(scenes, f"{side}_texture"), scenes.phase[:, k])
-        obj = np.where(pattern[..., None], dark[:, None, None, :], light[:, None, None, :])
-        np.copyto(img, obj, where=mask[..., None])
-    img[_star_mask(scenes.star_slots)] = 20 if sketch else 240
+        labels = np.where(mask, pattern.view(np.uint8) + np.uint8(1 + 2 * k), labels)
+    labels[_star_mask(scenes.star_slots)] = 5
+    table = np.clip(np.rint(table), 0, 255).astype(np.uint8)
+    flat = labels.astype(np.intp) + (np.arange(n) * table.shape[1])[:, None, None]
+    img = table.reshape(-1, 3)[flat]
     std = cfg.shift_noise_std if shift == "noise" else cfg.noise_std
-    if std <= 0:
+    half_width = int(round(std * np.sqrt(3.0)))  # uniform noise with standard deviation ≈ std
+    if half_width <= 0:
         return img
-    noisy = rng.standard_normal(shape4, dtype=np.float32)
-    noisy *= np.float32(std)
+    noisy = rng.integers(-half_width, half_width + 1, shape4, dtype=np.int16)
     noisy += img
-    noisy += np.float32(0.5)
     np.clip(noisy, 0, 255, out=noisy)
     return noisy.astype(np.uint8)
 
