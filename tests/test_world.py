@@ -298,17 +298,3 @@ def test_shifts_change_the_images_as_intended():
         c = img[i, s.left_y[i], s.left_x[i]].astype(int)
         hits.append(np.abs(both - c).sum(1).argmin() >= len(cfg.palette))
     assert np.mean(hits) > 0.9
-
-
-def test_descriptions_are_distinct_deterministic_vocabulary_texts():
-    d = W.descriptions(1200, seed=0)
-    assert len(d) == 1200 and len(set(d)) == 1200
-    assert d == W.descriptions(1200, seed=0)
-    vocab = set(W.vocabulary())
-    assert all(set(t.split()) <= vocab for t in d)
-    words = {w for t in d for w in t.split()}
-    for values in W.ATTRIBUTES.values():
-        assert set(values) <= words
-    assert "a striped object" in d and "a red circle" in d
-    with pytest.raises(ValueError, match="at least"):
-        W.descriptions(10)

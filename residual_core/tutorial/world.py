@@ -54,7 +54,6 @@ __all__ = [
     "WorldConfig",
     "caption_stream",
     "captions",
-    "descriptions",
     "max_caption_words",
     "mention_rates",
     "render",
@@ -670,63 +669,6 @@ def vocabulary(config: WorldConfig = DEFAULT_WORLD) -> list[str]:
         for t in templates:
             words.update(t.replace("{}", " ").split())
     return sorted(words)
-
-
-def descriptions(n: int = 3000, seed: int = 0, config: WorldConfig = DEFAULT_WORLD) -> list[str]:
-    """A dictionary of short image descriptions for TextSpan (SPEC §3), deterministic.
-
-    First every prompt template filled with every class name of its task and short phrases
-    naming one or two attribute values (``a striped object``, ``a red circle``, ...), then
-    distinct captions of random scenes until there are ``n`` texts.
-
-    Args:
-        n: Number of descriptions (at least the number of structured phrases).
-        seed: Seed of the sampled captions.
-        config: The world.
-
-    Returns:
-        ``n`` distinct descriptions, structured phrases first.
-    """
-    a = config.attributes
-    texts: dict[str, None] = {}
-    for task, templates in TEMPLATES.items():
-        if task in a:
-            for t in templates:
-                for v in a[task]:
-                    texts[t.format(v)] = None
-    modifiers = (config.sizes, config.textures, config.colors)
-    for values in modifiers:
-        for v in values:
-            texts[f"a {v} object"] = None
-            for shape in config.shapes:
-                texts[f"a {v} {shape}"] = None
-    for shape in config.shapes:
-        texts[f"a {shape}"] = None
-    for i, first in enumerate(modifiers):
-        for second in modifiers[i + 1 :]:
-            for v in first:
-                for w in second:
-                    texts[f"a {v} {w} object"] = None
-    for bg in config.backgrounds:
-        texts[f"a {bg} background"] = None
-    for k, c in enumerate(config.counts):
-        texts[f"{c} {'star' if k == 0 else 'stars'}"] = None
-    for side in SIDES:
-        for r in config.relations:
-            texts[f"the {side} one is {r}"] = None
-    if n < len(texts):
-        raise ValueError(f"n must be at least {len(texts)} (the structured phrases)")
-    step = 0
-    while len(texts) < n:
-        scenes = sample_scenes(
-            1024, seed=int(np.random.SeedSequence([seed, step]).generate_state(1)[0]), config=config
-        )
-        for c in captions(scenes, seed=seed + step, config=config):
-            texts[c] = None
-            if len(texts) == n:
-                break
-        step += 1
-    return list(texts)
 
 
 def caption_stream(
