@@ -27,7 +27,20 @@ seed, so a smaller ``size`` is a prefix of a larger one.
 Extension point: the paper profile registers its datasets (CIFAR-10, MNIST, ... through
 torchvision) with ``register_dataset(DatasetSpec(name, build, ...))``, where ``build(split,
 size)`` returns a ``ClassificationDataset`` whose ``images`` is any indexable of PIL images (for
-example a thin view over a torchvision dataset) and ``attributes`` is ``None``.
+example a thin view over a torchvision dataset) and ``attributes`` is ``None``. A sketch::
+
+    class _PilView:  # torchvision dataset (or a Subset of it) -> indexable of PIL images
+        def __init__(self, tv): self.tv = tv
+        def __len__(self): return len(self.tv)
+        def __getitem__(self, i): return self.tv[i][0].convert("RGB")
+
+    def _build_cifar10(split, size):
+        tv = torchvision.datasets.CIFAR10(root, train=split != "test", download=False)
+        indices = ...  # official test; stratified train/val carve-out (seed 42), first `size`
+        return ClassificationDataset("cifar10", split, _PilView(Subset(tv, indices)),
+                                     labels, tv.classes, CIFAR_TEMPLATES)
+
+    register_dataset(DatasetSpec("cifar10", _build_cifar10, description="CIFAR-10"))
 """
 
 from __future__ import annotations

@@ -298,3 +298,12 @@ def test_shifts_change_the_images_as_intended():
         c = img[i, s.left_y[i], s.left_x[i]].astype(int)
         hits.append(np.abs(both - c).sum(1).argmin() >= len(cfg.palette))
     assert np.mean(hits) > 0.9
+
+
+def test_attribute_table_matches_config():
+    rows = W.attribute_table()
+    assert [r["attribute"] for r in rows] == list(W.ATTRIBUTES)
+    rates = W.mention_rates()
+    for r in rows:
+        assert r["classes"] == len(W.ATTRIBUTES[r["attribute"]]) == len(r["values"])
+        assert r["caption_rate"] == rates[r["attribute"]] <= r["p_mention"]

@@ -52,6 +52,7 @@ __all__ = [
     "TEMPLATES",
     "Scenes",
     "WorldConfig",
+    "attribute_table",
     "caption_stream",
     "captions",
     "max_caption_words",
@@ -648,6 +649,27 @@ def captions(
     if return_mentions:
         return out, mentions
     return out
+
+
+def attribute_table(config: WorldConfig = DEFAULT_WORLD) -> list[dict[str, object]]:
+    """One row per attribute family: values, chance level and caption statistics.
+
+    Rows hold ``attribute``, ``values`` (the class names), ``classes``, ``chance`` (1/K),
+    ``p_mention`` (configured, given the object is described) and ``caption_rate`` (per
+    caption, from ``mention_rates``), for model cards and chapter tables.
+    """
+    rates = mention_rates(config)
+    return [
+        {
+            "attribute": attr,
+            "values": values,
+            "classes": len(values),
+            "chance": 1.0 / len(values),
+            "p_mention": config.mention_prob(attr),
+            "caption_rate": rates[attr],
+        }
+        for attr, values in config.attributes.items()
+    ]
 
 
 def max_caption_words(config: WorldConfig = DEFAULT_WORLD) -> int:
