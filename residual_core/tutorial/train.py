@@ -1,0 +1,474 @@
+"""Train the tutorial CLIP on captioned world images: ``python -m residual_core.tutorial.train``.
+
+CLIP's symmetric contrastive loss on (image, caption) batches drawn from the procedural world,
+AdamW with linear warmup and cosine decay. Batch ``i`` is a deterministic function of
+``(seed, i)`` and the initial weights of ``seed``, so a run is reproducible and a resumed run
+sees exactly the batches it would have seen. The full training state is saved every
+``--ckpt-every`` steps to ``--work-dir`` (``--resume`` continues from it); at the end the weights
+go to ``--out`` as fp16 safetensors with their json record, the loss curve next to them, and the
+model card is rewritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, UInt8
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from residual_core.tutorial import world
+from residual_core.tutorial.model import (
+    CHECKPOINT_PATH,
+    IMAGE_MEAN,
+    IMAGE_STD,
+    build_tiny_clip,
+    count_parameters,
+    save_tiny_clip,
+    tiny_clip_config,
+)
+from residual_core.tutorial.tokenizer import WordTokenizer
+
+__all__ = ["images_to_tensor", "lr_at", "make_batch", "main", "parse_args", "train"]
+
+CONTEXT_LENGTH = 32
+_MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def images_to_tensor(images: UInt8[np.ndarray, "batch 64 64 3"]) -> Float[Tensor, "batch 3 64 64"]:
+    """uint8 HWC images → normalised float CHW tensor, identical to ``preprocess_transform``."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def make_batch(
+    step: int, batch_size: int, seed: int, config: world.WorldConfig = world.DEFAULT_WORLD
+) -> tuple[UInt8[np.ndarray, "batch 64 64 3"], list[str]]:
+    """Training batch ``step`` of the run with ``seed``: images and captions of fresh scenes."""
+    scene_seed, render_seed, caption_seed = (
+        int(s) for s in np.random.SeedSequence([seed, step, 0x7A11]).generate_state(3)
+    )
+    scenes = world.sample_scenes(batch_size, scene_seed, config)
+    return world.render(scenes, render_seed), world.captions(scenes, caption_seed, config)
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.01) -> float:
+    """Linear warmup to ``peak`` over ``warmup`` steps, then cosine decay to ``floor · peak``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def clip_loss(model: nn.Module, images: Tensor, texts: Tensor) -> Tensor:
+    """Symmetric InfoNCE of CLIP on a batch of matching (image, text) pairs."""
+    image_features = model.encode_image(images, normalize=True)
+    text_features = model.encode_text(texts, normalize=True)
+    logits = model.logit_scale.exp() * image_features @ text_features.T
+    labels = torch.arange(len(images), device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only (not gains, biases, embeddings or the logit scale)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        skip = p.ndim < 2 or "embedding" in name or "logit_scale" in name or "token" in name
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _device_description(device: torch.device, threads: int) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    return f"CPU ({cpu}, {threads} threads of {os.cpu_count()} cores)"
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a crash mid-write keeps the previous state
+
+
+def write_loss_curve(history: list[dict[str, float]], out: Path) -> tuple[Path, Path | None]:
+    """Save the loss curve as ``<out>_loss.csv`` and a small ``<out>_loss.png``."""
+    csv_path = out.with_name(out.stem + "_loss.csv")
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "logit_scale"])
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: f"{v:.5g}" if isinstance(v, float) else v for k, v in row.items()})
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib is in the environment
+        return csv_path, None
+    steps = np.array([r["step"] for r in history])
+    loss = np.array([r["loss"] for r in history])
+    window = max(1, len(loss) // 50)
+    smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+    fig, ax = plt.subplots(figsize=(4.5, 2.6), dpi=100)
+    ax.plot(steps, loss, lw=0.5, alpha=0.4, label="batch")
+    ax.plot(steps[window - 1:], smooth, lw=1.5, label=f"mean of {window}")
+    ax.set(xlabel="step", ylabel="contrastive loss", yscale="log")
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    png_path = out.with_name(out.stem + "_loss.png")
+    fig.savefig(png_path)
+    plt.close(fig)
+    return csv_path, png_path
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Run (or resume) a training run and save the checkpoint; returns the checkpoint path."""
+    torch.set_num_threads(args.threads)
+    device = _device(args.device)
+    tokenizer = WordTokenizer(world.vocabulary(), CONTEXT_LENGTH)
+    too_long = world.max_caption_words() + 2 - CONTEXT_LENGTH
+    if too_long > 0:
+        raise ValueError(f"captions can exceed the context by {too_long} tokens")
+    model_cfg = tiny_clip_config(tokenizer.vocab_size, tokenizer.context_length)
+    torch.manual_seed(args.seed)
+    model = build_tiny_clip(model_cfg).to(device)
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98), eps=1e-6
+    )
+    state_path = Path(args.work_dir) / "state.pt"
+    start, history, elapsed = 0, [], 0.0
+    if args.resume and state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        keys = ("steps", "batch_size", "seed", "lr", "warmup", "weight_decay")
+        changed = {k: (state["args"][k], getattr(args, k)) for k in keys
+                   if state["args"][k] != getattr(args, k)}
+        if changed:
+            raise ValueError(f"cannot resume {state_path}: arguments changed {changed}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, history, elapsed = state["step"], state["history"], state["elapsed"]
+        print(f"resumed from {state_path} at step {start}", file=sys.stderr)
+    elif args.resume:
+        print(f"--resume: no state at {state_path}, starting from scratch", file=sys.stderr)
+
+    def snapshot(step: int) -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "history": history, "elapsed": elapsed + time.perf_counter() - t0,
+                "args": vars(args)}
+
+    model.train()
+    t0 = time.perf_counter()
+    step = start
+    stopped_early = False
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train tiny CLIP",
+               mininterval=5.0)
+    for step in bar:
+        lr = lr_at(step, args.steps, args.lr, args.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images, texts = make_batch(step, args.batch_size, args.seed)
+        loss = clip_loss(model, images_to_tensor(images).to(device), tokenizer(texts).to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, _MAX_LOGIT_SCALE)
+        history.append({"step": step, "loss": loss.item(), "lr": lr,
+                        "logit_scale": model.logit_scale.exp().item()})
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        done = step + 1
+        if done % args.ckpt_every == 0 and done < args.steps:
+            _save_state(state_path, snapshot(done))
+        if args.max_minutes and (elapsed + time.perf_counter() - t0) / 60 > args.max_minutes:
+            stopped_early = done < args.steps
+            break
+    bar.close()
+    done = step + 1 if history and history[-1]["step"] == step else start
+    total_s = elapsed + time.perf_counter() - t0
+    _save_state(state_path, snapshot(done))
+
+    out = Path(args.out)
+    tail = [r["loss"] for r in history[-50:]]
+    metadata = {
+        "command": "python -m residual_core.tutorial.train " + shlex.join(sys.argv[1:]),
+        "steps_planned": args.steps,
+        "steps_done": done,
+        "stopped_early_by_max_minutes": stopped_early,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "optimizer": f"AdamW(betas=(0.9, 0.98), eps=1e-6, weight_decay={args.weight_decay})",
+        "lr": args.lr,
+        "schedule": f"linear warmup {args.warmup} steps, cosine to 1% of peak",
+        "final_loss_mean_last_50": float(np.mean(tail)) if tail else None,
+        "logit_scale": model.logit_scale.exp().item(),
+        "wall_time_s": round(total_s, 1),
+        "device": _device_description(device, args.threads),
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+        "world": "residual_core.tutorial.world.DEFAULT_WORLD",
+        "mention_rates": {k: round(v, 4) for k, v in world.mention_rates().items()},
+        "parameters": count_parameters(model),
+        "parameters_visual": count_parameters(model, ["visual"]),
+    }
+    digest = save_tiny_clip(model.cpu(), tokenizer, model_cfg, out, metadata)
+    write_loss_curve(history, out)
+    final = metadata["final_loss_mean_last_50"]
+    print(f"saved {out} (sha256 {digest[:12]}…, {out.stat().st_size / 1e6:.2f} MB) after "
+          f"{done} steps in {total_s / 60:.1f} min; final loss {final}")
+    return out
+
+
+def _ridge_probe_accuracy(
+    x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, n_classes: int
+) -> float:
+    """Test accuracy of a ridge least-squares linear probe (one-hot targets, standardised x)."""
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    a, b = (x_train - mean) / std, (x_test - mean) / std
+    a = torch.cat([a, torch.ones(len(a), 1)], 1)
+    b = torch.cat([b, torch.ones(len(b), 1)], 1)
+    targets = F.one_hot(y_train, n_classes).double()
+    gram = a.T.double() @ a.double() + 1e-1 * torch.eye(a.shape[1], dtype=torch.float64)
+    w = torch.linalg.solve(gram, a.T.double() @ targets)
+    return float(((b.double() @ w).argmax(1) == y_test).float().mean())
+
+
+@torch.no_grad()
+def unit_probes(loaded: Any, n_train: int = 2000, n_test: int = 2000) -> list[dict[str, Any]]:
+    """Best linear probe per attribute over single units, and on the whole embedding.
+
+    Probes are ridge least-squares classifiers fitted on the ``world`` train split and scored on
+    its test split (the per-unit outputs of :func:`residual_core.decompose.decompose`).
+    """
+    from residual_core import datasets
+    from residual_core.decompose import decompose
+
+    feats = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        ds = datasets.load_dataset("world.left_shape", split, loaded.preprocess, size=n)
+        images = torch.stack([ds[i][0] for i in range(len(ds))])
+        units = torch.cat([decompose(loaded.model, images[i:i + 256]).units
+                           for i in range(0, len(images), 256)])
+        labels = decompose(loaded.model, images[:1]).labels
+        feats[split] = (units, {k: torch.as_tensor(v) for k, v in ds.attributes.items()})
+    (u_tr, y_tr), (u_te, y_te) = feats["train"], feats["test"]
+    rows = []
+    for attr, values in world.ATTRIBUTES.items():
+        k = len(values)
+        per_unit = [_ridge_probe_accuracy(u_tr[:, j], y_tr[attr], u_te[:, j], y_te[attr], k)
+                    for j in range(len(labels))]
+        best = int(np.argmax(per_unit))
+        full = _ridge_probe_accuracy(u_tr.sum(1), y_tr[attr], u_te.sum(1), y_te[attr], k)
+        rows.append({"task": attr, "best_unit": labels[best], "best_unit_acc": per_unit[best],
+                     "embedding_probe_acc": full,
+                     "per_unit": dict(zip(labels, per_unit, strict=True))})
+    return rows
+
+
+def write_model_card(path: Path = CHECKPOINT_PATH, probes: bool = True) -> Path:
+    """Write ``MODEL_CARD.md`` next to a checkpoint from its json record and fresh evaluations.
+
+    Evaluates zero-shot accuracy on every tutorial task and distribution (test split) and, with
+    ``probes``, the best single-unit and whole-embedding linear probes per task.
+    """
+    from residual_core.models import LoadedModel
+    from residual_core.tutorial.model import load_tiny_clip, preprocess_transform
+    from residual_core.zeroshot import format_table, tutorial_table
+
+    path = Path(path)
+    model, tokenizer, record = load_tiny_clip(path)
+    loaded = LoadedModel(model, preprocess_transform(64), tokenizer, "tutorial",
+                         "tutorial-tiny-clip", path.name, f"tutorial-{record['sha256'][:16]}")
+    meta, cfg = record["metadata"], record["model_cfg"]
+    command = str(meta.get("command", "")).replace(" --no-card", "")
+    v, t = cfg["vision_cfg"], cfg["text_cfg"]
+    rows = tutorial_table(loaded)
+    zs = {r["task"]: r["accuracy"] for r in rows if r["distribution"] == "world"}
+    lines = [
+        "# Tutorial CLIP (tiny open_clip `CLIP`)",
+        "",
+        "The model every chapter of the `tutorial` profile runs on: a plain `open_clip.CLIP` built "
+        "from the custom config below (so decomposition and zero-shot code paths are the same as "
+        "for the paper's CLIPs), trained from scratch with CLIP's contrastive loss on the "
+        "procedural world of `residual_core.tutorial.world` (`DEFAULT_WORLD`). Generated by "
+        "`residual_core.tutorial.train.write_model_card`.",
+        "",
+        "## Files",
+        "",
+        f"- `{path.name}`: fp16 safetensors, {path.stat().st_size / 1e6:.2f} MB, "
+        f"sha256 `{record['sha256']}` (checked at load time).",
+        f"- `{path.with_suffix('.json').name}`: open_clip model config, tokenizer vocabulary "
+        "(word-level, ids: pad 0, SOT 1, words, EOT last) and the training record.",
+        f"- `{path.stem}_loss.csv`, `{path.stem}_loss.png`: loss curve.",
+        "",
+        "## Model",
+        "",
+        "| part | config |",
+        "|---|---|",
+        f"| vision | ViT, {v['image_size']}×{v['image_size']} input, patch {v['patch_size']}, "
+        f"{v['layers']} layers, width {v['width']}, {v['width'] // v['head_width']} heads of "
+        f"{v['head_width']}, MLP ×{v['mlp_ratio']:g}, CLS pooling, pre-LN |",
+        f"| text | causal transformer, {t['layers']} layers, width {t['width']}, {t['heads']} "
+        f"heads, context {t['context_length']}, vocabulary {t['vocab_size']} ids, argmax (EOT) "
+        "pooling |",
+        f"| embedding | d_out = {cfg['embed_dim']}, GELU, learnt logit scale (clamped at 100), "
+        f"final {meta.get('logit_scale', float('nan')):.1f} |",
+        f"| parameters | {meta.get('parameters', 0):,} ({meta.get('parameters_visual', 0):,} "
+        "in the vision tower) |",
+        "",
+        "## Data",
+        "",
+        "Fresh scenes every step (`world.sample_scenes` → `render` → `captions`; batch `i` is "
+        "seeded by `(seed, i)`). Per-caption mention rate of each attribute, the lever that "
+        "makes a task easy or hard zero-shot:",
+        "",
+        "| attribute | " + " | ".join(meta.get("mention_rates", {})) + " |",
+        "|---|" + "---|" * len(meta.get("mention_rates", {})),
+        "| mention rate | " + " | ".join(f"{x:.3f}" for x in meta.get("mention_rates", {}).values())
+        + " |",
+        "",
+        "## Training run",
+        "",
+        f"- Command: `{command}`",
+        f"- Steps: {meta.get('steps_done')} of {meta.get('steps_planned')} planned"
+        + (" (stopped early by --max-minutes)" if meta.get("stopped_early_by_max_minutes") else "")
+        + f", batch {meta.get('batch_size')}, seed {meta.get('seed')}",
+        f"- Optimiser: {meta.get('optimizer')}, peak lr {meta.get('lr')}, {meta.get('schedule')}",
+        f"- Wall time: {meta.get('wall_time_s', 0) / 60:.1f} min on {meta.get('device')} "
+        f"(torch {meta.get('torch')}, open_clip {meta.get('open_clip')}); the machine was shared "
+        "with other jobs, so the time is an upper bound",
+        f"- Final loss (mean of the last 50 steps): {meta.get('final_loss_mean_last_50', 0):.3f} "
+        f"(chance level ln({meta.get('batch_size')}) = "
+        f"{math.log(meta.get('batch_size') or 1):.3f})",
+        "",
+        f"![loss curve]({path.stem}_loss.png)",
+        "",
+    ]
+    loss_csv = path.with_name(path.stem + "_loss.csv")
+    if loss_csv.exists():
+        with open(loss_csv) as f:
+            hist = list(csv.DictReader(f))
+        marks = sorted({int(i * (len(hist) - 1) / 10) for i in range(11)})
+        lines += ["| step | loss | lr |", "|---|---|---|"]
+        lines += [f"| {hist[i]['step']} | {float(hist[i]['loss']):.3f} | "
+                  f"{float(hist[i]['lr']):.2g} |" for i in marks]
+        lines.append("")
+    lines += [
+        "## Zero-shot accuracy (test split, 2,000 images per distribution)",
+        "",
+        "Prompt-ensemble classifier of SPEC §2, logits `scale · normalize(z) @ C`; `world` is the "
+        "training distribution, the other columns its shifted variants. Reproduce with "
+        "`python -m residual_core.zeroshot --model tutorial`.",
+        "",
+        format_table(rows),
+        "",
+    ]
+    if probes:
+        probe_rows = unit_probes(loaded)
+        lines += [
+            "## Linear probes on the units (world, 2,000 train / 2,000 test images)",
+            "",
+            "Ridge least-squares probe on a single unit's direct contribution (best unit shown) "
+            "and on the whole image embedding, against zero-shot. The gap between zero-shot and "
+            "the probes is the headroom that coarse selection and ResiDual can close.",
+            "",
+            "| task | chance | zero-shot | best unit | its probe | embedding probe |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in probe_rows:
+            lines.append(f"| {r['task']} | {1 / len(world.ATTRIBUTES[r['task']]):.2f} | "
+                         f"{zs[r['task']]:.3f} | {r['best_unit']} | {r['best_unit_acc']:.3f} | "
+                         f"{r['embedding_probe_acc']:.3f} |")
+        lines.append("")
+        top = sorted(
+            {label for r in probe_rows for label, _ in
+             sorted(r["per_unit"].items(), key=lambda kv: -kv[1])[:3]}
+        )
+        lines += [
+            "Probe accuracy of the units that are among the top 3 for some task:",
+            "",
+            "| unit | " + " | ".join(r["task"] for r in probe_rows) + " |",
+            "|---|" + "---|" * len(probe_rows),
+        ]
+        for label in top:
+            lines.append(f"| {label} | "
+                         + " | ".join(f"{r['per_unit'][label]:.2f}" for r in probe_rows) + " |")
+        lines.append("")
+    lines += [
+        "## Reproduce",
+        "",
+        "```bash",
+        f"{command}   # re-creates the checkpoint, its json, loss curve and this card",
+        "python -m residual_core.zeroshot --model tutorial",
+        "```",
+        "",
+        "CPU training is deterministic for a fixed thread count; on CUDA results differ in the "
+        "last digits.",
+        "",
+    ]
+    card = path.parent / "MODEL_CARD.md"
+    card.write_text("\n".join(lines))
+    return card
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments of the training run."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=1200, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=128, help="image-caption pairs per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument("--warmup", type=int, default=60, help="linear warmup steps")
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0, help="seed of the init and the data stream")
+    p.add_argument("--out", type=Path, default=CHECKPOINT_PATH, help="fp16 .safetensors output")
+    p.add_argument("--device", default="auto", help="'auto' (cuda if present), 'cpu', 'cuda'")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--work-dir", type=Path, default=Path(".cache/tutorial_train"),
+                   help="where the periodic training state goes")
+    p.add_argument("--ckpt-every", type=int, default=100, help="steps between state saves")
+    p.add_argument("--resume", action="store_true", help="continue from --work-dir/state.pt")
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="stop (and save) after this wall time; 0 = no limit")
+    p.add_argument("--no-card", action="store_true", help="do not rewrite MODEL_CARD.md")
+    p.add_argument("--card-only", action="store_true",
+                   help="only rewrite MODEL_CARD.md from the checkpoint at --out")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m residual_core.tutorial.train``."""
+    args = parse_args(argv)
+    if args.card_only:
+        torch.set_num_threads(args.threads)
+        print(write_model_card(args.out))
+        return
+    out = train(args)
+    if not args.no_card and out.resolve() == CHECKPOINT_PATH.resolve():
+        write_model_card(out)
+
+
+if __name__ == "__main__":
+    main()

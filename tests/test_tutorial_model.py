@@ -1,0 +1,133 @@
+"""Tutorial CLIP: tokenizer, checkpoint hash check, exact decomposition, training plumbing."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from residual_core.decompose import check_supported, decompose
+from residual_core.tutorial.model import (
+    ChecksumError,
+    build_tiny_clip,
+    load_tiny_clip,
+    preprocess_transform,
+    save_tiny_clip,
+    tiny_clip_config,
+)
+from residual_core.tutorial.tokenizer import UnknownWordError, WordTokenizer
+from residual_core.tutorial.train import images_to_tensor, lr_at
+
+VOCAB = ["a", "red", "blue", "circle", "square", "on", "the", "left", "right"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> WordTokenizer:
+    return WordTokenizer(VOCAB, context_length=12)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer):
+    torch.manual_seed(0)
+    cfg = tiny_clip_config(tokenizer.vocab_size, tokenizer.context_length)
+    cfg["vision_cfg"].update(layers=2, width=64, head_width=16)
+    cfg["text_cfg"].update(layers=1, width=32, heads=2)
+    cfg["embed_dim"] = 32
+    return build_tiny_clip(cfg).eval(), cfg
+
+
+def test_tokenizer_round_trip(tokenizer):
+    text = "a red circle on the left"
+    ids = tokenizer([text, "A blue square."])
+    assert ids.shape == (2, 12) and ids.dtype == torch.long
+    assert tokenizer.decode(ids[0]) == text
+    assert tokenizer.decode(ids[1]) == "a blue square"
+    row = ids[0].tolist()
+    assert row[0] == tokenizer.sot_id and row[7] == tokenizer.eot_id and row[8:] == [0] * 4
+    # open_clip's 'argmax' pooling finds EOT as the largest id of every row.
+    assert (ids.argmax(-1) == torch.tensor([7, 4])).all()
+    assert tokenizer.eot_id == tokenizer.vocab_size - 1 == len(VOCAB) + 2
+
+
+def test_tokenizer_truncates_keeping_eot(tokenizer):
+    ids = tokenizer([" ".join(["a red circle on the left"] * 3)])
+    assert ids[0, -1] == tokenizer.eot_id and (ids[0] != 0).all()
+
+
+def test_tokenizer_unknown_words_named(tokenizer):
+    with pytest.raises(UnknownWordError, match=r"\['green', 'triangle'\]"):
+        tokenizer(["a green triangle on the left"])
+
+
+def test_tiny_clip_decomposition_is_exact(tiny_model):
+    model, _ = tiny_model
+    layout = check_supported(model)
+    assert (layout.n_layers, layout.n_heads, layout.d_head) == (2, 4, 16)
+    torch.manual_seed(1)
+    images = torch.randn(5, 3, 64, 64)
+    dec = decompose(model, images)
+    with torch.no_grad():
+        ref = model.encode_image(images)
+    err = ((dec.total() - ref).norm() / ref.norm()).item()
+    assert err <= 1e-5, f"relative error {err:.2e} of units.sum(1) vs encode_image"
+
+
+def test_checkpoint_round_trip_and_hash_mismatch(tiny_model, tokenizer, tmp_path):
+    model, cfg = tiny_model
+    path = tmp_path / "tiny.safetensors"
+    digest = save_tiny_clip(model, tokenizer, cfg, path, {"note": "test"})
+    loaded, tok, record = load_tiny_clip(path)
+    assert record["sha256"] == digest and tok.words == tokenizer.words
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = model.encode_image(images), loaded.encode_image(images)
+    assert torch.allclose(a, b, atol=1e-2, rtol=1e-2), "fp16 round trip changed the outputs"
+
+    corrupt = tmp_path / "corrupt.safetensors"
+    shutil.copy(path, corrupt)
+    shutil.copy(path.with_suffix(".json"), corrupt.with_suffix(".json"))
+    data = bytearray(corrupt.read_bytes())
+    data[-1] ^= 0xFF
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError) as info:
+        load_tiny_clip(corrupt)
+    msg = str(info.value)
+    assert str(corrupt) in msg and digest in msg
+    assert "python -m residual_core.tutorial.train" in msg
+
+
+def test_missing_checkpoint_says_how_to_recreate(tmp_path):
+    with pytest.raises(FileNotFoundError, match="residual_core.tutorial.train"):
+        load_tiny_clip(tmp_path / "nope.safetensors")
+
+
+def test_training_images_match_preprocess():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    ours = images_to_tensor(images)
+    transform = preprocess_transform(64)
+    ref = torch.stack([transform(Image.fromarray(im)) for im in images])
+    assert torch.allclose(ours, ref, atol=1e-6), (ours - ref).abs().max()
+
+
+def test_lr_schedule():
+    assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1)
+    assert lr_at(9, 100, 1.0, 10) == pytest.approx(1.0)
+    assert lr_at(99, 100, 1.0, 10) == pytest.approx(0.01, abs=1e-3)
+
+
+def test_world_vocabulary_fits_the_shipped_tokenizer():
+    """Every caption/class/template word of the world is known to the committed checkpoint."""
+    from residual_core.tutorial import world
+    from residual_core.tutorial.model import CHECKPOINT_PATH, read_record
+
+    if not CHECKPOINT_PATH.exists():
+        pytest.skip("no committed checkpoint")
+    record = read_record(CHECKPOINT_PATH)
+    known = set(record["tokenizer"]["vocabulary"])
+    missing = sorted(set(world.vocabulary()) - known)
+    assert not missing, f"world words unknown to the checkpoint's tokenizer: {missing}"
+    assert world.max_caption_words() + 2 <= record["tokenizer"]["context_length"]
