@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,3 +132,53 @@ def test_world_vocabulary_fits_the_shipped_tokenizer():
     missing = sorted(set(world.vocabulary()) - known)
     assert not missing, f"world words unknown to the checkpoint's tokenizer: {missing}"
     assert world.max_caption_words() + 2 <= record["tokenizer"]["context_length"]
+
+
+def test_shipped_checkpoint_decomposes_exactly():
+    from residual_core.models import load_model
+    from residual_core.tutorial import world
+    from residual_core.tutorial.model import CHECKPOINT_PATH
+    from residual_core.tutorial.train import images_to_tensor
+
+    if not CHECKPOINT_PATH.exists():
+        pytest.skip("no committed checkpoint")
+    loaded = load_model("tutorial")
+    images = images_to_tensor(world.render(world.sample_scenes(8, 3), 4))
+    dec = decompose(loaded.model, images)
+    with torch.no_grad():
+        ref = loaded.model.encode_image(images)
+    err = ((dec.total() - ref).norm() / ref.norm()).item()
+    assert err <= 1e-5, f"relative error {err:.2e} of units.sum(1) vs encode_image"
+    assert len(dec.labels) == 1 + 4 + 16
+
+
+def test_resumed_training_matches_uninterrupted(tmp_path, monkeypatch):
+    """A run that crashes after a periodic save and is resumed ends with the same weights."""
+    from safetensors.torch import load_file
+
+    from residual_core.tutorial import train as train_mod
+
+    def run(name: str, extra: list[str]) -> Path:
+        out = tmp_path / name / "m.safetensors"
+        args = train_mod.parse_args(["--steps", "4", "--warmup", "1", "--batch-size", "4",
+                                     "--threads", "1", "--ckpt-every", "2", "--out", str(out),
+                                     "--work-dir", str(tmp_path / name / "work"), *extra])
+        train_mod.train(args)
+        return out
+
+    straight = load_file(str(run("a", [])))
+
+    real_make_batch = train_mod.make_batch
+
+    def crash_at_3(step, *a, **k):
+        if step == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real_make_batch(step, *a, **k)
+
+    monkeypatch.setattr(train_mod, "make_batch", crash_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        run("b", [])
+    monkeypatch.setattr(train_mod, "make_batch", real_make_batch)
+    resumed = load_file(str(run("b", ["--resume"])))
+    for key, value in straight.items():
+        torch.testing.assert_close(resumed[key], value, msg=f"{key} differs after resume")
