@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -52,6 +53,7 @@ __all__ = [
     "EncodingStore",
     "StaleStoreError",
     "build_store",
+    "encode_dataset",
 ]
 
 FORMAT_VERSION = 1
@@ -376,9 +378,10 @@ def build_store(
                     f"dtype={store.meta['dtype']}; asked chunk_size={chunk_size}, n={n}, "
                     f"dtype={dtype}; {_rebuild_hint(root)}"
                 )
-        except (StaleStoreError, CorruptStoreError):
+        except (StaleStoreError, CorruptStoreError) as err:
             if not overwrite:
                 raise
+            warnings.warn(f"rebuilding the store: {err}", stacklevel=2)
             _remove_store(root)
     if not (root / "meta.json").exists():
         root.mkdir(parents=True, exist_ok=True)
@@ -438,3 +441,66 @@ def _remove_store(root: Path) -> None:
     for path in root.iterdir():
         if pattern.match(path.name):
             path.unlink()
+
+
+DEFAULT_CACHE = Path(os.environ.get("RESIDUAL_CACHE", Path(__file__).resolve().parent.parent
+                                    / ".cache"))
+"""Root of cached encodings (``$RESIDUAL_CACHE`` or ``.cache/`` in the repository)."""
+
+
+def encode_dataset(
+    loaded,
+    dataset_name: str,
+    split: str,
+    *,
+    size: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 256,
+    dtype: str = "float32",
+    device: str | torch.device | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> EncodingStore:
+    """Encode a registered dataset split with a registered model, or reuse the cached store.
+
+    The store lives in ``{cache_dir}/encodings/{model}/{dataset}/{split}-{size}`` and is
+    fingerprinted with the model's weights fingerprint, the dataset, split, size and transform,
+    so a changed model or dataset is re-encoded instead of silently reused.
+
+    Args:
+        loaded: A :class:`residual_core.models.LoadedModel`.
+        dataset_name: A name from ``residual_core.datasets.list_datasets()``.
+        split: ``train``, ``val`` or ``test``.
+        size: Number of samples (``None``: the dataset's default).
+        cache_dir: Cache root (default :data:`DEFAULT_CACHE`).
+        batch_size: Images per forward pass.
+        dtype: Storage dtype of the raw form.
+        device: Where to run (default: the model's device).
+        autocast_dtype: E.g. ``torch.float16`` on GPU.
+        num_workers: DataLoader workers.
+        progress: Show a progress bar.
+
+    Returns:
+        The (finished) store.
+    """
+    from residual_core.datasets import load_dataset
+
+    dataset = load_dataset(dataset_name, split, loaded.preprocess, size=size)
+    fingerprint = {
+        "model": loaded.name,
+        "arch": loaded.arch,
+        "pretrained": loaded.pretrained,
+        "weights": loaded.fingerprint,
+        "dataset": dataset_name,
+        "split": split,
+        "size": len(dataset),
+        "transform": repr(loaded.preprocess),
+    }
+    root = Path(cache_dir or DEFAULT_CACHE) / "encodings" / loaded.name / dataset_name / (
+        f"{split}-{len(dataset)}"
+    )
+    return build_store(root, loaded.model, dataset, fingerprint, batch_size=batch_size,
+                       dtype=dtype, device=device or loaded.device, chunk_size=batch_size * 16,
+                       autocast_dtype=autocast_dtype, num_workers=num_workers,
+                       overwrite=True, progress=progress)
