@@ -127,7 +127,8 @@ def test_fingerprint_mismatch_is_never_reused(tmp_path):
         build(root, fingerprint=other)
     with pytest.raises(StaleStoreError, match="chunk_size=8"):
         build(root, chunk_size=4)
-    rebuilt = build(root, fingerprint=other, overwrite=True)
+    with pytest.warns(UserWarning, match="rebuilding the store"):
+        rebuilt = build(root, fingerprint=other, overwrite=True)
     assert rebuilt.fingerprint["weights"] == "def"
     EncodingStore.open(root, other)
 
@@ -149,7 +150,8 @@ def test_truncation_and_corruption_are_detected(tmp_path):
     (root / "meta.json").write_text("{not json")
     with pytest.raises(CorruptStoreError, match="meta.json is not valid JSON"):
         EncodingStore.open(root)
-    build(root, overwrite=True).verify()
+    with pytest.warns(UserWarning, match="rebuilding the store"):
+        build(root, overwrite=True).verify()
 
 
 def test_bad_arguments(tmp_path):
