@@ -51,7 +51,10 @@ __all__ = [
     "evaluate",
     "fit_variant",
     "make_optimizer",
+    "quiet_lightning",
     "results_table",
+    "train_epoch",
+    "trainable_state",
 ]
 
 BETAS = (0.9, 0.999)
@@ -143,6 +146,20 @@ class TensorBatcher:
                 yield tuple(t.index_select(0, idx) for t in tensors)
 
 
+def trainable_state(variant: Variant) -> dict[str, Tensor]:
+    """Copies of the trainable parameters: what a checkpoint needs (the bases are frozen)."""
+    return {name: p.detach().clone() for name, p in variant.named_parameters()
+            if p.requires_grad}
+
+
+def _load_trainable(variant: Variant, state: dict[str, Tensor]) -> None:
+    missing, unexpected = variant.load_state_dict(state, strict=False)
+    absent = set(trainable_state(variant)) - set(state)
+    if unexpected or absent:
+        raise RuntimeError(f"checkpoint does not match the variant: missing {sorted(absent)}, "
+                           f"unexpected {unexpected}")
+
+
 def make_optimizer(variant: Variant, lr: float) -> schedulefree.AdamWScheduleFree:
     """Schedule-Free AdamW over the variant's trainable parameters (no warmup, no decay)."""
     params = [p for p in variant.parameters() if p.requires_grad]
@@ -183,6 +200,7 @@ class VariantTask(L.LightningModule):
         self.test_acc: float | None = None
         self._correct = 0
         self._total = 0
+        self.strict_loading = False  # checkpoints hold the trainable parameters only
 
     def forward(self, *inputs: Tensor) -> Tensor:
         """Logits."""
@@ -253,6 +271,10 @@ class VariantTask(L.LightningModule):
             checkpoint["state_dict"] = {k: v.detach().clone()
                                         for k, v in self.state_dict().items()}
             _optimizers_train(optimizers)
+        # Only what training changes: the frozen bases and classifier are rebuilt, not saved.
+        keep = {f"variant.{name}" for name in trainable_state(self.variant)}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if k in keep}
         checkpoint["history"] = list(self.history)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -299,7 +321,7 @@ def _loader(data, batch_size, *, shuffle, seed, device):
 
 
 @contextlib.contextmanager
-def _quiet_lightning():
+def quiet_lightning():
     """Silence Lightning's info logs and the warnings that do not apply here."""
     loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric",
                                               "lightning")]
@@ -311,7 +333,7 @@ def _quiet_lightning():
                     ".*Checkpoint directory .* exists and is not empty.*",
                     ".*smaller than the logging interval.*", ".*LightningModule.log.*",
                     ".*`srun` command is available.*", ".*Consider setting `persistent_workers.*",
-                    ".*isinstance\\(treespec, LeafSpec\\).*"):
+                    ".*isinstance\\(treespec, LeafSpec\\).*", ".*no `val_dataloader`.*"):
             warnings.filterwarnings("ignore", message=msg)
         try:
             yield
@@ -333,7 +355,7 @@ def _find_lr(task: VariantTask, train, val, device: torch.device, progress: bool
 
     state = {k: v.detach().clone() for k, v in task.variant.state_dict().items()}
     accelerator, devices = _accelerator(device)
-    with tempfile.TemporaryDirectory() as tmp, _quiet_lightning():
+    with tempfile.TemporaryDirectory() as tmp, quiet_lightning():
         trainer = L.Trainer(accelerator=accelerator, devices=devices, logger=False,
                             enable_model_summary=False, enable_checkpointing=False,
                             enable_progress_bar=progress, default_root_dir=tmp,
@@ -464,7 +486,7 @@ def _fit_lightning(variant, train, val, test, *, lr, max_epochs, patience, devic
                                  enable_version_counter=False)
     stopping = EarlyStopping(monitor="val_acc", mode="max", patience=patience, min_delta=0.0)
     last = ckpt_dir / "last.ckpt"
-    with _quiet_lightning():
+    with quiet_lightning():
         trainer = L.Trainer(
             accelerator=accelerator, devices=devices, max_epochs=max_epochs, logger=False,
             callbacks=[checkpoint, stopping], enable_model_summary=False,
@@ -478,6 +500,29 @@ def _fit_lightning(variant, train, val, test, *, lr, max_epochs, patience, devic
     return history, Path(checkpoint.best_model_path), task.test_acc
 
 
+def train_epoch(
+    variant: Variant, optimizer: schedulefree.AdamWScheduleFree, batcher: TensorBatcher,
+    epoch: int,
+) -> Tensor:
+    """One training epoch of the lean engine (optimizer left in train mode).
+
+    No host-device synchronisation per step: the loss stays on the device.
+
+    Returns:
+        The last batch's loss (detached).
+    """
+    variant.train()
+    optimizer.train()
+    batcher.set_epoch(epoch)
+    loss = torch.zeros(())
+    for *inputs, y in batcher:
+        loss = F.cross_entropy(variant(*inputs), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return loss.detach()
+
+
 def _fit_lean(variant, train: TensorBatcher, val: TensorBatcher, test: TensorBatcher, *, lr,
               max_epochs, patience, device, ckpt_dir, resume, progress):
     opt = make_optimizer(variant, lr)
@@ -486,7 +531,7 @@ def _fit_lean(variant, train: TensorBatcher, val: TensorBatcher, test: TensorBat
     best, wait, epoch0 = -math.inf, 0, 0
     if resume and last_path.exists():
         state = torch.load(last_path, map_location=device, weights_only=False)
-        variant.load_state_dict(state["state_dict"])
+        _load_trainable(variant, state["state_dict"])
         opt.load_state_dict(state["optimizer"])
         history, best, wait = state["history"], state["best"], state["wait"]
         epoch0 = len(history)
@@ -496,33 +541,25 @@ def _fit_lean(variant, train: TensorBatcher, val: TensorBatcher, test: TensorBat
     for epoch in range(epoch0, max_epochs):
         if stop:
             break
-        variant.train()
-        opt.train()
-        train.set_epoch(epoch)
-        for batch in train:
-            *inputs, y = batch
-            loss = F.cross_entropy(variant(*inputs), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        loss = train_epoch(variant, opt, train, epoch)
         opt.eval()
         acc = evaluate(variant, val, device=device)
         history.append(acc)
         if acc > best:  # strict, like Lightning's EarlyStopping / ModelCheckpoint ("max")
             best, wait = acc, 0
-            _atomic_save({"state_dict": variant.state_dict(), "epoch": epoch, "val_acc": acc},
-                         best_path)
+            _atomic_save({"state_dict": trainable_state(variant), "epoch": epoch,
+                          "val_acc": acc}, best_path)
         else:
             wait += 1
             stop = wait >= patience
-        _atomic_save({"state_dict": variant.state_dict(), "optimizer": opt.state_dict(),
+        _atomic_save({"state_dict": trainable_state(variant), "optimizer": opt.state_dict(),
                       "history": history, "best": best, "wait": wait}, last_path)
         bar.update(1)
-        bar.set_postfix(val_acc=f"{acc:.4f}", loss=f"{float(loss.detach()):.4f}")
+        bar.set_postfix(val_acc=f"{acc:.4f}", loss=f"{float(loss):.4f}")
     bar.close()
     if best_path.exists():
-        variant.load_state_dict(torch.load(best_path, map_location=device,
-                                           weights_only=False)["state_dict"])
+        _load_trainable(variant, torch.load(best_path, map_location=device,
+                                            weights_only=False)["state_dict"])
     test_acc = evaluate(variant, test, device=device)
     return history, best_path, test_acc
 
