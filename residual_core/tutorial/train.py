@@ -437,10 +437,10 @@ def write_model_card(path: Path = CHECKPOINT_PATH, probes: bool = True) -> Path:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments of the training run."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=1200, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=128, help="image-caption pairs per step")
+    p.add_argument("--steps", type=int, default=3600, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=64, help="image-caption pairs per step")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    p.add_argument("--warmup", type=int, default=60, help="linear warmup steps")
+    p.add_argument("--warmup", type=int, default=100, help="linear warmup steps")
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0, help="seed of the init and the data stream")
     p.add_argument("--out", type=Path, default=CHECKPOINT_PATH, help="fp16 .safetensors output")
