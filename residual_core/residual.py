@@ -56,6 +56,7 @@ __all__ = [
     "lambda_matrix",
     "lambda_summary",
     "make_basis",
+    "pca_coordinates",
     "unit_lambdas",
 ]
 
@@ -231,6 +232,59 @@ def make_basis(
     )
 
 
+def _coordinates(
+    centred: Float[Tensor, "batch unit d_out"], components: Float[Tensor, "k_total d_out"],
+    sizes: Sequence[int],
+) -> Float[Tensor, "batch k_total"]:
+    """``B_r (h_r − μ_r)`` for every unit, stacked; one batched matmul per run of equal ``k``."""
+    coords = centred.new_empty(centred.shape[0], components.shape[0])
+    start, r = 0, 0
+    while r < len(sizes):
+        end = r
+        while end < len(sizes) and sizes[end] == sizes[r]:
+            end += 1
+        width = sizes[r] * (end - r)
+        b = components[start : start + width].view(end - r, sizes[r], -1)
+        coords[:, start : start + width] = torch.einsum("bud,ukd->buk", centred[:, r:end],
+                                                        b).flatten(1)
+        start, r = start + width, end
+    return coords
+
+
+@torch.no_grad()
+def pca_coordinates(
+    source: Tensor | Iterable[Tensor],
+    pca: PCAResult,
+    labels: Sequence[str],
+    selected: Sequence[str],
+    n_pcs: PCSpec = "all",
+    *,
+    batch_size: int = 1024,
+) -> tuple[Float[Tensor, "n k_total"], StackedBasis]:
+    """PCA coordinates ``c_r = B_r (h_r − μ_r)`` of the selected units, computed once.
+
+    Args:
+        source: Unit outputs ``(n, unit, d_out)`` in the order of ``labels``, or batches of them.
+        pca: Per-unit PCA of reference data over ``labels``.
+        labels: Labels of the unit dimension.
+        selected: Units whose coordinates to compute.
+        n_pcs: Components per unit (see :func:`make_basis`).
+        batch_size: Chunk size for a tensor source.
+
+    Returns:
+        ``(coords, basis)``: coordinates stacked in the order of ``basis.components``.
+    """
+    basis = make_basis(pca, labels, selected, n_pcs)
+    idx = [list(labels).index(u) for u in basis.labels]
+    if isinstance(source, Tensor):
+        source = source.split(batch_size)
+    parts = []
+    for units in source:
+        centred = units[:, idx].float() - basis.mean.to(units.device)
+        parts.append(_coordinates(centred, basis.components.to(units.device), basis.sizes))
+    return torch.cat(parts), basis
+
+
 class Variant(nn.Module):
     """Base class: cached inputs → adapted embedding ``z`` → logits of a frozen classifier.
 
@@ -400,23 +454,8 @@ class _Reweighting(Variant):
         """
         if units.shape[1] != len(self.labels):
             raise ValueError(f"expected {len(self.labels)} units, got {units.shape[1]}")
-        comps = self.components.to(units.device)
-        means = self.unit_mean.to(units.device)
-        centred = units[:, self._sel_idx].float() - means
-        coords = units.new_empty(units.shape[0], comps.shape[0], dtype=torch.float32)
-        start = 0
-        sizes = self.basis.sizes
-        r = 0
-        while r < len(sizes):  # runs of units with the same k: one batched matmul each
-            end = r
-            while end < len(sizes) and sizes[end] == sizes[r]:
-                end += 1
-            k = sizes[r]
-            b = comps[start : start + k * (end - r)].view(end - r, k, -1)
-            c = torch.einsum("bud,ukd->buk", centred[:, r:end], b)
-            coords[:, start : start + k * (end - r)] = c.flatten(1)
-            start += k * (end - r)
-            r = end
+        centred = units[:, self._sel_idx].float() - self.unit_mean.to(units.device)
+        coords = _coordinates(centred, self.components.to(units.device), self.basis.sizes)
         if not self.uses_rest:
             return (coords,)
         rest = units.new_zeros(units.shape[0], units.shape[-1], dtype=torch.float32)

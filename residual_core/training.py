@@ -306,11 +306,14 @@ def evaluate(variant: Variant, data: TensorData | DataLoader | TensorBatcher,
     """Accuracy of a variant on a split."""
     loader = _loader(data, batch_size, shuffle=False, seed=0, device=device)
     variant = variant.to(device)
+    was_training = variant.training
+    variant.eval()
     correct = total = 0
     for batch in loader:
         *inputs, y = (t.to(device) for t in batch)
         correct += int((variant(*inputs).argmax(-1) == y).sum())
         total += len(y)
+    variant.train(was_training)
     return correct / max(total, 1)
 
 

@@ -19,6 +19,7 @@ from residual_core.residual import (
     lambda_matrix,
     lambda_summary,
     make_basis,
+    pca_coordinates,
     unit_lambdas,
 )
 from residual_core.spectral import PCAResult, StreamingPCA
@@ -258,6 +259,17 @@ def test_cache_inputs_batches_equal_one_shot():
         torch.testing.assert_close(a, b)
     assert torch.equal(y, targets)
     assert whole[0].shape == (len(units), full.n_trainable)
+
+
+def test_pca_coordinates_helper_matches_the_definition():
+    units = make_units(head_rank=None)
+    pca = make_pca(units)
+    selected = ["L1.mlp", "L0H2", "L1H1"]
+    coords, basis = pca_coordinates(units.split(70), pca, LABELS, selected, 0.9)
+    for label, sl in basis.slices().items():
+        i = LABELS.index(label)
+        expected = (units[:, i].double() - pca.mean[i]) @ pca.components[i, : sl.stop - sl.start].T
+        torch.testing.assert_close(coords[:, sl].double(), expected, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------ init and options

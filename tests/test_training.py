@@ -248,3 +248,32 @@ def test_lr_finder_sets_the_learning_rate(task, tmp_path, monkeypatch):
     assert result.row["lr"] != module.default_lr and 0 < result.row["lr"] < 10
     for key, value in seen["state"].items():  # the finder's trial steps are undone
         assert torch.equal(value, seen["after"][key]), key
+
+
+def test_fine_tune_trains_the_tower_on_images_quietly(tmp_path, capfd, monkeypatch):
+    import warnings
+
+    import lightning.pytorch.trainer.connectors.data_connector as data_connector
+    from open_clip.transformer import VisionTransformer
+    from torch.utils.data import DataLoader, TensorDataset
+
+    # As on a many-core machine, where Lightning warns about DataLoaders without workers.
+    monkeypatch.setattr(data_connector, "suggested_max_num_workers", lambda n: 8)
+
+    torch.manual_seed(0)
+    visual = VisionTransformer(image_size=16, patch_size=8, width=32, layers=1, heads=2,
+                               mlp_ratio=2.0, output_dim=8)
+    weights = torch.nn.functional.normalize(torch.randn(8, 3), dim=0)
+    module = build_variant("fine-tune", FrozenClassifier(weights), visual=visual)
+    assert module.n_trainable == sum(p.numel() for p in visual.parameters())
+    images, y = torch.randn(96, 3, 16, 16), torch.randint(0, 3, (96,))
+    loaders = [DataLoader(TensorDataset(images[i::3], y[i::3]), batch_size=16) for i in range(3)]
+    before = copy.deepcopy(visual.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning (num_workers, ...) fails the test
+        result = fit_variant(module, *loaders, seed=0, max_epochs=2, ckpt_dir=tmp_path,
+                             progress=False, lr=1e-3)
+    assert result.row["engine"] == "lightning" and result.row["epochs"] == 2
+    assert any(not torch.equal(before[k], v) for k, v in visual.state_dict().items())
+    out = capfd.readouterr()
+    assert "GPU available" not in out.err + out.out and "Tip" not in out.err + out.out
