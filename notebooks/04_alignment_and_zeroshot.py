@@ -1,0 +1,250 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Alignment and zero-shot accuracy
+#
+# Paper §4 turns from *what* heads carry to *whether the text side can read it*. A zero-shot
+# classifier compares the image embedding, the sum of all units, with text embeddings of the
+# class prompts. If the information a task needs sits in a few heads while the other units add
+# variance that the class prompts do not separate, the classifier sees it through noise. The
+# paper makes three points, which this chapter measures on the tutorial world:
+#
+# 1. the image tower often *has* more than zero-shot classification *uses* (the **headroom**
+#    between zero-shot accuracy and a linear probe);
+# 2. only some units matter for the zero-shot output: TextSpan found that mean-ablating all but
+#    the last few attention layers of CLIP barely changes accuracy (**ablation by layer**), and
+#    the paper shows that keeping a small, well-chosen set of heads (others replaced by their
+#    mean) can match or beat the full model (**coarse selection**);
+# 3. tasks whose relevant heads are specialised and aligned with text do better zero-shot (the
+#    **specialisation–performance link**).
+#
+# Every number in the text cells' conclusions is computed and printed by the cell above it; the
+# interpretation is for this run of the tutorial model.
+
+# %% tags=["parameters"]
+model = "tutorial"  # a key of residual_core.models.list_models()
+tasks = [
+    "world.left_shape", "world.left_color", "world.left_size", "world.left_texture",
+    "world.right_shape", "world.right_color", "world.right_size", "world.right_texture",
+    "world.background", "world.count", "world.relation",
+]
+task_families = {}  # task -> dictionary family, where the name does not say it (paper datasets)
+reference = "world.reference"  # mean ablation and TextSpan use its images (ImageNet in the paper)
+dictionary = "tutorial"
+modifier_families = ["side"]
+train_size = 2000  # probes are fitted on train
+val_size = 1000  # heads are ranked and k is chosen on val
+test_size = 2000  # everything reported is on test
+reference_size = 5000
+n_texts = 8
+rank = 80
+random_seeds = 10  # seeds of the random ranking R
+k_carriers = 2  # "heads a task relies on": its best heads by probe
+default_task = "world.left_texture"
+seed = 0
+device = "cpu"
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+from IPython.display import display
+
+from residual_core import specialization as spec
+from residual_core.ablation import head_labels
+from residual_core.alignment import analyze_task, selected_on_val, task_table
+from residual_core.dictionary import load_dictionary
+from residual_core.models import load_model
+from residual_core.plots_heads import (
+    plot_correlation,
+    plot_headroom,
+    plot_layer_ablation,
+    plot_task_card,
+)
+from residual_core.plotting import figure_picker
+from residual_core.tasks import TaskEncodings
+from residual_core.text_cache import embed_dictionary
+from residual_core.zeroshot import build_classifier
+
+_ = torch.manual_seed(seed)
+
+# %% [markdown]
+# ## Model, encodings and classifiers
+#
+# Units are encoded once per image set (cached); the reference split gives every unit's mean
+# for mean ablation and the covariances for TextSpan. Each task's zero-shot classifier is the
+# usual prompt ensemble over its templates, with cosine logits.
+
+# %%
+loaded = load_model(model, device=device)
+enc = TaskEncodings(loaded, {"train": train_size, "val": val_size, "test": test_size})
+ref = TaskEncodings(loaded, {"train": reference_size})
+ref_units = ref.units(reference, "train")
+labels = ref.labels(reference, "train")
+means = ref_units.mean(0)
+heads = head_labels(labels)
+classifiers = {t: build_classifier(loaded, enc.dataset(t, "test").classnames,
+                                   enc.dataset(t, "test").templates) for t in tasks}
+print(f"model {loaded.name} ({loaded.fingerprint}): {len(heads)} heads; {len(tasks)} tasks; "
+      f"train/val/test {train_size}/{val_size}/{test_size}, reference {ref_units.shape[0]}")
+
+# %% [markdown]
+# ## Per-task analysis
+#
+# For every task: zero-shot accuracy; a ridge probe per unit (fitted on train, tested on test);
+# each head's alignment with the classifier (the share of its variance inside the span of the
+# class directions); mean ablation by layer; and coarse selection with the four rankings of the
+# paper, ranked on validation and evaluated on test.
+
+# %%
+results = {
+    t: analyze_task(t, enc.get(t, "train"), enc.get(t, "val"), enc.get(t, "test"), labels,
+                    means, classifiers[t], random_seeds=random_seeds)
+    for t in tasks
+}
+words = load_dictionary(dictionary)
+textspan = spec.explain_heads(ref_units, labels, heads, embed_dictionary(loaded, words),
+                              words.texts, n_iters=n_texts, rank=rank)
+shares = spec.family_shares(list(textspan.values()), words, ignore=modifier_families)
+families = {t: spec.task_family(t, words.family_names(), task_families) for t in tasks}
+table = task_table(list(results.values()), shares, families, k_carriers=k_carriers)
+
+# %% [markdown]
+# ## 1. Zero-shot accuracy and its headroom
+#
+# Bars per task (test split): zero-shot accuracy of the full model, a linear probe on the best
+# single head, and a linear probe on the whole embedding. The gap between zero-shot and the
+# embedding probe is information the image tower has but the text classifier does not read.
+
+# %%
+plot_headroom(table)
+plt.show()
+display(table[["task", "K", "chance", "zero_shot", "best_head", "best_head_probe",
+               "embedding_probe", "headroom"]].style.format(precision=3).hide(axis="index"))
+worst = table.sort_values("headroom", ascending=False).iloc[:3]
+print(f"mean zero-shot accuracy {table.zero_shot.mean():.3f}; mean embedding probe "
+      f"{table.embedding_probe.mean():.3f}; mean headroom {table.headroom.mean():.3f}")
+print("largest headroom:", ", ".join(f"{r.task} ({r.zero_shot:.2f} vs {r.embedding_probe:.2f})"
+                                     for r in worst.itertuples()))
+print(f"tasks where one head's probe beats zero-shot: "
+      f"{int((table.best_head_probe > table.zero_shot).sum())} of {len(table)}")
+
+# %% [markdown]
+# ## 2a. Which layers' direct effects matter?
+#
+# Mean-ablate the direct contribution of the heads (left), the MLPs (middle) or both (right) of
+# the first $n$ layers and measure zero-shot accuracy on test; thin lines are tasks, the black
+# line their mean. TextSpan reported for CLIP ViTs that accuracy survives ablating everything but
+# the last ~4 attention layers (of 12–32). The tutorial tower has far fewer layers, so the
+# question becomes: how many of its last layers carry the direct effect?
+
+# %%
+layers = pd.concat([r.layers.assign(task=t) for t, r in results.items()], ignore_index=True)
+plot_layer_ablation(layers)
+plt.show()
+by_layer = layers.groupby(["kind", "ablated_layers"]).accuracy.mean().unstack("ablated_layers")
+display(by_layer.style.format(precision=3))
+full = table.zero_shot.mean()
+for kind in by_layer.index:
+    row = by_layer.loc[kind]
+    keep = [n for n in row.index if full - row[n] <= 0.01]
+    print(f"{kind}: mean accuracy stays within 1 point of the full model ({full:.3f}) while "
+          f"ablating up to the first {max(keep)} of {row.index.max()} layers; "
+          f"all ablated: {row.iloc[-1]:.3f}")
+
+# %% [markdown]
+# ## 2b. Coarse head selection
+#
+# Keep the top-$k$ heads under a ranking and mean-ablate the others (embedding and MLPs kept):
+# **S** greedy selection by validation accuracy, **U|T** the heads whose variance lies most in
+# the span of the task's class directions, **U** most along the full output, **R** random (10
+# seeds, band from min to max). Rankings and the choice of $k$ use the validation split only.
+# Pick a task:
+
+# %%
+cards = {t: plot_task_card(r, chance=1 / r.n_classes) for t, r in results.items()}
+display(figure_picker(cards, "Task", default=default_task if default_task in cards else None))
+
+# %% [markdown]
+# The table takes, for each task and ranking, the $k$ with the best *validation* accuracy and
+# reports its *test* accuracy, next to the full model.
+
+# %%
+picked = pd.concat([selected_on_val(r.coarse).assign(task=t) for t, r in results.items()])
+test_by_ranking = picked.pivot(index="task", columns="ranking", values="test_acc")[
+    ["full", "S", "U|T", "U", "R"]].loc[tasks]
+k_by_ranking = picked.pivot(index="task", columns="ranking", values="k")[["S", "U|T", "U"]]
+display(test_by_ranking.join(k_by_ranking.add_suffix(" k")).style.format(precision=3))
+gain = test_by_ranking.sub(test_by_ranking["full"], axis=0)
+for ranking in ["S", "U|T", "U", "R"]:
+    print(f"{ranking:>3}: mean test accuracy {test_by_ranking[ranking].mean():.3f} vs full "
+          f"{test_by_ranking['full'].mean():.3f}; better than full on "
+          f"{int((gain[ranking] > 0.005).sum())} of {len(tasks)} tasks, worse on "
+          f"{int((gain[ranking] < -0.005).sum())}")
+
+# %% [markdown]
+# ## 3. Specialisation and zero-shot accuracy across tasks
+#
+# For each task, "the heads it relies on" are its `k_carriers` best heads by probe. Two task-level
+# measures of how well those heads speak to text:
+#
+# - **specialisation** (`spec_carriers`): the share of those heads' TextSpan explanation
+#   credited to the task's family (chapter 03), i.e. how much of what they do is described by
+#   texts about this attribute;
+# - **alignment** (`align_carriers`): the share of their variance inside the span of the task's
+#   class directions, i.e. how much of it the zero-shot classifier can see.
+#
+# Zero-shot accuracy is compared across tasks with different numbers of classes, so it is
+# rescaled to `zs_lift` = (accuracy − 1/K) / (1 − 1/K). With eleven tasks only a strong
+# correlation can be told apart from chance; the permutation p-value says how strong this one is.
+
+# %%
+display(table[["task", "family", "zero_shot", "zs_lift", "carriers", "spec_carriers",
+               "align_carriers", "s_heads", "spec_s"]].style.format(precision=3)
+        .hide(axis="index"))
+stats = {col: spec.rank_correlation(table[col], table.zs_lift, seed=seed)
+         for col in ["spec_carriers", "align_carriers", "spec_s", "best_head_probe"]}
+fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+plot_correlation(table, "spec_carriers", "zs_lift", stats=stats["spec_carriers"], ax=axes[0],
+                 xlabel="specialisation of the relied-on heads (family share)",
+                 ylabel="zero-shot lift over chance")
+plot_correlation(table, "align_carriers", "zs_lift", stats=stats["align_carriers"], ax=axes[1],
+                 xlabel="alignment of the relied-on heads with the classifier",
+                 ylabel="zero-shot lift over chance")
+plt.show()
+for col, s in stats.items():
+    verdict = "significant at 5%" if s["p"] < 0.05 else "not significant at 5%"
+    print(f"{col:>15} vs zs_lift: Spearman rho = {s['rho']:+.2f}, p = {s['p']:.3f} "
+          f"(n = {s['n']}, {verdict})")
+
+# %% [markdown]
+# ## Summary: where the tutorial world agrees with the paper
+#
+# The printed lines above are this run's evidence for each claim:
+#
+# - **Headroom** (claim 1): compare the mean zero-shot accuracy with the mean embedding probe;
+#   the rarely captioned attributes of the world (textures, count, relation) are where a gap is
+#   expected, as on the paper's weak zero-shot datasets.
+# - **Layers** (claim 2a): the layer-ablation lines say how many first layers can be
+#   mean-ablated before the mean accuracy moves by more than a point. With a four-layer tower,
+#   "only the last layers matter" can at most mean the last one or two.
+# - **Coarse selection** (claim 2b): the S/U|T/U/R lines say on how many tasks keeping a
+#   validation-chosen subset of heads beats the full model on test. The paper's finding is
+#   that it often does; where it does not here, the full model already reads the task well or
+#   the relevant information is spread over many heads.
+# - **Specialisation and zero-shot** (claim 3): the correlations and their p-values. A positive,
+#   significant rho supports the paper's link; with eleven tasks of one small model, a
+#   non-significant one is weak evidence either way, not a refutation.

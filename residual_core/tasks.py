@@ -1,0 +1,141 @@
+"""Unit contributions of several classification tasks, encoding images shared by tasks only once.
+
+All tutorial-world tasks of one distribution and split (``world.left_color``,
+``world.count``, ...) show the same images with different labels, so their units are the same
+tensor. :class:`TaskEncodings` finds which tasks share images, encodes each image set once
+through the cached :func:`residual_core.store.encode_dataset`, and hands out
+``(units, targets)`` per task and split. The paper's datasets each have their own images and
+are simply encoded one by one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from residual_core.datasets import ClassificationDataset, load_dataset
+from residual_core.probes import probe_table
+from residual_core.store import EncodingStore, encode_dataset
+
+__all__ = ["TaskEncodings"]
+
+
+class TaskEncodings:
+    """Lazily encoded, memoised unit contributions of tasks and splits.
+
+    Example:
+        >>> enc = TaskEncodings(loaded, {"train": 2000, "test": 2000})
+        >>> units, y = enc.get("world.left_color", "test")   # encodes the test images
+        >>> units, y = enc.get("world.count", "test")        # same images: no new encoding
+
+    Args:
+        loaded: A :class:`residual_core.models.LoadedModel`.
+        sizes: Samples per split (``None`` or a missing split: the dataset's default size).
+        cache_dir: Root of the encoding stores (default: the store's default cache).
+        keep: Unit tensors kept in memory at once (least recently used are dropped; one
+            tensor serves every task sharing its images).
+        progress: Show progress bars while encoding.
+    """
+
+    def __init__(
+        self,
+        loaded,
+        sizes: Mapping[str, int | None] | None = None,
+        *,
+        cache_dir: str | os.PathLike | None = None,
+        keep: int = 4,
+        progress: bool = False,
+    ) -> None:
+        self.loaded = loaded
+        self.sizes = dict(sizes or {})
+        self.cache_dir = cache_dir
+        self.keep = keep
+        self.progress = progress
+        self._sources: dict[tuple[str, str], str] = {}  # (task, split) → task whose store is used
+        self._units: OrderedDict[tuple[str, str], Tensor] = OrderedDict()
+
+    def dataset(self, task: str, split: str) -> ClassificationDataset:
+        """The (untransformed, memory-cached) dataset of a task split."""
+        return load_dataset(task, split, size=self.sizes.get(split))
+
+    def source(self, task: str, split: str) -> str:
+        """The task whose encoding store holds this task's images (itself if none shares them)."""
+        key = (task, split)
+        if key not in self._sources:
+            images = self.dataset(task, split).images
+            self._sources[key] = next(
+                (src for (t, s), src in self._sources.items()
+                 if s == split and self.dataset(t, split).images is images),
+                task,
+            )
+        return self._sources[key]
+
+    def store(self, task: str, split: str) -> EncodingStore:
+        """The cached encoding store of a task split's images (built on first use)."""
+        return encode_dataset(self.loaded, self.source(task, split), split,
+                              size=self.sizes.get(split), cache_dir=self.cache_dir,
+                              progress=self.progress)
+
+    def units(self, task: str, split: str) -> Float[Tensor, "n unit d_out"]:
+        """Every unit's projected contribution for every sample of the split (float32, CPU)."""
+        key = (self.source(task, split), split)
+        if key in self._units:
+            self._units.move_to_end(key)
+        else:
+            store = self.store(task, split)
+            self._units[key] = store.units(store.labels)
+            while len(self._units) > self.keep:
+                self._units.popitem(last=False)
+        return self._units[key]
+
+    def labels(self, task: str, split: str = "test") -> list[str]:
+        """Unit labels, in the order of the ``unit`` axis."""
+        return self.store(task, split).labels
+
+    def targets(self, task: str, split: str) -> Int[Tensor, " n"]:
+        """The task's class index of every sample."""
+        return torch.as_tensor(self.dataset(task, split).labels)
+
+    def get(self, task: str, split: str) -> tuple[Float[Tensor, "n unit d_out"], Int[Tensor, " n"]]:
+        """``(units, targets)`` of a task split."""
+        return self.units(task, split), self.targets(task, split)
+
+    def attributes(self, task: str, split: str) -> dict[str, Int[Tensor, " n"]] | None:
+        """Ground-truth attribute labels of the split's samples, if the dataset has them."""
+        attrs = self.dataset(task, split).attributes
+        return None if attrs is None else {k: torch.as_tensor(v) for k, v in attrs.items()}
+
+    def means(self, task: str, split: str) -> Float[Tensor, "unit d_out"]:
+        """Mean contribution of every unit over a split (e.g. the reference split)."""
+        return self.units(task, split).mean(0)
+
+    def probes(self, tasks: Sequence[str], train: str = "train", test: str = "test",
+               alpha: float = 0.1) -> pd.DataFrame:
+        """Ridge-probe test accuracy of every unit (and the embedding) for every task's labels.
+
+        Tasks sharing images are probed in one batched call (see
+        :func:`residual_core.probes.probe_table`).
+
+        Returns:
+            Units (plus ``embedding``) × tasks.
+        """
+        cols = []
+        for source, group in self.groups(tasks, train).items():
+            cols.append(probe_table(
+                self.units(source, train), {t: self.targets(t, train) for t in group},
+                self.units(source, test), {t: self.targets(t, test) for t in group},
+                self.labels(source, train), alpha=alpha))
+        return pd.concat(cols, axis=1)[list(tasks)]
+
+    def groups(self, tasks: Sequence[str], split: str) -> dict[str, list[str]]:
+        """Tasks grouped by the images they share: source task → tasks."""
+        out: dict[str, list[str]] = {}
+        for task in tasks:
+            out.setdefault(self.source(task, split), []).append(task)
+        return out

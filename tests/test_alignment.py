@@ -1,0 +1,115 @@
+"""Zero-shot vs units: layer ablation, validation-chosen k, per-task analysis on planted data."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from residual_core.alignment import (
+    ABLATION_KINDS,
+    analyze_task,
+    layer_ablation,
+    layer_of,
+    selected_on_val,
+    selection_summary,
+    task_table,
+    units_of_layer,
+)
+from residual_core.zeroshot import ZeroShotClassifier
+
+LABELS = ["embed", "L0.mlp", "L1.mlp", "L0H0", "L0H1", "L1H0", "L1H1"]
+D, K = 8, 3
+
+
+def planted(n: int, seed: int):
+    """Only L1H0 carries the class (along the class direction e_y); everything else is noise.
+
+    L0H1 carries the class too, but orthogonally to the classifier (probe sees it, C does not).
+    """
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, K, (n,), generator=g)
+    units = 0.15 * torch.randn(n, len(LABELS), D, generator=g)
+    units[:, LABELS.index("L1H0")] += 2.0 * torch.nn.functional.one_hot(y, D).float()
+    units[:, LABELS.index("L0H1"), K:2 * K] += 2.0 * torch.nn.functional.one_hot(y, K).float()
+    units[:, LABELS.index("embed")] += 1.0  # a constant offset, shared by every image
+    return units, y
+
+
+CLASSIFIER = torch.eye(D)[:, :K].contiguous()
+
+
+def test_layer_of_and_units_of_layer():
+    assert [layer_of(u) for u in LABELS] == [None, 0, 1, 0, 0, 1, 1]
+    assert units_of_layer(LABELS, 1) == ["L1H0", "L1H1"]
+    assert units_of_layer(LABELS, 0, "mlps") == ["L0.mlp"]
+
+
+def test_layer_ablation_finds_the_carrying_layer():
+    units, y = planted(600, 0)
+    means = planted(600, 1)[0].mean(0)
+    table = layer_ablation(units, LABELS, means, CLASSIFIER, y)
+    assert len(table) == len(ABLATION_KINDS) * 3
+    acc = table.set_index(["kind", "ablated_layers"]).accuracy
+    assert acc["heads", 0] > 0.95  # full model
+    assert acc["heads", 1] == pytest.approx(acc["heads", 0])  # layer 0 heads: no direct effect
+    assert acc["heads", 2] < 0.5  # L1H0 gone: chance-ish
+    assert acc["mlps", 2] == pytest.approx(acc["heads", 0], abs=0.02)  # MLPs carry nothing
+    assert (table.kept_layers + table.ablated_layers == 2).all()
+
+
+def test_selected_on_val_and_summary():
+    coarse = pd.DataFrame([
+        {"ranking": "S", "seed": 0, "k": 1, "val_acc": 0.8, "test_acc": 0.7},
+        {"ranking": "S", "seed": 0, "k": 2, "val_acc": 0.8, "test_acc": 0.9},  # tie → smaller k
+        {"ranking": "R", "seed": 0, "k": 1, "val_acc": 0.5, "test_acc": 0.4},
+        {"ranking": "R", "seed": 0, "k": 2, "val_acc": 0.6, "test_acc": 0.6},
+        {"ranking": "R", "seed": 1, "k": 1, "val_acc": 0.7, "test_acc": 0.2},
+        {"ranking": "R", "seed": 1, "k": 2, "val_acc": 0.6, "test_acc": 0.8},
+        {"ranking": "full", "seed": 0, "k": 2, "val_acc": 0.75, "test_acc": 0.85},
+    ])
+    picked = selected_on_val(coarse).set_index("ranking")
+    assert picked.loc["S", "k"] == 1 and picked.loc["S", "test_acc"] == pytest.approx(0.7)
+    assert picked.loc["R", "test_acc"] == pytest.approx((0.6 + 0.2) / 2)
+    assert picked.loc["R", "k"] == pytest.approx(1.5)
+    assert picked.loc["full", "test_acc"] == pytest.approx(0.85)
+    summary = selection_summary(coarse).set_index(["ranking", "k"])
+    assert summary.loc[("R", 2), "min"] == pytest.approx(0.6)
+    assert summary.loc[("R", 2), "max"] == pytest.approx(0.8)
+    assert "full" not in summary.index.get_level_values(0)
+
+
+@pytest.fixture(scope="module")
+def result():
+    train, val, test, ref = (planted(300, s) for s in (0, 1, 2, 3))
+    clf = ZeroShotClassifier(CLASSIFIER, ["a", "b", "c"], ["{}"])
+    return analyze_task("toy.task", train, val, test, LABELS, ref[0].mean(0), clf,
+                        random_seeds=3, s_heads=2)
+
+
+def test_analyze_task_on_planted_heads(result):
+    assert result.n_classes == K
+    assert result.zero_shot > 0.9 and result.zero_shot_val > 0.9
+    assert result.heads == ["L0H0", "L0H1", "L1H0", "L1H1"]
+    assert set(result.carriers(2)) == {"L1H0", "L0H1"}  # both carry the class
+    assert result.s_order[0] == "L1H0"  # only one of them speaks to the classifier
+    assert result.alignment["L1H0"] > 0.5 > result.alignment["L0H1"]
+    assert result.probes["embedding"] > 0.95
+    assert set(result.coarse.ranking) == {"S", "U|T", "U", "R", "full"}
+    assert result.coarse[result.coarse.ranking == "R"].seed.nunique() == 3
+    assert set(result.layers.kind) == set(ABLATION_KINDS)
+
+
+def test_task_table(result):
+    shares = pd.DataFrame({"color": [0.0, 0.2, 0.9, 0.1], "shape": [1.0, 0.8, 0.1, 0.9]},
+                          index=["L0H0", "L0H1", "L1H0", "L1H1"])
+    table = task_table([result], shares, {"toy.task": "color"}, k_carriers=2)
+    row = table.iloc[0]
+    assert row.chance == pytest.approx(1 / 3)
+    assert row.zs_lift == pytest.approx((row.zero_shot - 1 / 3) / (2 / 3))
+    assert row.headroom == pytest.approx(row.embedding_probe - row.zero_shot)
+    assert row.spec_carriers == pytest.approx((0.9 + 0.2) / 2)
+    assert row.spec_s == pytest.approx(shares.loc[result.s_order, "color"].mean())
+    assert row.best_head in ("L1H0", "L0H1")
+    nofam = task_table([result], shares, {"toy.task": None})
+    assert nofam.spec_carriers.isna().all()

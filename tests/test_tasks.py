@@ -1,0 +1,56 @@
+"""TaskEncodings: tutorial tasks sharing images are encoded once; labels come per task."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from residual_core.models import LoadedModel, weights_fingerprint
+from residual_core.tasks import TaskEncodings
+from residual_core.tutorial import world
+from residual_core.tutorial.model import build_tiny_clip, preprocess_transform, tiny_clip_config
+from residual_core.tutorial.tokenizer import WordTokenizer
+
+
+@pytest.fixture(scope="module")
+def loaded() -> LoadedModel:
+    torch.manual_seed(0)
+    tok = WordTokenizer(world.vocabulary(), 32)
+    cfg = tiny_clip_config(tok.vocab_size, 32)
+    cfg["vision_cfg"].update(layers=2, width=32, head_width=16)  # small and fast
+    cfg["text_cfg"].update(layers=1, width=32, heads=2)
+    cfg["embed_dim"] = 16
+    model = build_tiny_clip(cfg).eval()
+    return LoadedModel(model, preprocess_transform(64), tok, "random-tiny", "tutorial-tiny-clip",
+                       None, f"random-{weights_fingerprint(model)}")
+
+
+def test_shared_images_are_encoded_once(loaded, tmp_path):
+    enc = TaskEncodings(loaded, {"train": 12, "test": 8}, cache_dir=tmp_path, keep=2)
+    tasks = ["world.left_color", "world.count", "world.background"]
+    assert enc.groups(tasks, "test") == {"world.left_color": tasks}
+    units, y = enc.get("world.count", "test")
+    assert units.shape == (8, 1 + 2 + 2 * 2, 16)
+    assert enc.units("world.left_color", "test") is units  # same images, same tensor
+    assert torch.equal(y, torch.as_tensor(enc.dataset("world.count", "test").labels))
+    assert not torch.equal(y, enc.targets("world.left_color", "test"))
+    stores = list((tmp_path / "encodings" / "random-tiny").iterdir())
+    assert [p.name for p in stores] == ["world.left_color"]  # first seen serves all three
+    attrs = enc.attributes("world.count", "test")
+    assert torch.equal(attrs["left_color"], enc.targets("world.left_color", "test"))
+    torch.testing.assert_close(enc.means("world.count", "test"), units.mean(0))
+    # The stored units add up to the image embedding.
+    ds = enc.dataset("world.count", "test").with_transform(loaded.preprocess)
+    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    with torch.no_grad():
+        torch.testing.assert_close(units.sum(1), loaded.model.encode_image(images),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_probes_and_memory_bound(loaded, tmp_path):
+    enc = TaskEncodings(loaded, {"train": 12, "test": 8}, cache_dir=tmp_path, keep=1)
+    probes = enc.probes(["world.left_color", "world.count"])
+    assert list(probes.columns) == ["world.left_color", "world.count"]
+    assert list(probes.index) == [*enc.labels("world.count", "test"), "embedding"]
+    assert ((probes >= 0) & (probes <= 1)).all().all()
+    assert len(enc._units) == 1  # keep=1: the train tensor was dropped for the test one
