@@ -50,8 +50,8 @@ def make_pca(units: torch.Tensor) -> PCAResult:
     return StreamingPCA().update(units).compute()
 
 
-def classifier(n_classes: int = 4, seed: int = 1) -> FrozenClassifier:
-    w = torch.randn(LAYOUT.d_out, n_classes, generator=torch.Generator().manual_seed(seed))
+def classifier(n_classes: int = 4, seed: int = 1, d_out: int = LAYOUT.d_out) -> FrozenClassifier:
+    w = torch.randn(d_out, n_classes, generator=torch.Generator().manual_seed(seed))
     return FrozenClassifier(torch.nn.functional.normalize(w, dim=0), scale=100.0)
 
 
@@ -322,3 +322,36 @@ def test_lambda_helpers():
     assert torch.isnan(matrix[labels.index("L1H2"), 2:]).all()
     with pytest.raises(KeyError):
         unit_lambdas(full, "embed")  # kept, not trained
+
+
+def test_end_to_end_from_a_real_decomposition():
+    """open_clip tower → units → PCA → ResiDual at λ = 1 reproduces ``encode_image``."""
+    from open_clip.transformer import VisionTransformer
+
+    from residual_core.decompose import decompose
+
+    torch.manual_seed(0)
+    visual = VisionTransformer(image_size=32, patch_size=8, width=64, layers=2, heads=4,
+                               mlp_ratio=2.0, output_dim=24)
+    with torch.no_grad():
+        for p in visual.parameters():  # non-zero biases, like a trained model
+            p.add_(0.05 * torch.randn_like(p))
+    visual.eval()
+    images = torch.randn(160, 3, 32, 32)
+    dec = decompose(visual, images)
+    layout = check_supported(visual)
+    with torch.no_grad():
+        target = visual(images)
+    pca = make_pca(dec.units)
+    heads = [i for i, label in enumerate(dec.labels) if is_head(label)]
+    # A head's output spans its d_head value directions plus the out-projection bias / σ one.
+    ranks = [make_basis(pca, dec.labels, [dec.labels[i]], "rank").sizes[0] for i in heads]
+    assert max(ranks) <= layout.d_head + 1
+    clf = classifier(d_out=layout.d_out)
+    full = build_variant("residual-full", clf, labels=dec.labels, pca=pca, layout=layout)
+    exact = build_variant("residual-full", clf, labels=dec.labels, pca=pca, layout=layout,
+                          keep_residue=True)
+    assert rel_err(embed_of(exact, dec.units), target) < TOL
+    # Truncating heads at d_head PCs loses only the (small) bias direction.
+    err = rel_err(embed_of(full, dec.units), target)
+    assert 0 < err < 0.05, err
