@@ -70,7 +70,7 @@ from residual_core.unit_geometry import (
 )
 
 _ = torch.manual_seed(seed)
-pd.options.display.precision = 2
+pd.options.display.float_format = "{:.3g}".format
 
 # %% [markdown]
 # ## Encoding the reference set
@@ -170,13 +170,14 @@ display(figure_picker(layer_figures, "Layer", default=f"layer {layout.n_layers -
 # %%
 findings = id_findings(table, layout.d_out)
 heads = table[table.kind == "head"]
-print(f"Heads: linear ID {heads.linear_id.min()}–{heads.linear_id.max()} (median "
-      f"{heads.linear_id.median():.0f}) of at most {layout.d_head + 1}; TwoNN "
-      f"{heads.twonn.min():.1f}–{heads.twonn.max():.1f} (median {heads.twonn.median():.1f}); "
-      f"EVR of PC1 median {heads.evr_pc1.median():.2f}.")
+print(f"Heads: linear ID {heads.linear_id.min()}–{heads.linear_id.max()} "
+      f"(median {heads.linear_id.median():.0f}) of at most {layout.d_head + 1};\n"
+      f"       TwoNN {heads.twonn.min():.1f}–{heads.twonn.max():.1f} "
+      f"(median {heads.twonn.median():.1f}); EVR of PC1 median {heads.evr_pc1.median():.2f}.")
 mlps = table[table.kind == "mlp"]
-print(f"MLPs: linear ID {mlps.linear_id.min()}–{mlps.linear_id.max()}, TwoNN "
-      f"{mlps.twonn.min():.1f}–{mlps.twonn.max():.1f}.")
+print(f"MLPs:  linear ID {mlps.linear_id.min()}–{mlps.linear_id.max()}, "
+      f"TwoNN {mlps.twonn.min():.1f}–{mlps.twonn.max():.1f}.")
+print(f"{findings.holds.sum()} of {len(findings)} claims hold on this run:")
 with pd.option_context("display.max_colwidth", None):
     display(findings.set_index("claim"))
 
@@ -191,6 +192,9 @@ with pd.option_context("display.max_colwidth", None):
 #   points can resolve, and it is sensitive to noise at small scales (look for a
 #   fit that bends away from its line). With a few thousand points, large values (beyond ~20)
 #   are likely underestimates.
+# - A ratio below 1 (TwoNN above the linear ID) is possible: the last 1% of variance, which
+#   PCA-99 leaves out, spreads over many small directions that look like noise at small scales,
+#   and TwoNN counts them.
 # - With few layers, a "hunchback" rests on a handful of per-layer means; the spread over heads
 #   in the depth-profile panel shows how much weight the shape can bear.
 # - Run with `--preset paper` (a CLIP ViT on ImageNet) to check the claims where the paper made

@@ -178,8 +178,9 @@ plot_similarity_matrix(head_sim, ref_store.layout.n_heads,
                        title=f"Head vs head on {reference} (90% bases)")
 plt.show()
 off = head_sim.where(~np.tri(len(head_labels), dtype=bool)).stack()  # distinct pairs, once
+off.index = [f"{a} – {b}" for a, b in off.index]
 print(f"distinct head pairs: median {off.median():.2f}, max {off.max():.2f} "
-      f"(chance ~{head_chance.median():.2f}); most similar pairs:")
+      f"(chance ~{head_chance.median():.2f}); the most similar pairs:")
 display(off.sort_values(ascending=False).head(5).rename("similarity").to_frame())
 
 # %% [markdown]
@@ -196,7 +197,7 @@ with pd.option_context("display.max_colwidth", None):
 medians = similarity[similarity.kind == "head"].groupby("dataset", sort=False).similarity.median()
 ranked = ", ".join(f"{name} {value:.2f}" for name, value in medians.sort_values(
     ascending=False).items())
-print(f"median head similarity, from most to least stable: {ranked}")
+print(f"median head similarity, from most to least stable:\n  {ranked}")
 
 # %% [markdown]
 # How to read this honestly:
