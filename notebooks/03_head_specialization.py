@@ -201,7 +201,7 @@ scores = spec.specialization_scores(shares)
 # %%
 lift = spec.probe_lift(probes.loc[heads], chance)
 truth_view = spec.probe_specialization(lift, families)
-view = scores.join(truth_view.add_suffix("_probe"))
+view = scores.join(truth_view.rename(columns={"top_family": "top_family_probe"}))
 view["agree"] = (view.top_family == view.top_family_probe).map({True: "yes", False: "no"})
 display(view.style.format({"score": "{:.2f}", "entropy_score": "{:.2f}", "top_lift": "{:.2f}",
                            "concentration": "{:.2f}"}))

@@ -58,6 +58,8 @@ seed = 0
 device = "cpu"
 
 # %%
+from itertools import takewhile
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
@@ -77,6 +79,7 @@ from residual_core.plots_heads import (
 from residual_core.plotting import figure_picker
 from residual_core.tasks import TaskEncodings
 from residual_core.text_cache import embed_dictionary
+from residual_core.tutorial.world import mention_rates
 from residual_core.zeroshot import build_classifier
 
 _ = torch.manual_seed(seed)
@@ -157,13 +160,12 @@ plot_layer_ablation(layers)
 plt.show()
 by_layer = layers.groupby(["kind", "ablated_layers"]).accuracy.mean().unstack("ablated_layers")
 display(by_layer.style.format(precision=3))
-full = table.zero_shot.mean()
 for kind in by_layer.index:
-    row = by_layer.loc[kind]
-    keep = [n for n in row.index if full - row[n] <= 0.01]
-    print(f"{kind}: mean accuracy stays within 1 point of the full model ({full:.3f}) while "
-          f"ablating up to the first {max(keep)} of {row.index.max()} layers; "
-          f"all ablated: {row.iloc[-1]:.3f}")
+    row = by_layer.loc[kind]  # column 0: nothing ablated, the full model
+    spare = sum(1 for _ in takewhile(lambda n, r=row: r[0] - r[n] <= 0.01, row.index[1:]))
+    print(f"{kind}: mean accuracy stays within 1 point of the full model ({row[0]:.3f}) while "
+          f"ablating the first {spare} of {row.index.max()} layers; all ablated: "
+          f"{row.iloc[-1]:.3f}")
 
 # %% [markdown]
 # ## 2b. Coarse head selection
@@ -210,13 +212,18 @@ for ranking in ["S", "U|T", "U", "R"]:
 # Zero-shot accuracy is compared across tasks with different numbers of classes, so it is
 # rescaled to `zs_lift` = (accuracy − 1/K) / (1 − 1/K). With eleven tasks only a strong
 # correlation can be told apart from chance; the permutation p-value says how strong this one is.
+# On the tutorial world we also know the lever the world was built with: how often captions
+# mention each attribute (`caption_rate`), a control for the other correlations.
 
 # %%
-display(table[["task", "family", "zero_shot", "zs_lift", "carriers", "spec_carriers",
-               "align_carriers", "s_heads", "spec_s"]].style.format(precision=3)
-        .hide(axis="index"))
+rates = mention_rates() if model == "tutorial" else {}  # only the tutorial world has captions
+table["caption_rate"] = [rates.get(t.split(".")[-1], float("nan")) for t in table.task]
+display(table[["task", "family", "caption_rate", "zero_shot", "zs_lift", "carriers",
+               "spec_carriers", "align_carriers", "s_heads", "spec_s"]]
+        .style.format(precision=3).hide(axis="index"))
 stats = {col: spec.rank_correlation(table[col], table.zs_lift, seed=seed)
-         for col in ["spec_carriers", "align_carriers", "spec_s", "best_head_probe"]}
+         for col in ["spec_carriers", "align_carriers", "spec_s", "best_head_probe",
+                     "caption_rate"]}
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
 plot_correlation(table, "spec_carriers", "zs_lift", stats=stats["spec_carriers"], ax=axes[0],
                  xlabel="specialisation of the relied-on heads (family share)",
@@ -226,6 +233,8 @@ plot_correlation(table, "align_carriers", "zs_lift", stats=stats["align_carriers
                  ylabel="zero-shot lift over chance")
 plt.show()
 for col, s in stats.items():
+    if s["n"] < 3:
+        continue
     verdict = "significant at 5%" if s["p"] < 0.05 else "not significant at 5%"
     print(f"{col:>15} vs zs_lift: Spearman rho = {s['rho']:+.2f}, p = {s['p']:.3f} "
           f"(n = {s['n']}, {verdict})")
