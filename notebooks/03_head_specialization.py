@@ -157,15 +157,14 @@ plt.show()
 # dictionary has many more colour and shape texts than count or relation texts, a "yes" can
 # happen by luck; `by_chance` is the probability that three random dictionary texts would name
 # the family. `family_share` is the share of the head's explained variance credited to the
-# family over all its picks.
+# family over all its picks, and `family_prior` what a head explained by random texts would get.
 
 # %%
 families = {t: spec.task_family(t, words.family_names(), task_families) for t in tasks}
 truth = spec.ground_truth_table(probes, textspan, words, families, chance, n_heads=n_best_heads,
-                                n_texts=3)
+                                n_texts=3, ignore=modifier_families)
 truth["attribute"] = truth.attribute.map(short)
-display(truth.style.format({"probe_acc": "{:.2f}", "chance": "{:.2f}", "by_chance": "{:.2f}",
-                            "family_share": "{:.2f}"}).hide(axis="index"))
+display(truth.style.format(precision=2).hide(axis="index"))
 
 best = truth[truth["rank"] == 1]
 checked = best[best.names_family != "–"]
@@ -176,6 +175,9 @@ print(f"best head per attribute: TextSpan's top-3 texts name the attribute's fam
 strong = checked[checked.probe_acc - checked.chance > 0.5 * (1 - checked.chance)]
 print(f"of the {len(strong)} attributes whose best head is well above chance (over half-way "
       f"from chance to perfect), {int((strong.names_family == 'yes').sum())} are named")
+above = int((checked.family_share > checked.family_prior).sum())
+print(f"the best head's family share exceeds the dictionary prior for {above} of {len(checked)} "
+      "attributes")
 
 # %% [markdown]
 # ## The specialisation score

@@ -221,6 +221,7 @@ def ground_truth_table(
     *,
     n_heads: int = 1,
     n_texts: int = 3,
+    ignore: Sequence[str] = (),
 ) -> pd.DataFrame:
     """For every attribute: its best head(s) by probe and whether TextSpan names its family.
 
@@ -233,16 +234,19 @@ def ground_truth_table(
         chance: Majority-class accuracy per attribute.
         n_heads: Best heads listed per attribute.
         n_texts: A head "names the family" if one of its first ``n_texts`` texts does.
+        ignore: Modifier families not credited in ``family_share`` (see :func:`family_shares`).
 
     Returns:
         One row per (attribute, rank): ``attribute``, ``family``, ``rank``, ``head``,
         ``probe_acc``, ``chance``, ``top_texts`` (joined with `` | ``), ``names_family``
         (``"yes"``/``"no"``/``"–"``), ``by_chance`` (probability that ``n_texts`` random
-        dictionary texts would name the family) and ``family_share`` (share of the head's
-        explained variance credited to the family).
+        dictionary texts would name the family), ``family_share`` (share of the head's
+        explained variance credited to the family) and ``family_prior`` (the same share for a
+        head explained by the whole dictionary evenly, :func:`dictionary_prior`).
     """
     heads = [u for u in probes.index if u in explanations]
-    shares = family_shares([explanations[h] for h in heads], dictionary)
+    shares = family_shares([explanations[h] for h in heads], dictionary, ignore)
+    prior = dictionary_prior(dictionary, ignore)
     rows = []
     for attr in probes.columns:
         family = attribute_families.get(attr)
@@ -257,7 +261,8 @@ def ground_truth_table(
             rows.append({"attribute": attr, "family": family, "rank": rank, "head": head,
                          "probe_acc": float(acc), "chance": chance[attr],
                          "top_texts": " | ".join(expl.texts[:n_texts]), "names_family": named,
-                         "by_chance": by_chance, "family_share": share})
+                         "by_chance": by_chance, "family_share": share,
+                         "family_prior": float(prior.get(family, float("nan")))})
     return pd.DataFrame(rows)
 
 

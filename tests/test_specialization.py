@@ -93,7 +93,9 @@ def test_ground_truth_table_names_family_and_chance():
     table = spec.ground_truth_table(probes, explanations, DICT,
                                     {"left_color": "color", "count": None},
                                     {"left_color": 0.2, "count": 0.25}, n_heads=2, n_texts=1)
+    assert table.family_prior.iloc[0] == pytest.approx(3.5 / 9)  # "side" credited here
     first = table[(table.attribute == "left_color") & (table["rank"] == 1)].iloc[0]
+    assert first.family_share == pytest.approx(0.3 / 0.5)  # "red" explained 0.3 of 0.5
     assert first["head"] == "h0" and first.probe_acc == pytest.approx(0.9)  # embedding skipped
     assert first.names_family == "yes"
     assert first.by_chance == pytest.approx(4 / 9)  # one random text of 9, 4 name colour
