@@ -1,0 +1,530 @@
+"""Chapter §5 orchestration: every ResiDual variant on every task, resumable, as tidy rows.
+
+For one model, the reference PCA (:func:`reference_pcas`) is computed once; then for every task
+:func:`run_task` builds each variant of :data:`residual_core.residual.VARIANTS`, caches its
+inputs for train/val/test (:func:`residual_core.residual.cache_inputs`: PCA coordinates, the
+embedding, or the images for fine-tuning), trains it with
+:func:`residual_core.training.fit_variant` and appends the result row to a :class:`ResultLog`.
+
+Nothing is lost on a crash: every finished (model, task, variant) is one JSON line in the log,
+written and fsynced before the next variant starts; a rerun with the same settings skips the
+finished ones (reloading the trained λ from the best checkpoint when the chapter needs it), and
+a variant interrupted mid-training resumes from its ``last`` checkpoint. Results are keyed by
+:meth:`ExperimentConfig.key` (a hash of every setting and the model's weights), so changed
+settings never reuse stale rows.
+
+:func:`gain_table`, :func:`head_grid` and :func:`pc_texts` turn the results and the trained λ into
+what the chapter shows.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from residual_core.decompose import UnitLayout
+from residual_core.residual import (
+    VARIANTS,
+    FrozenClassifier,
+    Variant,
+    build_variant,
+    cache_inputs,
+    is_head,
+    lambda_summary,
+)
+from residual_core.spectral import PCAResult, StreamingPCA
+from residual_core.training import FitResult, TensorData, fit_variant, results_table
+
+__all__ = [
+    "SPLITS",
+    "ExperimentConfig",
+    "ExperimentResults",
+    "ResultLog",
+    "TaskInputs",
+    "gain_table",
+    "head_grid",
+    "image_tensor",
+    "load_trained",
+    "pc_texts",
+    "reference_pcas",
+    "run_experiments",
+    "run_task",
+]
+
+SPLITS = ("train", "val", "test")
+CACHED = tuple(v for v in VARIANTS if v != "fine-tune")
+"""Variants trained on cached inputs (the lean engine); fine-tuning trains on images."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Every setting that changes a result (hashed into :meth:`key`).
+
+    Attributes:
+        max_epochs: Upper bound on epochs of the cached variants (paper: 30).
+        patience: Early-stopping patience on validation accuracy (paper: 5).
+        batch_size: Training batch size (paper: 64).
+        seed: Seeds batch order and any random init.
+        evr: Explained-variance ratio of ``residual-fine``'s PCs (0.9).
+        add_mean: Add the reference means back in the ResiDual variants.
+        init: λ init, ``"ones"`` or ``"normal"``.
+        lrs: Learning rate per variant where it differs from the variant's default.
+        finetune_epochs: Epoch cap of ``fine-tune`` (the expensive one; patience still applies).
+        finetune_train_size: Train on the first this many training images (``None``: all).
+        device: Where to train.
+        weights: The model's weights fingerprint (so another model never reuses results).
+    """
+
+    max_epochs: int = 30
+    patience: int = 5
+    batch_size: int = 64
+    seed: int = 0
+    evr: float = 0.9
+    add_mean: bool = True
+    init: Literal["ones", "normal"] = "ones"
+    lrs: Mapping[str, float] = field(default_factory=dict)
+    finetune_epochs: int = 30
+    finetune_train_size: int | None = None
+    device: str = "cpu"
+    weights: str = ""
+
+    def key(self) -> str:
+        """Short hash of the settings (the device does not change results, so it is left out)."""
+        settings = {k: v for k, v in asdict(self).items() if k != "device"}
+        settings["lrs"] = dict(sorted(dict(self.lrs).items()))
+        blob = json.dumps(settings, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def lr(self, variant: str) -> float | None:
+        """Learning rate of a variant (``None``: the variant's default)."""
+        return self.lrs.get(variant)
+
+
+class ResultLog:
+    """Append-only JSON-lines file of result rows, one line per finished (task, variant).
+
+    A line is written in one call, flushed and fsynced; a truncated last line (a crash while
+    writing) is ignored on reading. When a key appears twice the last line wins.
+
+    Args:
+        path: The ``.jsonl`` file (created with its folder on the first append).
+    """
+
+    KEY = ("model", "config", "dataset", "variant")
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every complete row, deduplicated by key (last wins), in file order."""
+        if not self.path.exists():
+            return []
+        out: dict[tuple, dict[str, Any]] = {}
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+            key = tuple(row.get(k) for k in self.KEY)
+            out.pop(key, None)
+            out[key] = row
+        return list(out.values())
+
+    def find(self, **key: Any) -> dict[str, Any] | None:
+        """The row with this key (``model``, ``config``, ``dataset``, ``variant``), if any."""
+        wanted = tuple(key[k] for k in self.KEY)
+        for row in reversed(self.rows()):
+            if tuple(row.get(k) for k in self.KEY) == wanted:
+                return row
+        return None
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        """Write one row durably."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(dict(row), default=_jsonable) + "\n"
+        with open(self.path, "a") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def table(self) -> pd.DataFrame:
+        """The rows as :func:`residual_core.training.results_table` (``accuracy`` = test)."""
+        return results_table(self.rows())
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.tolist()
+    return str(value)
+
+
+@torch.no_grad()
+def reference_pcas(
+    units: Float[Tensor, "n unit d_out"] | Iterable[Float[Tensor, "batch unit d_out"]],
+    batch_size: int = 2048,
+) -> tuple[PCAResult, PCAResult]:
+    """PCA of every unit and of the summed output (the spectral adapter's basis).
+
+    Args:
+        units: Reference unit outputs, a tensor or batches of them (e.g. from
+            :meth:`EncodingStore.iter_units`, first element of each pair).
+        batch_size: Chunk size for a tensor.
+
+    Returns:
+        ``(per_unit, output)``: ``output`` has a single unit, the embedding ``Σ_u h_u``.
+    """
+    per_unit, output = StreamingPCA(), StreamingPCA()
+    batches = units.split(batch_size) if isinstance(units, Tensor) else units
+    for batch in batches:
+        per_unit.update(batch)
+        output.update(batch.sum(1, keepdim=True))
+    return per_unit.compute(), output.compute()
+
+
+def image_tensor(dataset, preprocess, size: int | None = None) -> Float[Tensor, "n 3 h w"]:
+    """The preprocessed images of a dataset, stacked once (fine-tuning trains on them)."""
+    ds = dataset.with_transform(preprocess)
+    n = len(ds) if size is None else min(size, len(ds))
+    return torch.stack([ds[i][0] for i in range(n)])
+
+
+@dataclass
+class TaskInputs:
+    """What every variant of one task needs.
+
+    Attributes:
+        task: Dataset name (e.g. ``world.left_color``).
+        labels: Unit labels of the ``unit`` axis.
+        layout: The model's unit layout.
+        classifier: The frozen zero-shot classifier of the task.
+        units: Unit outputs per split, ``(n, unit, d_out)``.
+        targets: Class indices per split.
+        images: Preprocessed images per split (only needed for ``fine-tune``).
+    """
+
+    task: str
+    labels: list[str]
+    layout: UnitLayout
+    classifier: FrozenClassifier
+    units: dict[str, Float[Tensor, "n unit d_out"]]
+    targets: dict[str, Int[Tensor, " n"]]
+    images: dict[str, Float[Tensor, "n 3 h w"]] | None = None
+
+
+def _build(name: str, inputs: TaskInputs, pca: PCAResult, output_pca: PCAResult,
+           config: ExperimentConfig, visual: nn.Module | None) -> Variant:
+    if visual is not None:
+        visual = copy.deepcopy(visual).train()  # the loaded model is in eval mode
+    return build_variant(
+        name, copy.deepcopy(inputs.classifier), labels=inputs.labels, pca=pca,
+        layout=inputs.layout, output_pca=output_pca, visual=visual, evr=config.evr,
+        add_mean=config.add_mean, init=config.init, seed=config.seed,
+    )
+
+
+def load_trained(variant: Variant, ckpt_dir: str | os.PathLike) -> Variant:
+    """Load the best (averaged) trainable parameters a lean fit saved in ``ckpt_dir``.
+
+    Raises:
+        FileNotFoundError: If there is no ``best.pt``.
+        RuntimeError: If the checkpoint does not hold exactly the trainable parameters.
+    """
+    path = Path(ckpt_dir) / "best.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"no best checkpoint at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    wanted = {n for n, p in variant.named_parameters() if p.requires_grad}
+    if set(state) != wanted:
+        raise RuntimeError(f"{path} holds {sorted(state)}, the variant trains {sorted(wanted)}")
+    variant.load_state_dict(state, strict=False)
+    return variant.eval()
+
+
+def _fit(name: str, variant: Variant, inputs: TaskInputs, config: ExperimentConfig,
+         ckpt_dir: Path, tags: dict[str, Any], progress: bool) -> FitResult:
+    if name == "fine-tune":
+        if inputs.images is None:
+            raise ValueError("fine-tune needs the images of every split (TaskInputs.images)")
+        n = config.finetune_train_size
+        loaders = []
+        for split in SPLITS:
+            x, y = inputs.images[split], inputs.targets[split]
+            if split == "train" and n is not None:
+                x, y = x[:n], y[:n]
+            gen = torch.Generator().manual_seed(config.seed)
+            loaders.append(DataLoader(TensorDataset(x, y), shuffle=split == "train",
+                                      batch_size=config.batch_size if split == "train" else 512,
+                                      generator=gen))
+        return fit_variant(variant, *loaders, seed=config.seed,
+                           max_epochs=config.finetune_epochs, patience=config.patience,
+                           lr=config.lr(name), batch_size=config.batch_size,
+                           device=config.device, engine="lightning", ckpt_dir=ckpt_dir,
+                           resume=True, progress=progress, tags=tags)
+    data = []
+    for split in SPLITS:
+        cached, _ = cache_inputs(variant, inputs.units[split], device=config.device)
+        data.append(TensorData(cached, inputs.targets[split].to(config.device)))
+    return fit_variant(variant, *data, seed=config.seed, max_epochs=config.max_epochs,
+                       patience=config.patience, lr=config.lr(name),
+                       batch_size=config.batch_size, device=config.device, engine="lean",
+                       ckpt_dir=ckpt_dir, resume=True, progress=progress, tags=tags)
+
+
+def run_task(
+    inputs: TaskInputs,
+    variants: Sequence[str],
+    pca: PCAResult,
+    output_pca: PCAResult,
+    config: ExperimentConfig,
+    *,
+    model: str,
+    log: ResultLog,
+    ckpt_root: str | os.PathLike,
+    visual: nn.Module | None = None,
+    progress: bool = False,
+) -> dict[str, Variant | None]:
+    """Fit every variant on one task, skipping those already in the log.
+
+    Args:
+        inputs: The task's units, targets, classifier (and images for fine-tuning).
+        variants: Names from :data:`residual_core.residual.VARIANTS`.
+        pca: Per-unit reference PCA over ``inputs.labels``.
+        output_pca: Reference PCA of the summed output.
+        config: Training settings.
+        model: Model name recorded in the rows.
+        log: Where finished rows are appended (and looked up).
+        ckpt_root: Checkpoints go to ``{ckpt_root}/{task}/{variant}``.
+        visual: The vision tower (copied, never modified) for ``fine-tune``.
+        progress: Show progress bars.
+
+    Returns:
+        Variant name → trained module (best weights, CPU, eval mode); ``None`` for a fine-tune
+        found in the log (its tower is not reloaded).
+    """
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; choose from {VARIANTS}")
+    key = config.key()
+    trained: dict[str, Variant | None] = {}
+    for name in variants:
+        ckpt_dir = Path(ckpt_root) / inputs.task / name
+        done = log.find(model=model, config=key, dataset=inputs.task, variant=name)
+        if done is not None:
+            if name == "fine-tune":
+                trained[name] = None
+                continue
+            variant = _build(name, inputs, pca, output_pca, config, None)
+            if variant.n_trainable == 0:
+                trained[name] = variant.eval()
+                continue
+            try:
+                trained[name] = load_trained(variant, ckpt_dir)
+                continue
+            except (FileNotFoundError, RuntimeError):
+                pass  # the checkpoint is gone: fit again, the new row replaces the old one
+        variant = _build(name, inputs, pca, output_pca, config,
+                         visual if name == "fine-tune" else None)
+        start = time.perf_counter()
+        tags = {"model": model, "config": key, "dataset": inputs.task}
+        result = _fit(name, variant, inputs, config, ckpt_dir, tags, progress)
+        row = {**result.row, "total_time_s": time.perf_counter() - start,
+               "history": result.history}
+        log.append(row)
+        trained[name] = None if name == "fine-tune" else result.variant.cpu().eval()
+    return trained
+
+
+@dataclass
+class ExperimentResults:
+    """What :func:`run_experiments` returns.
+
+    Attributes:
+        table: One row per task × variant (:func:`residual_core.training.results_table`).
+        variants: ``(task, variant)`` → trained module (``None`` for fine-tune).
+        pca: Per-unit reference PCA.
+        output_pca: Reference PCA of the summed output.
+        labels: Unit labels.
+        layout: The model's unit layout.
+    """
+
+    table: pd.DataFrame
+    variants: dict[tuple[str, str], Variant | None]
+    pca: PCAResult
+    output_pca: PCAResult
+    labels: list[str]
+    layout: UnitLayout
+
+
+def run_experiments(
+    loaded,
+    tasks: Sequence[str],
+    variants: Sequence[str],
+    enc,
+    reference_units: Float[Tensor, "n unit d_out"],
+    config: ExperimentConfig,
+    results_dir: str | os.PathLike,
+    *,
+    progress: bool = False,
+) -> ExperimentResults:
+    """Every variant on every task, resumable (see the module docstring).
+
+    Args:
+        loaded: A :class:`residual_core.models.LoadedModel`.
+        tasks: Dataset names with ``train``/``val``/``test`` splits.
+        variants: Names from :data:`residual_core.residual.VARIANTS`.
+        enc: A :class:`residual_core.tasks.TaskEncodings` for the task splits.
+        reference_units: Unit outputs of the reference data (the PCA bases).
+        config: Training settings; its ``weights`` should be ``loaded.fingerprint``.
+        results_dir: Holds ``results.jsonl`` and the checkpoints ``ckpt/{config key}/...``.
+        progress: Show progress bars.
+
+    Returns:
+        The results of this configuration, for the requested tasks and variants.
+    """
+    from residual_core.zeroshot import build_classifier
+
+    pca, output_pca = reference_pcas(reference_units)
+    log = ResultLog(Path(results_dir) / "results.jsonl")
+    ckpt_root = Path(results_dir) / "ckpt" / loaded.name / config.key()
+    images: dict[tuple[str, str], Tensor] = {}
+    trained: dict[tuple[str, str], Variant | None] = {}
+    labels = layout = None
+    for task in tasks:
+        store = enc.store(task, "test")
+        labels, layout = store.labels, store.layout
+        ds = enc.dataset(task, "test")
+        zs = build_classifier(loaded, ds.classnames, ds.templates)
+        units, targets = zip(*(enc.get(task, s) for s in SPLITS), strict=True)
+        task_images = None
+        if "fine-tune" in variants:
+            for s in SPLITS:
+                src = (enc.source(task, s), s)
+                if src not in images:
+                    size = config.finetune_train_size if s == "train" else None
+                    images[src] = image_tensor(enc.dataset(task, s), loaded.preprocess, size)
+            task_images = {s: images[(enc.source(task, s), s)] for s in SPLITS}
+        inputs = TaskInputs(task, labels, layout,
+                            FrozenClassifier(zs.weights.cpu(), zs.scale, zs.normalize_features),
+                            dict(zip(SPLITS, units, strict=True)),
+                            dict(zip(SPLITS, targets, strict=True)), task_images)
+        out = run_task(inputs, variants, pca, output_pca, config, model=loaded.name, log=log,
+                       ckpt_root=ckpt_root, visual=loaded.model.visual, progress=progress)
+        trained.update({(task, v): m for v, m in out.items()})
+    table = log.table()
+    keep = (table.config == config.key()) & (table.model == loaded.name)
+    table = table[keep & table.dataset.isin(tasks) & table.variant.isin(variants)]
+    order = {t: i for i, t in enumerate(tasks)} | {v: i for i, v in enumerate(variants)}
+    table = table.sort_values(["dataset", "variant"], key=lambda s: s.map(order),
+                              ignore_index=True)
+    return ExperimentResults(table, trained, pca, output_pca, list(labels or []), layout)
+
+
+def gain_table(
+    table: pd.DataFrame, base: str = "zero-shot", variants: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Test accuracy gain of each variant over ``base``, per task, with a ``mean`` row.
+
+    Args:
+        table: Results with columns ``dataset``, ``variant``, ``accuracy``.
+        base: The variant subtracted.
+        variants: Columns to keep, in order (default: all but ``base``).
+
+    Returns:
+        Tasks (plus ``mean``) × variants.
+    """
+    acc = table.pivot(index="dataset", columns="variant", values="accuracy")
+    acc = acc.loc[list(dict.fromkeys(table.dataset))]
+    if variants is None:
+        variants = [v for v in dict.fromkeys(table.variant) if v != base]
+    gains = acc[list(variants)].sub(acc[base], axis=0)
+    gains.loc["mean"] = gains.mean()
+    gains.columns.name = f"gain over {base}"
+    return gains
+
+
+def head_grid(variant: Variant, layout: UnitLayout, value: str = "mean_abs_dev") -> pd.DataFrame:
+    """Layer × (heads, MLP) grid of a λ statistic of a trained ResiDual / coarse variant.
+
+    Args:
+        variant: Trained variant with per-unit λ.
+        layout: The model's unit layout.
+        value: A column of :func:`residual_core.residual.lambda_summary`.
+
+    Returns:
+        Rows ``L0..``; columns ``H0..`` and ``mlp``; NaN for units the variant does not train.
+    """
+    summary = lambda_summary(variant).set_index("unit")[value]
+    cols = [f"H{h}" for h in range(layout.n_heads)] + ["mlp"]
+    grid = pd.DataFrame(float("nan"), index=[f"L{i}" for i in range(layout.n_layers)],
+                        columns=cols)
+    for unit, v in summary.items():
+        if is_head(unit):
+            layer, head = unit[1:].split("H")
+            grid.loc[f"L{layer}", f"H{head}"] = v
+        elif unit.endswith(".mlp"):
+            grid.loc[unit.split(".")[0], "mlp"] = v
+    if grid["mlp"].isna().all():
+        grid = grid.drop(columns="mlp")
+    return grid
+
+
+def pc_texts(
+    variant: Variant,
+    pca: PCAResult,
+    labels: Sequence[str],
+    texts: Sequence[str],
+    text_embeddings: Float[Tensor, "m d_out"],
+    *,
+    units: int = 4,
+    top: int = 2,
+) -> pd.DataFrame:
+    """The most amplified and suppressed PCs of the most changed units, with their nearest texts.
+
+    A PC direction lives in the joint image–text space (units are projected to ``d_out``), so
+    its cosine with a text embedding says which description it points along (sign ignored: a
+    PC's sign is arbitrary).
+
+    Args:
+        variant: Trained ResiDual variant (per-PC λ).
+        pca: The per-unit reference PCA the variant was built from.
+        labels: Unit labels of ``pca``'s unit axis.
+        texts: Dictionary texts.
+        text_embeddings: Their embeddings (rows, any norm).
+        units: How many of the most changed units (largest mean ``|λ − 1|``).
+        top: Amplified and suppressed PCs listed per unit.
+
+    Returns:
+        One row per (unit, PC): ``unit``, ``pc``, ``lambda``, ``evr`` (the PC's share of the
+        unit's reference variance), ``effect`` (amplified / suppressed), ``text``, ``cosine``.
+    """
+    summary = lambda_summary(variant, top=top).head(units)
+    slices = variant.basis.slices()
+    emb = F.normalize(text_embeddings.float(), dim=-1)
+    ratio = pca.explained_variance_ratio
+    rows = []
+    for rec in summary.itertuples():
+        comps = variant.components[slices[rec.unit]].cpu()
+        pcs = [(p, lam, "amplified") for p, lam in rec.top_amplified]
+        pcs += [(p, lam, "suppressed") for p, lam in rec.top_suppressed
+                if p not in {q for q, _ in rec.top_amplified}]
+        for p, lam, effect in pcs:
+            cos = emb @ F.normalize(comps[p], dim=0)
+            best = int(cos.abs().argmax())
+            rows.append({"unit": rec.unit, "pc": p, "lambda": lam,
+                         "evr": float(ratio[list(labels).index(rec.unit), p]),
+                         "effect": effect, "text": texts[best], "cosine": float(cos[best])})
+    return pd.DataFrame.from_records(rows)

@@ -1,0 +1,230 @@
+"""Chapter §5 orchestration: every variant on a task, resumable log, skip, reload, gains, grids."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from residual_core import experiments as ex
+from residual_core.decompose import UnitLayout
+from residual_core.models import LoadedModel, weights_fingerprint
+from residual_core.residual import VARIANTS, FrozenClassifier, build_variant, unit_lambdas
+from residual_core.tasks import TaskEncodings
+from residual_core.tutorial import world
+from residual_core.tutorial.model import build_tiny_clip, preprocess_transform, tiny_clip_config
+from residual_core.tutorial.tokenizer import WordTokenizer
+
+TASKS = ["world.left_color", "world.count"]
+
+
+@pytest.fixture(scope="module")
+def loaded() -> LoadedModel:
+    torch.manual_seed(0)
+    tok = WordTokenizer(world.vocabulary(), 32)
+    cfg = tiny_clip_config(tok.vocab_size, 32)
+    cfg["vision_cfg"].update(layers=2, width=32, head_width=16)  # small and fast
+    cfg["text_cfg"].update(layers=1, width=32, heads=2)
+    cfg["embed_dim"] = 16
+    model = build_tiny_clip(cfg).eval()
+    return LoadedModel(model, preprocess_transform(64), tok, "random-tiny", "tutorial-tiny-clip",
+                       None, f"random-{weights_fingerprint(model)}")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("enc")
+
+
+def setup(loaded, cache):
+    enc = TaskEncodings(loaded, {"train": 24, "val": 12, "test": 12}, cache_dir=cache)
+    ref = TaskEncodings(loaded, {"train": 40}, cache_dir=cache)
+    return enc, ref.units("world.reference", "train")
+
+
+def config(loaded, **kw) -> ex.ExperimentConfig:
+    base = dict(max_epochs=2, patience=1, batch_size=8, finetune_epochs=1,
+                finetune_train_size=16, lrs={"fine-tune": 1e-4}, weights=loaded.fingerprint)
+    return ex.ExperimentConfig(**{**base, **kw})
+
+
+def test_config_key_tracks_settings_not_device():
+    a = ex.ExperimentConfig(lrs={"coarse": 0.1, "fine-tune": 1e-4})
+    assert a.key() == ex.ExperimentConfig(lrs={"fine-tune": 1e-4, "coarse": 0.1}).key()
+    assert a.key() == ex.ExperimentConfig(lrs=a.lrs, device="cuda").key()
+    assert a.key() != ex.ExperimentConfig(lrs=a.lrs, max_epochs=3).key()
+    assert a.key() != ex.ExperimentConfig(lrs=a.lrs, weights="other").key()
+    assert a.lr("coarse") == 0.1 and a.lr("residual-full") is None
+
+
+def test_result_log_survives_a_torn_line_and_last_wins(tmp_path):
+    log = ex.ResultLog(tmp_path / "r" / "results.jsonl")
+    assert log.rows() == [] and log.find(model="m", config="c", dataset="d", variant="v") is None
+    key = {"model": "m", "config": "c", "dataset": "d"}
+    log.append({**key, "variant": "v", "test_acc": 0.5, "history": torch.tensor([0.5])})
+    log.append({**key, "variant": "w", "test_acc": 0.6})
+    log.append({**key, "variant": "v", "test_acc": 0.7})
+    with open(log.path, "a") as f:
+        f.write('{"model": "m", "config": "c", "dat')  # a crash mid-write
+    rows = log.rows()
+    assert [(r["variant"], r["test_acc"]) for r in rows] == [("w", 0.6), ("v", 0.7)]
+    assert log.find(**key, variant="v")["test_acc"] == 0.7
+    assert list(log.table().accuracy) == [0.6, 0.7]
+
+
+def test_reference_pcas_unit_and_output():
+    g = torch.Generator().manual_seed(0)
+    units = torch.randn(50, 3, 4, generator=g)
+    pca, out = ex.reference_pcas(units, batch_size=7)
+    assert pca.mean.shape == (3, 4) and out.mean.shape == (1, 4)
+    torch.testing.assert_close(out.mean[0], units.sum(1).mean(0).double())
+    cov = torch.cov(units.sum(1).double().T)
+    torch.testing.assert_close(out.explained_variance[0].sum(), torch.trace(cov))
+
+
+def test_every_variant_then_skip_and_reload(loaded, cache, tmp_path, monkeypatch):
+    enc, ref_units = setup(loaded, cache)
+    cfg = config(loaded)
+    res = ex.run_experiments(loaded, TASKS, list(VARIANTS), enc, ref_units, cfg, tmp_path)
+    t = res.table
+    assert len(t) == len(TASKS) * len(VARIANTS)
+    assert list(t.dataset.unique()) == TASKS and list(t.variant[:len(VARIANTS)]) == list(VARIANTS)
+    assert ((t.accuracy >= 0) & (t.accuracy <= 1)).all()
+    params = t.set_index(["dataset", "variant"]).params
+    d, heads = 16, 2 * 2
+    assert params[(TASKS[0], "zero-shot")] == 0
+    assert params[(TASKS[0], "coarse")] == heads
+    assert params[(TASKS[0], "residual-full")] == heads * 16 + 2 * d  # d_head 16, 2 MLPs
+    assert params[(TASKS[0], "spectral-adapter")] == d
+    assert params[(TASKS[0], "linear-adapter")] == d * d + d
+    tower = sum(p.numel() for p in loaded.model.visual.parameters())
+    assert params[(TASKS[0], "fine-tune")] == tower
+    assert (t[t.variant == "fine-tune"].epochs <= 1).all()
+    assert res.variants[(TASKS[0], "fine-tune")] is None
+    lam = unit_lambdas(res.variants[(TASKS[1], "residual-full")], "L1H0").clone()
+    assert res.labels == enc.labels(TASKS[0], "test") and res.layout.n_heads == 2
+    assert res.pca.mean.shape == (len(res.labels), d)
+    # The tower the model uses was copied, never trained in place.
+    assert loaded.fingerprint == f"random-{weights_fingerprint(loaded.model)}"
+
+    # A rerun with the same settings trains nothing and reloads the trained λ.
+    lines = (tmp_path / "results.jsonl").read_text()
+
+    def boom(*args, **kwargs):
+        raise AssertionError("fit_variant called on a finished (task, variant)")
+
+    monkeypatch.setattr(ex, "fit_variant", boom)
+    again = ex.run_experiments(loaded, TASKS, list(VARIANTS), enc, ref_units, cfg, tmp_path)
+    assert (tmp_path / "results.jsonl").read_text() == lines
+    pd.testing.assert_frame_equal(again.table, t)
+    torch.testing.assert_close(unit_lambdas(again.variants[(TASKS[1], "residual-full")], "L1H0"),
+                               lam)
+
+
+def test_crash_loses_nothing_and_new_settings_rerun(loaded, cache, tmp_path, monkeypatch):
+    enc, ref_units = setup(loaded, cache)
+    cfg = config(loaded)
+    real, calls = ex.fit_variant, []
+
+    def crash_on_third(variant, *args, **kwargs):
+        calls.append(variant.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(variant, *args, **kwargs)
+
+    monkeypatch.setattr(ex, "fit_variant", crash_on_third)
+    variants = ["zero-shot", "coarse", "residual-fine", "linear-adapter"]
+    with pytest.raises(KeyboardInterrupt):
+        ex.run_experiments(loaded, TASKS[:1], variants, enc, ref_units, cfg, tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["variant"] for r in rows] == ["zero-shot", "coarse"]
+    calls.clear()
+    res = ex.run_experiments(loaded, TASKS[:1], variants, enc, ref_units, cfg, tmp_path)
+    assert calls == ["residual-fine", "linear-adapter"]
+    assert list(res.table.variant) == variants
+    calls.clear()
+    other = config(loaded, max_epochs=1)
+    res = ex.run_experiments(loaded, TASKS[:1], ["coarse"], enc, ref_units, other, tmp_path)
+    assert calls == ["coarse"] and len(res.table) == 1 and res.table.epochs[0] == 1
+
+
+def test_run_task_is_deterministic(loaded, cache, tmp_path):
+    enc, ref_units = setup(loaded, cache)
+    cfg = config(loaded)
+    a = ex.run_experiments(loaded, TASKS[:1], ["residual-fine"], enc, ref_units, cfg,
+                           tmp_path / "a")
+    b = ex.run_experiments(loaded, TASKS[:1], ["residual-fine"], enc, ref_units, cfg,
+                           tmp_path / "b")
+    va, vb = (r.variants[(TASKS[0], "residual-fine")] for r in (a, b))
+    assert torch.equal(va.lam, vb.lam)
+    assert a.table.accuracy[0] == b.table.accuracy[0]
+
+
+def test_unknown_variant_and_missing_images():
+    layout = UnitLayout(1, 1, 4, 4, 4)
+    clf = FrozenClassifier(torch.eye(4)[:, :2])
+    units = {s: torch.randn(6, 3, 4) for s in ex.SPLITS}
+    targets = {s: torch.randint(0, 2, (6,)) for s in ex.SPLITS}
+    inputs = ex.TaskInputs("t", layout.labels, layout, clf, units, targets)
+    pca, out = ex.reference_pcas(torch.randn(20, 3, 4))
+    with pytest.raises(ValueError, match="unknown variants"):
+        ex.run_task(inputs, ["nope"], pca, out, ex.ExperimentConfig(), model="m",
+                    log=ex.ResultLog("/nonexistent/x.jsonl"), ckpt_root="/nonexistent")
+
+
+def toy_variant():
+    layout = UnitLayout(2, 2, 4, 2, 4)
+    labels = layout.labels
+    g = torch.Generator().manual_seed(0)
+    pca, _ = ex.reference_pcas(torch.randn(40, len(labels), 4, generator=g))
+    clf = FrozenClassifier(torch.eye(4)[:, :3])
+    v = build_variant("residual-full", clf, labels=labels, pca=pca, layout=layout)
+    with torch.no_grad():
+        v.lam.copy_(torch.linspace(0.0, 2.5, len(v.lam)))
+    return v, pca, labels, layout
+
+
+def test_head_grid_places_heads_and_mlps():
+    v, _, _, layout = toy_variant()
+    grid = ex.head_grid(v, layout)
+    assert list(grid.index) == ["L0", "L1"] and list(grid.columns) == ["H0", "H1", "mlp"]
+    expected = float((unit_lambdas(v, "L1H0") - 1).abs().mean())
+    assert grid.loc["L1", "H0"] == pytest.approx(expected)
+    assert grid.loc["L0", "mlp"] == pytest.approx(float((unit_lambdas(v, "L0.mlp") - 1).abs()
+                                                        .mean()))
+    heads_only = build_variant("coarse", v.classifier, labels=layout.labels, pca=toy_variant()[1])
+    assert "mlp" not in ex.head_grid(heads_only, layout).columns
+
+
+def test_pc_texts_finds_the_aligned_text():
+    v, pca, labels, _ = toy_variant()
+    sl = v.basis.slices()
+    with torch.no_grad():
+        v.lam.fill_(1.0)
+        v.lam[sl["L1H1"]] = torch.tensor([3.0, 1.0])  # most changed unit, PC 0 amplified
+        v.lam[sl["L0H0"]] = torch.tensor([1.0, 0.5])  # second, PC 1 suppressed
+    direction = v.components[sl["L1H1"]][0]
+    texts = ["aligned", "other", "third"]
+    emb = torch.stack([-3 * direction, torch.ones(4), torch.tensor([1.0, -1, 1, -1])])
+    emb[1:] -= (emb[1:] @ direction)[:, None] * direction  # orthogonal to the PC
+    table = ex.pc_texts(v, pca, labels, texts, emb, units=2, top=1)
+    assert set(table.columns) == {"unit", "pc", "lambda", "evr", "effect", "text", "cosine"}
+    first = table.iloc[0]
+    assert (first.unit, first.pc, first.effect, first.text) == ("L1H1", 0, "amplified", "aligned")
+    assert first["lambda"] == pytest.approx(3.0) and first.cosine == pytest.approx(-1, abs=1e-5)
+    assert first.evr == pytest.approx(float(pca.explained_variance_ratio[labels.index("L1H1"), 0]))
+    low = table[(table.unit == "L0H0") & (table.effect == "suppressed")]
+    assert list(low.pc) == [1] and low["lambda"].iloc[0] == pytest.approx(0.5)
+
+
+def test_gain_table():
+    t = pd.DataFrame({"dataset": ["a", "a", "a", "b", "b", "b"],
+                      "variant": ["zero-shot", "coarse", "fine-tune"] * 2,
+                      "accuracy": [0.5, 0.6, 0.9, 0.2, 0.1, 0.4]})
+    g = ex.gain_table(t)
+    assert list(g.index) == ["a", "b", "mean"] and list(g.columns) == ["coarse", "fine-tune"]
+    assert g.loc["b", "coarse"] == pytest.approx(-0.1)
+    assert g.loc["mean", "fine-tune"] == pytest.approx(0.3)
+    assert list(ex.gain_table(t, variants=["fine-tune"]).columns) == ["fine-tune"]
