@@ -144,7 +144,7 @@ def plot_head_card(
     ax.set_xlabel("variance explained by the text (TextSpan)")
     ax.set_title(f"{unit}: TextSpan texts, {textspan.explained_variance[-1]:.0%} explained")
     if somp is not None:
-        ax.text(0, -0.14 - 0.02 * len(somp.texts), "SOMP: " + _wrap("; ".join(somp.texts), 90),
+        ax.text(0, -0.2, "SOMP: " + _wrap("; ".join(somp.texts), 90),
                 transform=ax.transAxes, fontsize=7, va="top")
     if probes is not None:
         ax = axes[0, 1]
