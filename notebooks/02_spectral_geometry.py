@@ -200,6 +200,21 @@ ranked = ", ".join(f"{name} {value:.2f}" for name, value in medians.sort_values(
 print(f"median head similarity, from most to least stable:\n  {ranked}")
 
 # %% [markdown]
+# The same medians under the other weighting (weighted: directions count by their variance;
+# unweighted: every direction of the 90% bases counts the same):
+
+# %%
+other = "unweighted" if weighted else "weighted"
+robustness = pd.DataFrame({
+    "weighted" if weighted else "unweighted": medians,
+    other: {name: float(np.median(subspace_similarity(ref_pca, pca, threshold, not weighted)
+                                  .numpy()[is_head.numpy()])) for name, pca in pcas.items()},
+})
+other_chance = random_subspace_similarity(ref_pca, threshold, not weighted, seed)[is_head]
+robustness.loc["chance"] = [head_chance.median(), float(other_chance.median())]
+display(robustness.T)
+
+# %% [markdown]
 # How to read this honestly:
 #
 # - `world` is fresh images of the reference distribution, so its similarity is the ceiling a
@@ -209,7 +224,8 @@ print(f"median head similarity, from most to least stable:\n  {ranked}")
 #   images. Run with `--preset paper` to check it there.
 # - A weighted score is dominated by the leading directions. A unit whose first component
 #   carries most of its variance (high EVR of PC1 in the previous chapter) can score high from
-#   that one direction alone; rerun with `weighted=False` to weigh every direction equally.
+#   that one direction alone. The last table compares with the other weighting: if the order
+#   of the datasets is the same under both, the conclusion does not hinge on the weighting.
 #
 # ## Summary
 #
