@@ -108,6 +108,19 @@ print(f"TwoNN used {min(n_used)}–{max(n_used)} points per unit (after dropping
 display(table.set_index("unit").drop(columns=["kind"]))
 
 # %% [markdown]
+# How much of this is estimator noise? TwoNN again on two random halves of the images (other
+# seeds): the difference between the two estimates of a unit is a rough error bar.
+
+# %%
+half = min(twonn_points, store.n_samples) // 2
+halves = [intrinsic_dimension_table(store, pca, threshold=linear_threshold, max_points=half,
+                                    seed=seed + 1 + i, device=device)[0].twonn
+          for i in range(2)]
+spread = (halves[0] - halves[1]).abs() / table.twonn
+print(f"TwoNN on two halves of {half} images: relative difference median {spread.median():.1%}, "
+      f"max {spread.max():.1%} over units")
+
+# %% [markdown]
 # ## Per layer and head
 #
 # Each metric as a layer × head grid, each layer's MLP in the last column and the embedding
