@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from residual_core.decompose import UnitLayout
 from residual_core.residual import (
@@ -213,7 +213,9 @@ class TaskInputs:
         classifier: The frozen zero-shot classifier of the task.
         units: Unit outputs per split, ``(n, unit, d_out)``.
         targets: Class indices per split.
-        images: Preprocessed images per split (only needed for ``fine-tune``).
+        images: Per split, a dataset of ``(preprocessed image, class index)`` (only needed for
+            ``fine-tune``): a ``TensorDataset`` of preloaded images, or the transformed dataset
+            itself when the images do not fit in memory.
     """
 
     task: str
@@ -222,7 +224,7 @@ class TaskInputs:
     classifier: FrozenClassifier
     units: dict[str, Float[Tensor, "n unit d_out"]]
     targets: dict[str, Int[Tensor, " n"]]
-    images: dict[str, Float[Tensor, "n 3 h w"]] | None = None
+    images: dict[str, Dataset] | None = None
 
 
 def _build(name: str, inputs: TaskInputs, pca: PCAResult, output_pca: PCAResult,
@@ -255,20 +257,20 @@ def load_trained(variant: Variant, ckpt_dir: str | os.PathLike) -> Variant:
 
 
 def _fit(name: str, variant: Variant, inputs: TaskInputs, config: ExperimentConfig,
-         ckpt_dir: Path, tags: dict[str, Any], progress: bool) -> FitResult:
+         ckpt_dir: Path, tags: dict[str, Any], progress: bool, num_workers: int) -> FitResult:
     if name == "fine-tune":
         if inputs.images is None:
             raise ValueError("fine-tune needs the images of every split (TaskInputs.images)")
         n = config.finetune_train_size
         loaders = []
         for split in SPLITS:
-            x, y = inputs.images[split], inputs.targets[split]
-            if split == "train" and n is not None:
-                x, y = x[:n], y[:n]
+            ds = inputs.images[split]
+            if split == "train" and n is not None and n < len(ds):
+                ds = Subset(ds, range(n))
             gen = torch.Generator().manual_seed(config.seed)
-            loaders.append(DataLoader(TensorDataset(x, y), shuffle=split == "train",
+            loaders.append(DataLoader(ds, shuffle=split == "train", generator=gen,
                                       batch_size=config.batch_size if split == "train" else 512,
-                                      generator=gen))
+                                      num_workers=num_workers))
         return fit_variant(variant, *loaders, seed=config.seed,
                            max_epochs=config.finetune_epochs, patience=config.patience,
                            lr=config.lr(name), batch_size=config.batch_size,
@@ -296,6 +298,7 @@ def run_task(
     ckpt_root: str | os.PathLike,
     visual: nn.Module | None = None,
     progress: bool = False,
+    num_workers: int = 0,
 ) -> dict[str, Variant | None]:
     """Fit every variant on one task, skipping those already in the log.
 
@@ -310,6 +313,7 @@ def run_task(
         ckpt_root: Checkpoints go to ``{ckpt_root}/{task}/{variant}``.
         visual: The vision tower (copied, never modified) for ``fine-tune``.
         progress: Show progress bars.
+        num_workers: DataLoader workers of ``fine-tune``.
 
     Returns:
         Variant name → trained module (best weights, CPU, eval mode); ``None`` for a fine-tune
@@ -340,7 +344,7 @@ def run_task(
                          visual if name == "fine-tune" else None)
         start = time.perf_counter()
         tags = {"model": model, "config": key, "dataset": inputs.task}
-        result = _fit(name, variant, inputs, config, ckpt_dir, tags, progress)
+        result = _fit(name, variant, inputs, config, ckpt_dir, tags, progress, num_workers)
         row = {**result.row, "total_time_s": time.perf_counter() - start,
                "history": result.history}
         log.append(row)
@@ -378,6 +382,8 @@ def run_experiments(
     config: ExperimentConfig,
     results_dir: str | os.PathLike,
     *,
+    preload_images: bool = True,
+    num_workers: int = 0,
     progress: bool = False,
 ) -> ExperimentResults:
     """Every variant on every task, resumable (see the module docstring).
@@ -389,7 +395,10 @@ def run_experiments(
         enc: A :class:`residual_core.tasks.TaskEncodings` for the task splits.
         reference_units: Unit outputs of the reference data (the PCA bases).
         config: Training settings; its ``weights`` should be ``loaded.fingerprint``.
-        results_dir: Holds ``results.jsonl`` and the checkpoints ``ckpt/{config key}/...``.
+        results_dir: Holds ``results.jsonl`` and the checkpoints ``ckpt/{model}/{key}/...``.
+        preload_images: For ``fine-tune``, preprocess every image once into memory (shared by
+            the tasks showing the same images); else stream them through the transform.
+        num_workers: DataLoader workers of ``fine-tune``.
         progress: Show progress bars.
 
     Returns:
@@ -411,18 +420,23 @@ def run_experiments(
         units, targets = zip(*(enc.get(task, s) for s in SPLITS), strict=True)
         task_images = None
         if "fine-tune" in variants:
-            for s in SPLITS:
-                src = (enc.source(task, s), s)
+            task_images = {}
+            for s, y in zip(SPLITS, targets, strict=True):
+                ds, src = enc.dataset(task, s), (enc.source(task, s), s)
+                if not preload_images:
+                    task_images[s] = ds.with_transform(loaded.preprocess)
+                    continue
                 if src not in images:
                     size = config.finetune_train_size if s == "train" else None
-                    images[src] = image_tensor(enc.dataset(task, s), loaded.preprocess, size)
-            task_images = {s: images[(enc.source(task, s), s)] for s in SPLITS}
+                    images[src] = image_tensor(ds, loaded.preprocess, size)
+                task_images[s] = TensorDataset(images[src], y[: len(images[src])])
         inputs = TaskInputs(task, labels, layout,
                             FrozenClassifier(zs.weights.cpu(), zs.scale, zs.normalize_features),
                             dict(zip(SPLITS, units, strict=True)),
                             dict(zip(SPLITS, targets, strict=True)), task_images)
         out = run_task(inputs, variants, pca, output_pca, config, model=loaded.name, log=log,
-                       ckpt_root=ckpt_root, visual=loaded.model.visual, progress=progress)
+                       ckpt_root=ckpt_root, visual=loaded.model.visual, progress=progress,
+                       num_workers=num_workers)
         trained.update({(task, v): m for v, m in out.items()})
     table = log.table()
     keep = (table.config == config.key()) & (table.model == loaded.name)

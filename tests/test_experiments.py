@@ -228,3 +228,13 @@ def test_gain_table():
     assert g.loc["b", "coarse"] == pytest.approx(-0.1)
     assert g.loc["mean", "fine-tune"] == pytest.approx(0.3)
     assert list(ex.gain_table(t, variants=["fine-tune"]).columns) == ["fine-tune"]
+
+
+def test_fine_tune_streams_or_preloads_the_same_images(loaded, cache, tmp_path):
+    enc, ref_units = setup(loaded, cache)
+    cfg = config(loaded)
+    runs = [ex.run_experiments(loaded, TASKS[1:], ["fine-tune"], enc, ref_units, cfg,
+                               tmp_path / str(pre), preload_images=pre) for pre in (True, False)]
+    a, b = (r.table.iloc[0] for r in runs)
+    assert a.engine == "lightning" and a.params > 0
+    assert (a.accuracy, a.val_acc) == (b.accuracy, b.val_acc)
