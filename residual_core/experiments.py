@@ -503,6 +503,7 @@ def pc_texts(
     texts: Sequence[str],
     text_embeddings: Float[Tensor, "m d_out"],
     *,
+    families: Sequence[Sequence[str]] | None = None,
     units: int = 4,
     top: int = 2,
 ) -> pd.DataFrame:
@@ -518,12 +519,15 @@ def pc_texts(
         labels: Unit labels of ``pca``'s unit axis.
         texts: Dictionary texts.
         text_embeddings: Their embeddings (rows, any norm).
+        families: Per text, the attribute families it names (e.g.
+            :attr:`residual_core.dictionary.TextDictionary.families`), copied to the output.
         units: How many of the most changed units (largest mean ``|λ − 1|``).
         top: Amplified and suppressed PCs listed per unit.
 
     Returns:
         One row per (unit, PC): ``unit``, ``pc``, ``lambda``, ``evr`` (the PC's share of the
-        unit's reference variance), ``effect`` (amplified / suppressed), ``text``, ``cosine``.
+        unit's reference variance), ``effect`` (amplified / suppressed), ``text``, ``cosine``
+        and, if ``families`` is given, ``families``.
     """
     summary = lambda_summary(variant, top=top).head(units)
     slices = variant.basis.slices()
@@ -538,7 +542,10 @@ def pc_texts(
         for p, lam, effect in pcs:
             cos = emb @ F.normalize(comps[p], dim=0)
             best = int(cos.abs().argmax())
-            rows.append({"unit": rec.unit, "pc": p, "lambda": lam,
-                         "evr": float(ratio[list(labels).index(rec.unit), p]),
-                         "effect": effect, "text": texts[best], "cosine": float(cos[best])})
+            row = {"unit": rec.unit, "pc": p, "lambda": lam,
+                   "evr": float(ratio[list(labels).index(rec.unit), p]),
+                   "effect": effect, "text": texts[best], "cosine": float(cos[best])}
+            if families is not None:
+                row["families"] = tuple(families[best])
+            rows.append(row)
     return pd.DataFrame.from_records(rows)

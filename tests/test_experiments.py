@@ -215,6 +215,9 @@ def test_pc_texts_finds_the_aligned_text():
     assert (first.unit, first.pc, first.effect, first.text) == ("L1H1", 0, "amplified", "aligned")
     assert first["lambda"] == pytest.approx(3.0) and first.cosine == pytest.approx(-1, abs=1e-5)
     assert first.evr == pytest.approx(float(pca.explained_variance_ratio[labels.index("L1H1"), 0]))
+    fams = ex.pc_texts(v, pca, labels, texts, emb, families=[("a",), (), ("b", "c")], units=1,
+                       top=1)
+    assert fams.families.iloc[0] == ("a",)
     low = table[(table.unit == "L0H0") & (table.effect == "suppressed")]
     assert list(low.pc) == [1] and low["lambda"].iloc[0] == pytest.approx(0.5)
 
