@@ -67,7 +67,7 @@ def plot_accuracy_vs_params(table: pd.DataFrame, task: str | None = None, *, ax=
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel("test accuracy" + (" (mean over tasks)" if task is None else ""))
     ax.set_title(task or f"All {t.dataset.nunique()} tasks")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best", framealpha=0.6)
     ax.grid(alpha=0.3)
     ax.figure.tight_layout()
     return ax.figure
@@ -83,7 +83,7 @@ def plot_gains(gains: pd.DataFrame, *, ax=None):
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(7, 0.9 + 0.45 * len(gains) * max(1, gains.shape[1] / 3)))
+        _, ax = plt.subplots(figsize=(7, 0.9 + 0.3 * len(gains) * max(1, gains.shape[1] / 3)))
     n = gains.shape[1]
     height = 0.8 / n
     y = np.arange(len(gains))[::-1]
@@ -108,9 +108,11 @@ def plot_histories(histories: dict[str, Sequence[float]], *, title: str = "", ax
         ax: Axes to draw on (default: a new figure).
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if ax is None:
         _, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for variant, hist in histories.items():
         if len(hist):
             ax.plot(np.arange(1, len(hist) + 1), hist, marker=".", color=_color(variant),
