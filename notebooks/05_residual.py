@@ -71,6 +71,7 @@ lrs = {"fine-tune": 1e-4}  # overrides of the paper's learning rates (0.8, 1e-3,
 finetune_epochs = 3  # cap of the expensive variant (patience still applies)
 finetune_train_size = 2000  # fine-tune on the first n training images (None: all)
 preload_images = True  # fine-tune: preprocess the images once into memory
+stream_units = False  # read units from the stores per variant (paper scale) instead of RAM
 num_workers = 0
 lambda_variant = "residual-full"  # whose λ the heatmaps show
 n_lambda_units = 6  # most changed units shown per PC
@@ -118,16 +119,18 @@ _ = torch.manual_seed(seed)
 # %%
 loaded = load_model(model, device=device)
 enc = TaskEncodings(loaded, {"train": train_size, "val": val_size, "test": test_size})
-ref = TaskEncodings(loaded, {"train": reference_size})
-ref_units = ref.units(reference, "train")
+ref_store = TaskEncodings(loaded, {"train": reference_size}).store(reference, "train")
+pcas = ex.reference_pcas(units for units, _ in ref_store.iter_units(device))
 config = ex.ExperimentConfig(
     max_epochs=max_epochs, patience=patience, batch_size=batch_size, seed=seed, evr=evr,
     lrs=lrs, finetune_epochs=finetune_epochs, finetune_train_size=finetune_train_size,
     device=device, weights=loaded.fingerprint,
+    data={"train": train_size, "val": val_size, "test": test_size, "reference": reference,
+          "reference_size": reference_size},
 )
 out_dir = Path(results_dir) if results_dir is not None else DEFAULT_CACHE / "residual"
-print(f"model {loaded.name} ({loaded.fingerprint}); {ref_units.shape[1]} units of d_out "
-      f"{ref_units.shape[2]}; reference {ref_units.shape[0]} images; train/val/test "
+print(f"model {loaded.name} ({loaded.fingerprint}); {len(ref_store.labels)} units of d_out "
+      f"{ref_store.layout.d_out}; reference {pcas[0].n_samples} images; train/val/test "
       f"{train_size}/{val_size}/{test_size}; settings key {config.key()}; results in {out_dir}")
 
 # %% [markdown]
@@ -143,8 +146,9 @@ print(f"model {loaded.name} ({loaded.fingerprint}); {ref_units.shape[1]} units o
 
 # %%
 start = time.perf_counter()
-res = ex.run_experiments(loaded, tasks, variants, enc, ref_units, config, out_dir,
-                         preload_images=preload_images, num_workers=num_workers)
+res = ex.run_experiments(loaded, tasks, variants, enc, pcas, config, out_dir,
+                         stream_units=stream_units, preload_images=preload_images,
+                         num_workers=num_workers)
 elapsed = time.perf_counter() - start
 table = res.table
 print(f"{len(table)} results ({len(tasks)} tasks × {len(variants)} variants) in {elapsed:.0f} s "

@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -87,6 +87,7 @@ class ExperimentConfig:
         finetune_train_size: Train on the first this many training images (``None``: all).
         device: Where to train.
         weights: The model's weights fingerprint (so another model never reuses results).
+        data: What the data are (split sizes, reference set and size...): hashed only.
     """
 
     max_epochs: int = 30
@@ -101,11 +102,13 @@ class ExperimentConfig:
     finetune_train_size: int | None = None
     device: str = "cpu"
     weights: str = ""
+    data: Mapping[str, Any] = field(default_factory=dict)
 
     def key(self) -> str:
         """Short hash of the settings (the device does not change results, so it is left out)."""
         settings = {k: v for k, v in asdict(self).items() if k != "device"}
         settings["lrs"] = dict(sorted(dict(self.lrs).items()))
+        settings["data"] = dict(sorted(dict(self.data).items()))
         blob = json.dumps(settings, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -211,7 +214,8 @@ class TaskInputs:
         labels: Unit labels of the ``unit`` axis.
         layout: The model's unit layout.
         classifier: The frozen zero-shot classifier of the task.
-        units: Unit outputs per split, ``(n, unit, d_out)``.
+        units: Unit outputs per split, ``(n, unit, d_out)``, or a callable returning an
+            iterable of batches of them (read again for every variant).
         targets: Class indices per split.
         images: Per split, a dataset of ``(preprocessed image, class index)`` (only needed for
             ``fine-tune``): a ``TensorDataset`` of preloaded images, or the transformed dataset
@@ -222,9 +226,16 @@ class TaskInputs:
     labels: list[str]
     layout: UnitLayout
     classifier: FrozenClassifier
-    units: dict[str, Float[Tensor, "n unit d_out"]]
+    units: dict[str, Float[Tensor, "n unit d_out"] | Callable[[], Iterable[Tensor]]]
     targets: dict[str, Int[Tensor, " n"]]
     images: dict[str, Dataset] | None = None
+
+
+def _reader(store, device: str) -> Callable[[], Iterable[Tensor]]:
+    def read() -> Iterable[Tensor]:
+        return (units for units, _ in store.iter_units(device))
+
+    return read
 
 
 def _build(name: str, inputs: TaskInputs, pca: PCAResult, output_pca: PCAResult,
@@ -278,7 +289,9 @@ def _fit(name: str, variant: Variant, inputs: TaskInputs, config: ExperimentConf
                            resume=True, progress=progress, tags=tags)
     data = []
     for split in SPLITS:
-        cached, _ = cache_inputs(variant, inputs.units[split], device=config.device)
+        source = inputs.units[split]
+        cached, _ = cache_inputs(variant, source() if callable(source) else source,
+                                 device=config.device)
         data.append(TensorData(cached, inputs.targets[split].to(config.device)))
     return fit_variant(variant, *data, seed=config.seed, max_epochs=config.max_epochs,
                        patience=config.patience, lr=config.lr(name),
@@ -378,10 +391,11 @@ def run_experiments(
     tasks: Sequence[str],
     variants: Sequence[str],
     enc,
-    reference_units: Float[Tensor, "n unit d_out"],
+    pcas: tuple[PCAResult, PCAResult],
     config: ExperimentConfig,
     results_dir: str | os.PathLike,
     *,
+    stream_units: bool = False,
     preload_images: bool = True,
     num_workers: int = 0,
     progress: bool = False,
@@ -393,11 +407,15 @@ def run_experiments(
         tasks: Dataset names with ``train``/``val``/``test`` splits.
         variants: Names from :data:`residual_core.residual.VARIANTS`.
         enc: A :class:`residual_core.tasks.TaskEncodings` for the task splits.
-        reference_units: Unit outputs of the reference data (the PCA bases).
-        config: Training settings; its ``weights`` should be ``loaded.fingerprint``.
+        pcas: ``(per_unit, output)`` reference PCAs (:func:`reference_pcas`).
+        config: Training settings; its ``weights`` should be ``loaded.fingerprint`` and its
+            ``data`` should describe the splits and the reference set.
         results_dir: Holds ``results.jsonl`` and the checkpoints ``ckpt/{model}/{key}/...``.
         preload_images: For ``fine-tune``, preprocess every image once into memory (shared by
             the tasks showing the same images); else stream them through the transform.
+        stream_units: Read each split's units from its store batch by batch whenever a
+            variant caches its inputs (memory: the cached inputs only) instead of holding every
+            unit of a split in memory (faster when they fit).
         num_workers: DataLoader workers of ``fine-tune``.
         progress: Show progress bars.
 
@@ -406,7 +424,7 @@ def run_experiments(
     """
     from residual_core.zeroshot import build_classifier
 
-    pca, output_pca = reference_pcas(reference_units)
+    pca, output_pca = pcas
     log = ResultLog(Path(results_dir) / "results.jsonl")
     ckpt_root = Path(results_dir) / "ckpt" / loaded.name / config.key()
     images: dict[tuple[str, str], Tensor] = {}
@@ -417,7 +435,11 @@ def run_experiments(
         labels, layout = store.labels, store.layout
         ds = enc.dataset(task, "test")
         zs = build_classifier(loaded, ds.classnames, ds.templates)
-        units, targets = zip(*(enc.get(task, s) for s in SPLITS), strict=True)
+        targets = [enc.targets(task, s) for s in SPLITS]
+        if stream_units:
+            units = [_reader(enc.store(task, s), config.device) for s in SPLITS]
+        else:
+            units = [enc.units(task, s) for s in SPLITS]
         task_images = None
         if "fine-tune" in variants:
             task_images = {}

@@ -45,7 +45,8 @@ def plot_accuracy_vs_params(table: pd.DataFrame, task: str | None = None, *, ax=
     """
     import matplotlib.pyplot as plt
 
-    if ax is None:
+    own = ax is None
+    if own:
         _, ax = plt.subplots(figsize=(6.5, 4.2))
     t = table if task is None else table[table.dataset == task]
     if t.empty:
@@ -69,7 +70,8 @@ def plot_accuracy_vs_params(table: pd.DataFrame, task: str | None = None, *, ax=
     ax.set_title(task or f"All {t.dataset.nunique()} tasks")
     ax.legend(fontsize=7, loc="best", framealpha=0.6)
     ax.grid(alpha=0.3)
-    ax.figure.tight_layout()
+    if own:  # a card lays out its panels once
+        ax.figure.tight_layout()
     return ax.figure
 
 
@@ -82,7 +84,8 @@ def plot_gains(gains: pd.DataFrame, *, ax=None):
     """
     import matplotlib.pyplot as plt
 
-    if ax is None:
+    own = ax is None
+    if own:
         _, ax = plt.subplots(figsize=(7, 0.9 + 0.3 * len(gains) * max(1, gains.shape[1] / 3)))
     n = gains.shape[1]
     height = 0.8 / n
@@ -95,7 +98,8 @@ def plot_gains(gains: pd.DataFrame, *, ax=None):
     ax.set_xlabel("test accuracy − zero-shot accuracy")
     ax.legend(fontsize=8, loc="best")
     ax.grid(axis="x", alpha=0.3)
-    ax.figure.tight_layout()
+    if own:  # a card lays out its panels once
+        ax.figure.tight_layout()
     return ax.figure
 
 
@@ -110,7 +114,8 @@ def plot_histories(histories: dict[str, Sequence[float]], *, title: str = "", ax
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    if ax is None:
+    own = ax is None
+    if own:
         _, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for variant, hist in histories.items():
@@ -123,7 +128,8 @@ def plot_histories(histories: dict[str, Sequence[float]], *, title: str = "", ax
     if ax.lines:
         ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    ax.figure.tight_layout()
+    if own:  # a card lays out its panels once
+        ax.figure.tight_layout()
     return ax.figure
 
 
@@ -138,14 +144,16 @@ def plot_lambda_grid(grid: pd.DataFrame, *, title: str = "mean |λ − 1| per un
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    if ax is None:
+    own = ax is None
+    if own:
         _, ax = plt.subplots(figsize=(1.5 + 0.7 * grid.shape[1], 1.0 + 0.5 * grid.shape[0]))
     sns.heatmap(grid.astype(float), ax=ax, cmap="magma", vmin=0, annot=True, fmt=".2f",
                 annot_kws={"fontsize": 7}, cbar_kws={"label": "mean |λ − 1|"})
     ax.set_title(title)
     ax.set_xlabel("head (and MLP)")
     ax.set_ylabel("layer")
-    ax.figure.tight_layout()
+    if own:  # a card lays out its panels once
+        ax.figure.tight_layout()
     return ax.figure
 
 
@@ -166,7 +174,8 @@ def plot_lambda_pcs(
     from matplotlib.colors import TwoSlopeNorm
 
     values = np.asarray(matrix, dtype=float)
-    if ax is None:
+    own = ax is None
+    if own:
         _, ax = plt.subplots(figsize=(7, 1.2 + 0.35 * len(labels)))
     finite = values[np.isfinite(values)]
     lo = min(float(finite.min()) if finite.size else 0.0, 0.99)
@@ -177,7 +186,8 @@ def plot_lambda_pcs(
     ax.set_xlabel("principal component (0 = most reference variance)")
     ax.set_title(title)
     ax.figure.colorbar(image, ax=ax, label="λ")
-    ax.figure.tight_layout()
+    if own:  # a card lays out its panels once
+        ax.figure.tight_layout()
     return ax.figure
 
 
@@ -199,7 +209,7 @@ def plot_task_card(
     """
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     plot_accuracy_vs_params(table, task, ax=axes[0, 0])
     plot_histories(histories, title="validation accuracy per epoch", ax=axes[0, 1])
     if grid is not None:

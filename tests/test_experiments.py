@@ -41,7 +41,7 @@ def cache(tmp_path_factory):
 def setup(loaded, cache):
     enc = TaskEncodings(loaded, {"train": 24, "val": 12, "test": 12}, cache_dir=cache)
     ref = TaskEncodings(loaded, {"train": 40}, cache_dir=cache)
-    return enc, ref.units("world.reference", "train")
+    return enc, ex.reference_pcas(ref.units("world.reference", "train"))
 
 
 def config(loaded, **kw) -> ex.ExperimentConfig:
@@ -56,6 +56,7 @@ def test_config_key_tracks_settings_not_device():
     assert a.key() == ex.ExperimentConfig(lrs=a.lrs, device="cuda").key()
     assert a.key() != ex.ExperimentConfig(lrs=a.lrs, max_epochs=3).key()
     assert a.key() != ex.ExperimentConfig(lrs=a.lrs, weights="other").key()
+    assert a.key() != ex.ExperimentConfig(lrs=a.lrs, data={"train": 10}).key()
     assert a.lr("coarse") == 0.1 and a.lr("residual-full") is None
 
 
@@ -85,9 +86,9 @@ def test_reference_pcas_unit_and_output():
 
 
 def test_every_variant_then_skip_and_reload(loaded, cache, tmp_path, monkeypatch):
-    enc, ref_units = setup(loaded, cache)
+    enc, pcas = setup(loaded, cache)
     cfg = config(loaded)
-    res = ex.run_experiments(loaded, TASKS, list(VARIANTS), enc, ref_units, cfg, tmp_path)
+    res = ex.run_experiments(loaded, TASKS, list(VARIANTS), enc, pcas, cfg, tmp_path)
     t = res.table
     assert len(t) == len(TASKS) * len(VARIANTS)
     assert list(t.dataset.unique()) == TASKS and list(t.variant[:len(VARIANTS)]) == list(VARIANTS)
@@ -116,7 +117,7 @@ def test_every_variant_then_skip_and_reload(loaded, cache, tmp_path, monkeypatch
         raise AssertionError("fit_variant called on a finished (task, variant)")
 
     monkeypatch.setattr(ex, "fit_variant", boom)
-    again = ex.run_experiments(loaded, TASKS, list(VARIANTS), enc, ref_units, cfg, tmp_path)
+    again = ex.run_experiments(loaded, TASKS, list(VARIANTS), enc, pcas, cfg, tmp_path)
     assert (tmp_path / "results.jsonl").read_text() == lines
     pd.testing.assert_frame_equal(again.table, t)
     torch.testing.assert_close(unit_lambdas(again.variants[(TASKS[1], "residual-full")], "L1H0"),
@@ -124,7 +125,7 @@ def test_every_variant_then_skip_and_reload(loaded, cache, tmp_path, monkeypatch
 
 
 def test_crash_loses_nothing_and_new_settings_rerun(loaded, cache, tmp_path, monkeypatch):
-    enc, ref_units = setup(loaded, cache)
+    enc, pcas = setup(loaded, cache)
     cfg = config(loaded)
     real, calls = ex.fit_variant, []
 
@@ -137,25 +138,25 @@ def test_crash_loses_nothing_and_new_settings_rerun(loaded, cache, tmp_path, mon
     monkeypatch.setattr(ex, "fit_variant", crash_on_third)
     variants = ["zero-shot", "coarse", "residual-fine", "linear-adapter"]
     with pytest.raises(KeyboardInterrupt):
-        ex.run_experiments(loaded, TASKS[:1], variants, enc, ref_units, cfg, tmp_path)
+        ex.run_experiments(loaded, TASKS[:1], variants, enc, pcas, cfg, tmp_path)
     rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["variant"] for r in rows] == ["zero-shot", "coarse"]
     calls.clear()
-    res = ex.run_experiments(loaded, TASKS[:1], variants, enc, ref_units, cfg, tmp_path)
+    res = ex.run_experiments(loaded, TASKS[:1], variants, enc, pcas, cfg, tmp_path)
     assert calls == ["residual-fine", "linear-adapter"]
     assert list(res.table.variant) == variants
     calls.clear()
     other = config(loaded, max_epochs=1)
-    res = ex.run_experiments(loaded, TASKS[:1], ["coarse"], enc, ref_units, other, tmp_path)
+    res = ex.run_experiments(loaded, TASKS[:1], ["coarse"], enc, pcas, other, tmp_path)
     assert calls == ["coarse"] and len(res.table) == 1 and res.table.epochs[0] == 1
 
 
 def test_run_task_is_deterministic(loaded, cache, tmp_path):
-    enc, ref_units = setup(loaded, cache)
+    enc, pcas = setup(loaded, cache)
     cfg = config(loaded)
-    a = ex.run_experiments(loaded, TASKS[:1], ["residual-fine"], enc, ref_units, cfg,
+    a = ex.run_experiments(loaded, TASKS[:1], ["residual-fine"], enc, pcas, cfg,
                            tmp_path / "a")
-    b = ex.run_experiments(loaded, TASKS[:1], ["residual-fine"], enc, ref_units, cfg,
+    b = ex.run_experiments(loaded, TASKS[:1], ["residual-fine"], enc, pcas, cfg,
                            tmp_path / "b")
     va, vb = (r.variants[(TASKS[0], "residual-fine")] for r in (a, b))
     assert torch.equal(va.lam, vb.lam)
@@ -234,10 +235,24 @@ def test_gain_table():
 
 
 def test_fine_tune_streams_or_preloads_the_same_images(loaded, cache, tmp_path):
-    enc, ref_units = setup(loaded, cache)
+    enc, pcas = setup(loaded, cache)
     cfg = config(loaded)
-    runs = [ex.run_experiments(loaded, TASKS[1:], ["fine-tune"], enc, ref_units, cfg,
+    runs = [ex.run_experiments(loaded, TASKS[1:], ["fine-tune"], enc, pcas, cfg,
                                tmp_path / str(pre), preload_images=pre) for pre in (True, False)]
     a, b = (r.table.iloc[0] for r in runs)
     assert a.engine == "lightning" and a.params > 0
     assert (a.accuracy, a.val_acc) == (b.accuracy, b.val_acc)
+
+
+def test_streamed_units_and_reference_give_the_same_results(loaded, cache, tmp_path):
+    enc, pcas = setup(loaded, cache)
+    ref = TaskEncodings(loaded, {"train": 40}, cache_dir=cache)
+    streamed = ex.reference_pcas(u for u, _ in ref.store("world.reference", "train").iter_units())
+    for a, b in zip(pcas, streamed, strict=True):
+        torch.testing.assert_close(a.explained_variance, b.explained_variance)
+    cfg = config(loaded)
+    names = ["coarse", "residual-full", "linear-adapter"]
+    runs = [ex.run_experiments(loaded, TASKS[1:], names, enc, pcas, cfg, tmp_path / str(stream),
+                               stream_units=stream) for stream in (False, True)]
+    pd.testing.assert_frame_equal(*(r.table[["variant", "accuracy", "val_acc", "epochs"]]
+                                    for r in runs))
