@@ -182,3 +182,24 @@ def test_resumed_training_matches_uninterrupted(tmp_path, monkeypatch):
     resumed = load_file(str(run("b", ["--resume"])))
     for key, value in straight.items():
         torch.testing.assert_close(resumed[key], value, msg=f"{key} differs after resume")
+
+
+def test_hard_negative_batches_pair_colours(monkeypatch):
+    from residual_core.tutorial import train as train_mod
+    from residual_core.tutorial import world
+
+    seen = {}
+    real_render = world.render
+
+    def spy(scenes, seed, *a, **k):
+        seen["scenes"] = scenes
+        return real_render(scenes, seed, *a, **k)
+
+    monkeypatch.setattr(world, "render", spy)
+    images, captions = train_mod.make_batch(0, 64, 0, hard_negatives=1.0)
+    s = seen["scenes"]
+    for attr in ("left_color", "right_color", "background"):
+        assert (getattr(s, attr) == getattr(s, attr)[0]).all(), attr
+    assert len(set(s.left_shape.tolist())) > 1 and len(captions) == len(images) == 64
+    plain, _ = train_mod.make_batch(0, 64, 0)
+    assert plain.shape == images.shape

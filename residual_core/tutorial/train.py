@@ -57,13 +57,30 @@ def images_to_tensor(images: UInt8[np.ndarray, "batch 64 64 3"]) -> Float[Tensor
 
 
 def make_batch(
-    step: int, batch_size: int, seed: int, config: world.WorldConfig = world.DEFAULT_WORLD
+    step: int,
+    batch_size: int,
+    seed: int,
+    config: world.WorldConfig = world.DEFAULT_WORLD,
+    hard_negatives: float = 0.0,
 ) -> tuple[UInt8[np.ndarray, "batch 64 64 3"], list[str]]:
-    """Training batch ``step`` of the run with ``seed``: images and captions of fresh scenes."""
+    """Training batch ``step`` of the run with ``seed``: images and captions of fresh scenes.
+
+    With ``hard_negatives = p``, each scene (but the first) copies, with probability ``p``, the
+    object colours and the background of the scene before it, so the batch holds pairs that
+    differ only in shape, size, texture, stars and relation: colour alone no longer separates
+    them, which pushes the contrastive loss towards the other attributes.
+    """
     scene_seed, render_seed, caption_seed = (
         int(s) for s in np.random.SeedSequence([seed, step, 0x7A11]).generate_state(3)
     )
     scenes = world.sample_scenes(batch_size, scene_seed, config)
+    if hard_negatives > 0:
+        rng = np.random.default_rng([scene_seed, 0x4A2D])
+        twins = np.flatnonzero(rng.random(batch_size) < hard_negatives)
+        twins = twins[twins > 0]
+        for attr in ("left_color", "right_color", "background"):
+            values = getattr(scenes, attr)
+            values[twins] = values[twins - 1]
     return world.render(scenes, render_seed), world.captions(scenes, caption_seed, config)
 
 
@@ -163,9 +180,9 @@ def train(args: argparse.Namespace) -> Path:
     start, history, elapsed = 0, [], 0.0
     if args.resume and state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=False)
-        keys = ("steps", "batch_size", "seed", "lr", "warmup", "weight_decay")
-        changed = {k: (state["args"][k], getattr(args, k)) for k in keys
-                   if state["args"][k] != getattr(args, k)}
+        keys = ("steps", "batch_size", "seed", "lr", "warmup", "weight_decay", "hard_negatives")
+        changed = {k: (state["args"].get(k, 0.0), getattr(args, k)) for k in keys
+                   if state["args"].get(k, 0.0) != getattr(args, k)}
         if changed:
             raise ValueError(f"cannot resume {state_path}: arguments changed {changed}")
         model.load_state_dict(state["model"])
@@ -190,7 +207,8 @@ def train(args: argparse.Namespace) -> Path:
         lr = lr_at(step, args.steps, args.lr, args.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images, texts = make_batch(step, args.batch_size, args.seed)
+        images, texts = make_batch(step, args.batch_size, args.seed,
+                                   hard_negatives=args.hard_negatives)
         loss = clip_loss(model, images_to_tensor(images).to(device), tokenizer(texts).to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -219,6 +237,7 @@ def train(args: argparse.Namespace) -> Path:
         "steps_done": done,
         "stopped_early_by_max_minutes": stopped_early,
         "batch_size": args.batch_size,
+        "hard_negatives": args.hard_negatives,
         "seed": args.seed,
         "optimizer": f"AdamW(betas=(0.9, 0.98), eps=1e-6, weight_decay={args.weight_decay})",
         "lr": args.lr,
@@ -442,6 +461,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--warmup", type=int, default=100, help="linear warmup steps")
     p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--hard-negatives", type=float, default=0.0,
+                   help="probability that a scene copies the colours/background of the previous "
+                   "one (see make_batch)")
     p.add_argument("--seed", type=int, default=0, help="seed of the init and the data stream")
     p.add_argument("--out", type=Path, default=CHECKPOINT_PATH, help="fp16 .safetensors output")
     p.add_argument("--device", default="auto", help="'auto' (cuda if present), 'cpu', 'cuda'")
