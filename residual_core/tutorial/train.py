@@ -65,10 +65,12 @@ def make_batch(
 ) -> tuple[UInt8[np.ndarray, "batch 64 64 3"], list[str]]:
     """Training batch ``step`` of the run with ``seed``: images and captions of fresh scenes.
 
-    With ``hard_negatives = p``, each scene (but the first) copies, with probability ``p``, the
-    object colours and the background of the scene before it, so the batch holds pairs that
-    differ only in shape, size, texture, stars and relation: colour alone no longer separates
-    them, which pushes the contrastive loss towards the other attributes.
+    With ``hard_negatives = p``, each scene but the first takes, with probability ``p``, the
+    object colours and the background that the scene before it was sampled with (one vectorised
+    copy, no chains: a scene and its predecessor match when the predecessor kept its own, about
+    ``p(1 - p)`` of the batch). Such pairs differ only in shape, size, texture, stars and
+    relation: colour alone no longer separates them, which pushes the contrastive loss towards
+    the other attributes.
     """
     scene_seed, render_seed, caption_seed = (
         int(s) for s in np.random.SeedSequence([seed, step, 0x7A11]).generate_state(3)
