@@ -72,6 +72,8 @@ from residual_core.plots_heads import (
     plot_family_shares,
     plot_head_card,
     plot_probe_heatmap,
+    styled,
+    truth_table_view,
 )
 from residual_core.plotting import figure_picker
 from residual_core.tasks import TaskEncodings
@@ -99,10 +101,11 @@ late_heads = [h for h in heads if layer_of(h) >= n_layers - last_layers]
 
 words = load_dictionary(dictionary)
 text_embeddings = embed_dictionary(loaded, words)
-print(f"model {loaded.name} ({loaded.fingerprint}): {len(labels)} units, {len(heads)} heads in "
-      f"{n_layers} layers, d_out {ref_units.shape[-1]}")
-print(f"reference {reference}: {ref_units.shape[0]} images; dictionary {dictionary!r}: "
-      f"{len(words)} texts, families {words.family_names()}")
+print(f"model {loaded.name} ({loaded.fingerprint})")
+print(f"{len(labels)} units, {len(heads)} heads in {n_layers} layers, d_out {ref_units.shape[-1]}")
+print(f"reference {reference}: {ref_units.shape[0]} images")
+print(f"dictionary {dictionary!r}: {len(words)} texts")
+print(f"families: {', '.join(words.family_names())}")
 
 # %% [markdown]
 # ## TextSpan and SOMP on the last layers' heads
@@ -131,7 +134,8 @@ display(spec.explanation_table(somp, n_texts=5))
 plot_explained_variance({h: textspan[h] for h in late_heads}, somp)
 plt.show()
 overlap = {h: len(set(textspan[h].indices) & set(somp[h].indices)) for h in late_heads}
-print("texts picked by both methods, per head:", overlap)
+print("texts picked by both methods, per head:")
+print(", ".join(f"{h} {n}" for h, n in overlap.items()))
 
 # %% [markdown]
 # ## Ground truth: which heads carry which attribute?
@@ -144,7 +148,7 @@ print("texts picked by both methods, per head:", overlap)
 probes = enc.probes(tasks)
 chance = {t: spec.chance_levels({t: enc.targets(t, "test")})[t] for t in tasks}
 short = {t: t.split(".")[-1] for t in tasks}
-shown = probes.index if len(probes) <= 64 else [*late_heads, "embedding"]  # big models: last layers
+shown = probes.index if len(probes) <= 64 else [*late_heads, "embedding"]  # big models
 plot_probe_heatmap(probes.loc[shown].rename(columns=short),
                    {short[t]: c for t, c in chance.items()})
 plt.show()
@@ -153,30 +157,31 @@ plt.show()
 # ## Does TextSpan name what the probes find?
 #
 # For each attribute: its best heads by probe accuracy, TextSpan's first three texts for them,
-# and whether one of those texts names the attribute's family ("names family"). Because the
-# dictionary has many more colour and shape texts than count or relation texts, a "yes" can
-# happen by luck; `by_chance` is the probability that three random dictionary texts would name
-# the family. `family_share` is the share of the head's explained variance credited to the
-# family over all its picks, and `family_prior` what a head explained by random texts would get.
+# and whether one of those texts names the attribute's family ("named"). Because the dictionary
+# has many more colour and shape texts than count or relation texts, a "yes" can happen by luck;
+# the number in brackets after it is the probability that three random dictionary texts would
+# name the family. "share" is the share of the head's explained variance
+# credited to the family over all its picks, and "prior" what a head explained by random texts
+# would get.
 
 # %%
 families = {t: spec.task_family(t, words.family_names(), task_families) for t in tasks}
 truth = spec.ground_truth_table(probes, textspan, words, families, chance, n_heads=n_best_heads,
                                 n_texts=3, ignore=modifier_families)
 truth["attribute"] = truth.attribute.map(short)
-display(truth.style.format(precision=2).hide(axis="index"))
+display(truth_table_view(truth))
 
 best = truth[truth["rank"] == 1]
 checked = best[best.names_family != "–"]
 hits = int((checked.names_family == "yes").sum())
-print(f"best head per attribute: TextSpan's top-3 texts name the attribute's family for {hits} "
-      f"of {len(checked)} attributes; random texts would for {checked.by_chance.sum():.1f} "
-      "on average")
+print(f"best head per attribute: TextSpan's first 3 texts name the attribute's family\n"
+      f"  for {hits} of {len(checked)} attributes "
+      f"(random texts would: {checked.by_chance.sum():.1f} on average)")
 strong = checked[checked.probe_acc - checked.chance > 0.5 * (1 - checked.chance)]
-print(f"of the {len(strong)} attributes whose best head is well above chance (over half-way "
-      f"from chance to perfect), {int((strong.names_family == 'yes').sum())} are named")
+print(f"attributes whose best head is over half-way from chance to perfect: {len(strong)};\n"
+      f"  of these named: {int((strong.names_family == 'yes').sum())}")
 above = int((checked.family_share > checked.family_prior).sum())
-print(f"the best head's family share exceeds the dictionary prior for {above} of {len(checked)} "
+print(f"best head's family share above the dictionary prior: {above} of {len(checked)} "
       "attributes")
 
 # %% [markdown]
@@ -205,16 +210,16 @@ lift = spec.probe_lift(probes.loc[heads], chance)
 truth_view = spec.probe_specialization(lift, families)
 view = scores.join(truth_view.rename(columns={"top_family": "top_family_probe"}))
 view["agree"] = (view.top_family == view.top_family_probe).map({True: "yes", False: "no"})
-display(view.style.format({"score": "{:.2f}", "entropy_score": "{:.2f}", "top_lift": "{:.2f}",
-                           "concentration": "{:.2f}"}))
+display(styled(view[["top_family", "score", "entropy_score", "top_attribute", "top_lift",
+                    "concentration", "agree"]], precision=2))
 both = view.dropna(subset=["top_family_probe"])
 rho = spec.rank_correlation(both.score, both.concentration, seed=seed)
-print(f"text and probe views agree on the family for {int((both.agree == 'yes').sum())} of "
-      f"{len(both)} heads; dictionary prior of the most common family: {prior.max():.2f}")
-print(f"specialisation score vs probe concentration across heads: Spearman rho = "
-      f"{rho['rho']:.2f} (permutation p = {rho['p']:.2f})")
-print(f"mean specialisation score {scores.score.mean():.2f} (a head picking texts at random "
-      f"would score about {prior.max():.2f})")
+print(f"text and probe views agree on the family for {int((both.agree == 'yes').sum())} "
+      f"of {len(both)} heads")
+print(f"specialisation score vs probe concentration across heads:\n"
+      f"  Spearman rho = {rho['rho']:.2f} (permutation p = {rho['p']:.2f})")
+print(f"mean specialisation score {scores.score.mean():.2f}, max {scores.score.max():.2f}\n"
+      f"  (random texts: about {prior.max():.2f}, the prior of the most common family)")
 
 # %% [markdown]
 # ## Browse the heads

@@ -75,6 +75,7 @@ from residual_core.plots_heads import (
     plot_headroom,
     plot_layer_ablation,
     plot_task_card,
+    styled,
 )
 from residual_core.plotting import figure_picker
 from residual_core.tasks import TaskEncodings
@@ -101,8 +102,9 @@ means = ref_units.mean(0)
 heads = head_labels(labels)
 classifiers = {t: build_classifier(loaded, enc.dataset(t, "test").classnames,
                                    enc.dataset(t, "test").templates) for t in tasks}
-print(f"model {loaded.name} ({loaded.fingerprint}): {len(heads)} heads; {len(tasks)} tasks; "
-      f"train/val/test {train_size}/{val_size}/{test_size}, reference {ref_units.shape[0]}")
+print(f"model {loaded.name} ({loaded.fingerprint}): {len(heads)} heads")
+print(f"{len(tasks)} tasks; train/val/test {train_size}/{val_size}/{test_size}; "
+      f"reference {ref_units.shape[0]}")
 
 # %% [markdown]
 # ## Per-task analysis
@@ -135,14 +137,16 @@ table = task_table(list(results.values()), shares, families, k_carriers=k_carrie
 # %%
 plot_headroom(table)
 plt.show()
-display(table[["task", "K", "chance", "zero_shot", "best_head", "best_head_probe",
-               "embedding_probe", "headroom"]].style.format(precision=3).hide(axis="index"))
+display(styled(table[["task", "K", "chance", "zero_shot", "best_head", "best_head_probe",
+                      "embedding_probe", "headroom"]], hide_index=True, integers=("K",)))
 worst = table.sort_values("headroom", ascending=False).iloc[:3]
-print(f"mean zero-shot accuracy {table.zero_shot.mean():.3f}; mean embedding probe "
-      f"{table.embedding_probe.mean():.3f}; mean headroom {table.headroom.mean():.3f}")
-print("largest headroom:", ", ".join(f"{r.task} ({r.zero_shot:.2f} vs {r.embedding_probe:.2f})"
-                                     for r in worst.itertuples()))
-print(f"tasks where one head's probe beats zero-shot: "
+print(f"mean zero-shot accuracy {table.zero_shot.mean():.3f}")
+print(f"mean embedding probe    {table.embedding_probe.mean():.3f}")
+print(f"mean headroom           {table.headroom.mean():.3f}")
+print("largest headroom (zero-shot vs probe):")
+for r in worst.itertuples():
+    print(f"  {r.task}: {r.zero_shot:.2f} vs {r.embedding_probe:.2f}")
+print(f"tasks where a single head's probe beats zero-shot: "
       f"{int((table.best_head_probe > table.zero_shot).sum())} of {len(table)}")
 
 # %% [markdown]
@@ -159,13 +163,12 @@ layers = pd.concat([r.layers.assign(task=t) for t, r in results.items()], ignore
 plot_layer_ablation(layers)
 plt.show()
 by_layer = layers.groupby(["kind", "ablated_layers"]).accuracy.mean().unstack("ablated_layers")
-display(by_layer.style.format(precision=3))
+display(styled(by_layer))
 for kind in by_layer.index:
     row = by_layer.loc[kind]  # column 0: nothing ablated, the full model
     spare = sum(1 for _ in takewhile(lambda n, r=row: r[0] - r[n] <= 0.01, row.index[1:]))
-    print(f"{kind}: mean accuracy stays within 1 point of the full model ({row[0]:.3f}) while "
-          f"ablating the first {spare} of {row.index.max()} layers; all ablated: "
-          f"{row.iloc[-1]:.3f}")
+    print(f"{kind}: within 1 point of the full model ({row[0]:.3f}) while ablating the "
+          f"first {spare} of {row.index.max()} layers;\n  all ablated: {row.iloc[-1]:.3f}")
 
 # %% [markdown]
 # ## 2b. Coarse head selection
@@ -189,13 +192,14 @@ picked = pd.concat([selected_on_val(r.coarse).assign(task=t) for t, r in results
 test_by_ranking = picked.pivot(index="task", columns="ranking", values="test_acc")[
     ["full", "S", "U|T", "U", "R"]].loc[tasks]
 k_by_ranking = picked.pivot(index="task", columns="ranking", values="k")[["S", "U|T", "U"]]
-display(test_by_ranking.join(k_by_ranking.add_suffix(" k")).style.format(precision=3))
+display(styled(test_by_ranking.join(k_by_ranking.add_suffix(" k")),
+               integers=("S k", "U|T k", "U k")))
 gain = test_by_ranking.sub(test_by_ranking["full"], axis=0)
 for ranking in ["S", "U|T", "U", "R"]:
-    print(f"{ranking:>3}: mean test accuracy {test_by_ranking[ranking].mean():.3f} vs full "
-          f"{test_by_ranking['full'].mean():.3f}; better than full on "
-          f"{int((gain[ranking] > 0.005).sum())} of {len(tasks)} tasks, worse on "
-          f"{int((gain[ranking] < -0.005).sum())}")
+    print(f"{ranking:>3}: mean test accuracy {test_by_ranking[ranking].mean():.3f} "
+          f"(full {test_by_ranking['full'].mean():.3f}); vs full: better on "
+          f"{int((gain[ranking] > 0.005).sum())}, worse on {int((gain[ranking] < -0.005).sum())}"
+          f" of {len(tasks)} tasks")
 
 # %% [markdown]
 # ## 3. Specialisation and zero-shot accuracy across tasks
@@ -218,9 +222,10 @@ for ranking in ["S", "U|T", "U", "R"]:
 # %%
 rates = mention_rates() if model == "tutorial" else {}  # only the tutorial world has captions
 table["caption_rate"] = [rates.get(t.split(".")[-1], float("nan")) for t in table.task]
-display(table[["task", "family", "caption_rate", "zero_shot", "zs_lift", "carriers",
-               "spec_carriers", "align_carriers", "s_heads", "spec_s"]]
-        .style.format(precision=3).hide(axis="index"))
+display(styled(table[["task", "family", "caption_rate", "zero_shot", "zs_lift", "carriers",
+                      "spec_carriers", "align_carriers", "s_heads", "spec_s"]],
+               hide_index=True))
+print("Spearman correlation of each column with zs_lift across tasks:")
 stats = {col: spec.rank_correlation(table[col], table.zs_lift, seed=seed)
          for col in ["spec_carriers", "align_carriers", "spec_s", "best_head_probe",
                      "caption_rate"]}
@@ -236,8 +241,7 @@ for col, s in stats.items():
     if s["n"] < 3:
         continue
     verdict = "significant at 5%" if s["p"] < 0.05 else "not significant at 5%"
-    print(f"{col:>15} vs zs_lift: Spearman rho = {s['rho']:+.2f}, p = {s['p']:.3f} "
-          f"(n = {s['n']}, {verdict})")
+    print(f"{col:>15}: rho = {s['rho']:+.2f}, p = {s['p']:.3f} (n = {s['n']}, {verdict})")
 
 # %% [markdown]
 # ## Summary: where the tutorial world agrees with the paper

@@ -190,38 +190,40 @@ def plot_headroom(table: pd.DataFrame, *, ax=None):
     return ax.figure
 
 
-def plot_layer_ablation(layers: pd.DataFrame, *, ax=None):
+def plot_layer_ablation(layers: pd.DataFrame):
     """Accuracy against the number of first layers mean-ablated, one panel per unit kind.
 
     Args:
         layers: :func:`residual_core.alignment.layer_ablation` rows with a ``task`` column.
-        ax: Ignored unless a single kind is present (then: axes to draw on).
+
+    Returns:
+        The figure: one panel per kind on a two-column grid, the legend in a spare panel.
     """
     import matplotlib.pyplot as plt
 
     kinds = list(dict.fromkeys(layers.kind))
-    if ax is None or len(kinds) > 1:
-        fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.8), sharey=True,
-                                 squeeze=False)
-        axes = axes[0]
-    else:
-        fig, axes = ax.figure, [ax]
+    n_rows = (len(kinds) + 2) // 2
+    fig, axes = plt.subplots(n_rows, 2, figsize=(9, 3.4 * n_rows), sharey=True, squeeze=False)
+    axes = axes.ravel()
     colors = plt.get_cmap("tab20")
     tasks = list(dict.fromkeys(layers.task))
-    for a, kind in zip(axes, kinds, strict=True):
+    for a, kind in zip(axes, kinds, strict=False):
         part = layers[layers.kind == kind]
         for i, task in enumerate(tasks):
             row = part[part.task == task]
-            a.plot(row.ablated_layers, row.accuracy, "-", color=colors(i % 20), alpha=0.6,
+            a.plot(row.ablated_layers, row.accuracy, "-", color=colors(i % 20), alpha=0.7,
                    lw=1, label=task.split(".")[-1])
         mean = part.groupby("ablated_layers").accuracy.mean()
         a.plot(mean.index, mean.to_numpy(), "-o", color="black", lw=2.5, label="mean")
-        a.set_title(f"mean-ablate {kind} of the first n layers")
+        a.set_title(f"mean-ablate {kind} of the first n layers", fontsize=10)
         a.set_xlabel("n (first layers ablated)")
+        a.set_ylabel("zero-shot accuracy (test)")
         a.set_xticks(sorted(part.ablated_layers.unique()))
         a.grid(alpha=0.3)
-    axes[0].set_ylabel("zero-shot accuracy (test)")
-    axes[-1].legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    handles, names = axes[0].get_legend_handles_labels()
+    for a in axes[len(kinds):]:
+        a.axis("off")
+    axes[-1].legend(handles, names, fontsize=8, ncol=2, loc="center")
     fig.tight_layout()
     return fig
 
@@ -262,7 +264,7 @@ def plot_coarse_selection(coarse: pd.DataFrame, task: str = "", *, chance: float
     ax.set_ylabel("test accuracy")
     ax.set_title(f"Coarse head selection: {task}" if task else "Coarse head selection")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.figure.tight_layout()
     return ax.figure
 
@@ -310,8 +312,7 @@ def plot_task_card(result, chance: float | None = None):
     import matplotlib.pyplot as plt
 
     heads = result.heads
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.2),
-                                      gridspec_kw={"width_ratios": [1, 1.2]})
+    fig, (left, right) = plt.subplots(2, 1, figsize=(8.5, 8.5))
     plot_coarse_selection(result.coarse, result.task, chance=chance, ax=left)
     x = np.arange(len(heads))
     right.bar(x, result.probes[heads].to_numpy(), color="tab:green", label="probe accuracy")
@@ -325,6 +326,47 @@ def plot_task_card(result, chance: float | None = None):
     right.set_ylim(0, 1.05)
     right.set_title(f"{result.task}: per head (S marks the first heads of the S ranking)",
                     fontsize=10)
-    right.legend(fontsize=7, loc="upper left")
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     return fig
+
+
+def truth_table_view(truth: pd.DataFrame):
+    """A compact, readable rendering of :func:`~residual_core.specialization.ground_truth_table`.
+
+    Merges attribute and family, accuracy and chance, "names family" and its chance level,
+    share and prior into one column each, puts the texts last and hides the index.
+
+    Returns:
+        A pandas ``Styler``.
+    """
+    view = pd.DataFrame({
+        "attribute (family)": [f"{a} ({f or '–'})"
+                               for a, f in zip(truth.attribute, truth.family, strict=True)],
+        "head": [f"{h} (#{r})" for h, r in zip(truth["head"], truth["rank"], strict=True)],
+        "probe (chance)": [f"{a:.2f} ({c:.2f})"
+                           for a, c in zip(truth.probe_acc, truth.chance, strict=True)],
+        "named (by chance)": [n if np.isnan(c) else f"{n} ({c:.2f})"
+                              for n, c in zip(truth.names_family, truth.by_chance, strict=True)],
+        "share (prior)": [
+            "–" if np.isnan(a) else f"{a:.2f} ({b:.2f})"
+            for a, b in zip(truth.family_share, truth.family_prior, strict=True)],
+        "TextSpan's first texts": truth.top_texts.str.replace(" | ", "; ", regex=False),
+    })
+    return (view.style.hide(axis="index")
+            .set_table_styles([{"selector": "td, th", "props": "padding: 0.15em 0.6em;"}])
+            .set_properties(subset=["TextSpan's first texts"],
+                            **{"min-width": "14em", "text-align": "left"})
+            .set_properties(subset=[c for c in view.columns if c != "TextSpan's first texts"],
+                            **{"white-space": "nowrap"}))
+
+
+def styled(table: pd.DataFrame, precision: int = 3, *, hide_index: bool = False,
+           integers: tuple[str, ...] = ()):
+    """A table rendered with padded cells and fixed precision (integers for ``integers``)."""
+    style = table.style.format(precision=precision)
+    if integers:
+        style = style.format("{:.0f}", subset=[c for c in integers if c in table.columns])
+    style = style.set_table_styles(
+        [{"selector": "td, th", "props": "padding: 0.15em 0.6em; text-align: right;"}])
+    return style.hide(axis="index") if hide_index else style

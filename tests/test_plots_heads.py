@@ -76,10 +76,23 @@ def test_task_level_plots(result):
     assert is_figure(ph.plot_headroom(table))
     layers = pd.concat([result.layers.assign(task="toy.a"), result.layers.assign(task="toy.b")])
     fig = ph.plot_layer_ablation(layers)
-    assert len(fig.axes) == 3
+    assert len(fig.axes) == 4  # three kinds and the legend panel
     fig = ph.plot_coarse_selection(result.coarse, "toy.a", chance=0.5)
     assert any("full model" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
     assert len(ph.plot_task_card(result, chance=0.5).axes) == 2
     fig = ph.plot_correlation(table, "spec_carriers", "zero_shot",
                               stats={"rho": 0.5, "p": 0.2, "n": 2})
     assert "0.50" in fig.axes[0].get_title()
+
+
+def test_styled_and_truth_view():
+    table = pd.DataFrame({"k": [1.0, 2.0], "acc": [0.12345, 0.5]}, index=["a", "b"])
+    html = ph.styled(table, integers=("k",), hide_index=True).to_html()
+    assert "0.123" in html and ">1<" in html and "padding" in html
+    truth = pd.DataFrame([{"attribute": "count", "family": None, "rank": 1, "head": "L0H0",
+                           "probe_acc": 0.5, "chance": 0.25, "top_texts": "a | b",
+                           "names_family": "–", "by_chance": float("nan"),
+                           "family_share": float("nan"), "family_prior": float("nan")}])
+    html = ph.truth_table_view(truth).to_html()
+    assert "L0H0 (#1)" in html and "0.50 (0.25)" in html and "a; b" in html
+    assert "count (–)" in html
