@@ -68,8 +68,8 @@ patience = 5  # early stopping on validation accuracy (paper: 5)
 batch_size = 64
 evr = 0.9  # explained variance kept per head by residual-fine
 lrs = {"fine-tune": 1e-4}  # overrides of the paper's learning rates (0.8, 1e-3, 1e-5)
-finetune_epochs = 3  # cap of the expensive variant (patience still applies)
-finetune_train_size = 2000  # fine-tune on the first n training images (None: all)
+finetune_epochs = 2  # cap of the expensive variant (patience still applies)
+finetune_train_size = 1000  # fine-tune on the first n training images (None: all)
 preload_images = True  # fine-tune: preprocess the images once into memory
 stream_units = False  # read units from the stores per variant (paper scale) instead of RAM
 num_workers = 0
@@ -79,6 +79,7 @@ dictionary = "tutorial"  # texts the λ-changed PCs are matched with
 default_task = "world.left_texture"
 results_dir = None  # None: <cache>/residual; finished (task, variant) pairs are skipped
 device = "cpu"
+threads = 1  # torch CPU threads (None: torch's default); 1 is fastest on a shared machine
 seed = 0
 
 # %%
@@ -108,6 +109,8 @@ from residual_core.tasks import TaskEncodings
 from residual_core.text_cache import embed_dictionary
 
 _ = torch.manual_seed(seed)
+if threads is not None:
+    torch.set_num_threads(threads)
 
 # %% [markdown]
 # ## Model, encodings and reference PCA
