@@ -226,6 +226,10 @@ display(robustness.T)
 #   carries most of its variance (high EVR of PC1 in the previous chapter) can score high from
 #   that one direction alone. The last table compares with the other weighting: if the order
 #   of the datasets is the same under both, the conclusion does not hinge on the weighting.
+# - When the heads need only one or two directions for 90% of their variance (the first table
+#   of this chapter), both scores compare little more than the leading direction; they are then
+#   close to 1 for almost any input, and the control can only separate weakly. Compare the
+#   gaps between datasets, not just the sign of the claims.
 #
 # ## Summary
 #
