@@ -47,7 +47,7 @@ datasets = {
 }
 control = "random"  # the key of `datasets` holding random images
 split = "train"
-size = 2000  # images per compared dataset
+size = 1000  # images per compared dataset
 threshold = 0.9  # explained variance at which the bases are cut (the paper's 90%)
 weighted = True  # weight directions by their variance (the paper's choice)
 seed = 0  # seed of the random bases of the chance level
