@@ -57,6 +57,7 @@ __all__ = [
     "TaskInputs",
     "gain_table",
     "head_grid",
+    "headroom_table",
     "image_tensor",
     "load_trained",
     "pc_texts",
@@ -491,6 +492,34 @@ def gain_table(
     gains.loc["mean"] = gains.mean()
     gains.columns.name = f"gain over {base}"
     return gains
+
+
+def headroom_table(
+    table: pd.DataFrame, ceiling: pd.Series, variants: Sequence[str], base: str = "zero-shot",
+    min_gap: float = 0.01,
+) -> pd.DataFrame:
+    """How much of the gap between zero-shot and a probe ceiling each variant closes, per task.
+
+    Args:
+        table: Results with ``dataset``, ``variant``, ``accuracy``.
+        ceiling: Task → accuracy of a reference reader (e.g. a linear probe on the embedding).
+        variants: Variants whose share is reported.
+        base: The starting point (zero-shot).
+        min_gap: Below this headroom the share is undefined (NaN): nothing to close.
+
+    Returns:
+        Tasks (plus ``mean``) × ``[base, "ceiling", "headroom", *variants]``; variant columns are
+        ``(accuracy − base) / (ceiling − base)``: 0 = no gain, 1 = the ceiling reached.
+    """
+    acc = table.pivot(index="dataset", columns="variant", values="accuracy")
+    acc = acc.loc[list(dict.fromkeys(table.dataset))]
+    out = pd.DataFrame({base: acc[base], "ceiling": ceiling.reindex(acc.index).astype(float)})
+    out["headroom"] = out.ceiling - out[base]
+    gap = out.headroom.where(out.headroom >= min_gap)
+    for v in variants:
+        out[v] = (acc[v] - out[base]) / gap
+    out.loc["mean"] = out.mean()
+    return out
 
 
 def head_grid(variant: Variant, layout: UnitLayout, value: str = "mean_abs_dev") -> pd.DataFrame:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -256,3 +257,13 @@ def test_streamed_units_and_reference_give_the_same_results(loaded, cache, tmp_p
                                stream_units=stream) for stream in (False, True)]
     pd.testing.assert_frame_equal(*(r.table[["variant", "accuracy", "val_acc", "epochs"]]
                                     for r in runs))
+
+
+def test_headroom_table():
+    t = pd.DataFrame({"dataset": ["a", "a", "b", "b"], "variant": ["zero-shot", "coarse"] * 2,
+                      "accuracy": [0.5, 0.6, 0.9, 0.95]})
+    h = ex.headroom_table(t, pd.Series({"a": 0.7, "b": 0.905}), ["coarse"])
+    assert list(h.columns) == ["zero-shot", "ceiling", "headroom", "coarse"]
+    assert h.loc["a", "coarse"] == pytest.approx(0.5)  # half of 0.5 → 0.7 closed
+    assert np.isnan(h.loc["b", "coarse"])  # headroom 0.005: nothing to close
+    assert h.loc["mean", "headroom"] == pytest.approx((0.2 + 0.005) / 2)
