@@ -34,32 +34,33 @@
 # works on these $c_u$. This chapter builds a model, decomposes a batch of images, checks that
 # the units really add up to the embedding, and looks at how large each unit's contribution is.
 #
-# :::{warning}
-# **Random weights, random images.** In the tutorial profile this chapter uses an open_clip
-# architecture with *randomly initialised* weights and random-noise images. The decomposition is
-# exact for any weights, so the numbers below check the mathematics, but the pattern of unit
-# sizes says nothing about a trained CLIP.
+# :::{note}
+# **The tutorial CLIP is a placeholder for now.** The checkpoint shipped with this version was
+# trained for under an hour on a shared CPU and is undertrained (its model card lists what it
+# does and does not know). The decomposition is exact for any weights, so everything in this
+# chapter holds; the later chapters say where their findings depend on the model's training.
 # :::
 #
 # The cell below holds the chapter's parameters; the runner can override them, e.g.
 # `python -m residual_core.runner run 00_units --param n_images=64 --param device=cuda`.
 
 # %% tags=["parameters"]
-model_name = "ViT-B-32"  # an open_clip architecture
-pretrained = None  # None: random weights; a tag ("laion2b_s34b_b88k") downloads them
+model = "tutorial"  # a key of residual_core.models.list_models(), e.g. "openclip_b"
+images_from = "world.reference"  # a dataset of residual_core.datasets, or "noise"
 n_images = 8
 seed = 0
 device = "cpu"
 
 # %%
 import matplotlib.pyplot as plt
-import open_clip
 import pandas as pd
 import torch
 from IPython.display import display
 
 from residual_core import decompose
+from residual_core.datasets import load_dataset
 from residual_core.decompose import check_supported
+from residual_core.models import load_model
 from residual_core.plotting import (
     figure_picker,
     layer_head_grid,
@@ -69,20 +70,24 @@ from residual_core.plotting import (
     unit_norm_table,
 )
 
-_ = torch.manual_seed(seed)  # the random weights depend on it
+_ = torch.manual_seed(seed)
 
 # %% [markdown]
 # ## The model
 #
-# In the tutorial profile this is the open_clip `ViT-B-32` architecture with randomly
-# initialised weights (`pretrained = None`): no download, a few seconds on a CPU. The paper
-# profile (`--preset paper`) loads trained weights on a GPU box.
+# The tutorial profile uses the tiny CLIP shipped with the book (`residual_core/tutorial/`): an
+# ordinary open_clip `CLIP` with a 4-layer, 4-head ViT on 64×64 images, trained on a procedural
+# world of two objects (see its model card). The decomposition is exact for any weights, so the
+# reconstruction check below holds whatever the model learnt; which units carry *what* is the
+# subject of the later chapters. The paper profile (`--preset paper`) loads real weights on a
+# GPU box.
 
 # %%
 # The one line that picks the model; everything below reads its sizes from the model object.
-model = open_clip.create_model(model_name, pretrained=pretrained, device=device).eval()
-layout = check_supported(model)
-display(pd.DataFrame([vars(layout) | {"units": layout.n_units}], index=[model_name]))
+loaded = load_model(model, device=device)
+net = loaded.model
+layout = check_supported(net)
+display(pd.DataFrame([vars(layout) | {"units": layout.n_units}], index=[model]))
 
 # %% [markdown]
 # `check_supported` reads the sizes from the model object and refuses variants where the
@@ -90,15 +95,20 @@ display(pd.DataFrame([vars(layout) | {"units": layout.n_units}], index=[model_na
 #
 # ## Decomposing a batch
 #
-# The images are random noise, uniform in $[-1, 1]$ per pixel after preprocessing (one of the
-# reference inputs of the paper); any preprocessed batch works the same way.
+# A few images of the reference set (or uniform noise in $[-1, 1]$ after preprocessing with
+# `images_from = "noise"`), preprocessed by the model's own transform.
 
 # %%
-size = model.visual.image_size
-generator = torch.Generator().manual_seed(seed)
-images = (torch.rand(n_images, 3, *size, generator=generator) * 2 - 1).to(device)
+if images_from == "noise":
+    size = net.visual.image_size
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(n_images, 3, *size, generator=generator) * 2 - 1
+else:
+    data = load_dataset(images_from, "test", loaded.preprocess, size=n_images)
+    images = torch.stack([data[i][0] for i in range(n_images)])
+images = images.to(device)
 
-dec = decompose(model, images)
+dec = decompose(net, images)
 print("units:", tuple(dec.units.shape), "(batch, unit, d_out)")
 first_head = layout.n_layers + 1
 print("labels:", dec.labels[:3], "...", dec.labels[first_head : first_head + 2], "...",
@@ -119,7 +129,7 @@ print(dec.select(["embed", f"L{last}.mlp", f"L{last}H0"]).shape)
 
 # %%
 with torch.no_grad():
-    reference = model.encode_image(images)
+    reference = net.encode_image(images)
 error = relative_error(dec.total(), reference)
 print(f"max relative error of units.sum(1) vs encode_image: {error:.2e}")
 assert error < 1e-5, f"decomposition is not exact: relative error {error:.2e}"
@@ -158,5 +168,5 @@ display(figure_picker(figures, "Layer", default=f"layer {layout.n_layers - 1}"))
 # - A unit is one additive writer to the CLS residual stream: the embedding, an MLP or a head.
 # - `decompose(model, images)` returns all of them as a `(batch, unit, d_out)` tensor with
 #   stable labels; their sum is the image embedding, exactly.
-# - With random weights the sizes above only illustrate the bookkeeping; later chapters use a
-#   trained model and ask which units carry what.
+# - Sizes alone do not say what a unit carries; the later chapters ask that with PCA, text
+#   and probes.

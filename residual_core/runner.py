@@ -75,8 +75,8 @@ RUNS: dict[str, dict[str, dict[str, Any]]] = {
     "00_units": {
         "tutorial": {},
         "paper": {
-            "model_name": "ViT-B-16",
-            "pretrained": "laion2b_s34b_b88k",
+            "model": "openclip_b",
+            "images_from": "noise",  # the paper's datasets arrive with the paper-profile issue
             "n_images": 64,
             "device": "cuda",
         },
