@@ -67,7 +67,7 @@ max_epochs = 30  # cached variants (paper: 30)
 patience = 5  # early stopping on validation accuracy (paper: 5)
 batch_size = 64
 evr = 0.9  # explained variance kept per head by residual-fine
-lrs = {"fine-tune": 1e-4}  # overrides of the paper's learning rates (0.8, 1e-3, 1e-5)
+lrs = {"fine-tune": 1e-3}  # overrides of the paper's learning rates (0.8, 1e-3, 1e-5)
 finetune_epochs = 2  # cap of the expensive variant (patience still applies)
 finetune_train_size = 1000  # fine-tune on the first n training images (None: all)
 preload_images = True  # fine-tune: preprocess the images once into memory
@@ -134,7 +134,7 @@ config = ex.ExperimentConfig(
 out_dir = Path(results_dir) if results_dir is not None else DEFAULT_CACHE / "residual"
 print(f"model {loaded.name} ({loaded.fingerprint}); {len(ref_store.labels)} units of d_out "
       f"{ref_store.layout.d_out}; reference {pcas[0].n_samples} images; train/val/test "
-      f"{train_size}/{val_size}/{test_size}; settings key {config.key()}; results in {out_dir}")
+      f"{train_size}/{val_size}/{test_size}; settings key {config.key()[:8]}; results in {out_dir}")
 
 # %% [markdown]
 # ## Training every variant on every task
@@ -367,9 +367,11 @@ print("\n".join(lines))
 #   ResiDual* and fine-tuning both have far fewer parameters than in the paper, so the *ratio*
 #   of their parameter counts (printed above) is the comparable quantity, not the counts.
 # - **Fine-tuning is capped here.** On two CPU cores, fine-tuning the tower runs for at most
-#   `finetune_epochs` epochs (with a learning rate raised from the paper's $10^{-5}$ to the
-#   value in `lrs`, since a few epochs at $10^{-5}$ barely move a small model), while the
-#   cached variants get up to `max_epochs`. The fine-tuning numbers are therefore a lower
+#   `finetune_epochs` epochs on `finetune_train_size` images, while the cached variants get up
+#   to `max_epochs` on the whole training split. Its learning rate is raised from the paper's
+#   $10^{-5}$ to the value in `lrs`: in a check on the *validation* split of one task
+#   (`left_texture`), $10^{-4}$ left the tower at its zero-shot accuracy within the cap, while
+#   $10^{-3}$ moved it. The fine-tuning numbers are therefore a lower
 #   bound on what it would reach, and "ResiDual matches fine-tuning" is tested against a
 #   handicapped reference; the paper profile lifts the cap.
 # - **Headroom.** The paper's gains are largest on datasets where zero-shot is weak (MNIST,

@@ -10,8 +10,9 @@ Nothing is lost on a crash: every finished (model, task, variant) is one JSON li
 written and fsynced before the next variant starts; a rerun with the same settings skips the
 finished ones (reloading the trained λ from the best checkpoint when the chapter needs it), and
 a variant interrupted mid-training resumes from its ``last`` checkpoint. Results are keyed by
-:meth:`ExperimentConfig.key` (a hash of every setting and the model's weights), so changed
-settings never reuse stale rows.
+:meth:`ExperimentConfig.key` (a hash of the settings a variant depends on and the model's
+weights), so changed settings never reuse stale rows, and changing one variant's settings
+reruns only that variant.
 
 :func:`gain_table`, :func:`head_grid` and :func:`pc_texts` turn the results and the trained λ into
 what the chapter shows.
@@ -71,6 +72,10 @@ CACHED = tuple(v for v in VARIANTS if v != "fine-tune")
 """Variants trained on cached inputs (the lean engine); fine-tuning trains on images."""
 
 
+_CACHED_ONLY = ("max_epochs", "evr", "add_mean", "init")
+_FINETUNE_ONLY = ("finetune_epochs", "finetune_train_size")
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """Every setting that changes a result (hashed into :meth:`key`).
@@ -105,11 +110,21 @@ class ExperimentConfig:
     weights: str = ""
     data: Mapping[str, Any] = field(default_factory=dict)
 
-    def key(self) -> str:
-        """Short hash of the settings (the device does not change results, so it is left out)."""
+    def key(self, variant: str | None = None) -> str:
+        """Short hash of the settings that change a variant's result (all, without ``variant``).
+
+        The device is left out; a cached variant ignores the fine-tuning settings and
+        fine-tuning ignores those of the cached variants, and each sees only its own learning
+        rate, so changing one variant's settings reruns only that variant.
+        """
         settings = {k: v for k, v in asdict(self).items() if k != "device"}
         settings["lrs"] = dict(sorted(dict(self.lrs).items()))
         settings["data"] = dict(sorted(dict(self.data).items()))
+        if variant is not None:
+            drop = (_CACHED_ONLY if variant == "fine-tune" else _FINETUNE_ONLY) + ("lrs",)
+            settings = {k: v for k, v in settings.items() if k not in drop}
+            settings["lr"] = self.lr(variant)
+            settings["variant"] = variant
         blob = json.dumps(settings, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -325,7 +340,7 @@ def run_task(
         config: Training settings.
         model: Model name recorded in the rows.
         log: Where finished rows are appended (and looked up).
-        ckpt_root: Checkpoints go to ``{ckpt_root}/{task}/{variant}``.
+        ckpt_root: Checkpoints go to ``{ckpt_root}/{task}/{variant}/{config.key(variant)}``.
         visual: The vision tower (copied, never modified) for ``fine-tune``.
         progress: Show progress bars.
         num_workers: DataLoader workers of ``fine-tune``.
@@ -337,10 +352,10 @@ def run_task(
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {VARIANTS}")
-    key = config.key()
     trained: dict[str, Variant | None] = {}
     for name in variants:
-        ckpt_dir = Path(ckpt_root) / inputs.task / name
+        key = config.key(name)
+        ckpt_dir = Path(ckpt_root) / inputs.task / name / key
         done = log.find(model=model, config=key, dataset=inputs.task, variant=name)
         if done is not None:
             if name == "fine-tune":
@@ -412,7 +427,7 @@ def run_experiments(
         pcas: ``(per_unit, output)`` reference PCAs (:func:`reference_pcas`).
         config: Training settings; its ``weights`` should be ``loaded.fingerprint`` and its
             ``data`` should describe the splits and the reference set.
-        results_dir: Holds ``results.jsonl`` and the checkpoints ``ckpt/{model}/{key}/...``.
+        results_dir: Holds ``results.jsonl`` and the checkpoints ``ckpt/{model}/...``.
         preload_images: For ``fine-tune``, preprocess every image once into memory (shared by
             the tasks showing the same images); else stream them through the transform.
         stream_units: Read each split's units from its store batch by batch whenever a
@@ -428,7 +443,7 @@ def run_experiments(
 
     pca, output_pca = pcas
     log = ResultLog(Path(results_dir) / "results.jsonl")
-    ckpt_root = Path(results_dir) / "ckpt" / loaded.name / config.key()
+    ckpt_root = Path(results_dir) / "ckpt" / loaded.name
     images: dict[tuple[str, str], Tensor] = {}
     trained: dict[tuple[str, str], Variant | None] = {}
     labels = layout = None
@@ -463,7 +478,7 @@ def run_experiments(
                        num_workers=num_workers)
         trained.update({(task, v): m for v, m in out.items()})
     table = log.table()
-    keep = (table.config == config.key()) & (table.model == loaded.name)
+    keep = (table.config == table.variant.map(config.key)) & (table.model == loaded.name)
     table = table[keep & table.dataset.isin(tasks) & table.variant.isin(variants)]
     order = {t: i for i, t in enumerate(tasks)} | {v: i for i, v in enumerate(variants)}
     table = table.sort_values(["dataset", "variant"], key=lambda s: s.map(order),

@@ -59,6 +59,13 @@ def test_config_key_tracks_settings_not_device():
     assert a.key() != ex.ExperimentConfig(lrs=a.lrs, weights="other").key()
     assert a.key() != ex.ExperimentConfig(lrs=a.lrs, data={"train": 10}).key()
     assert a.lr("coarse") == 0.1 and a.lr("residual-full") is None
+    # Per variant: only what the variant depends on.
+    ft = ex.ExperimentConfig(lrs={"coarse": 0.1, "fine-tune": 1e-3}, finetune_epochs=2)
+    assert ft.key("coarse") == a.key("coarse") and ft.key("residual-full") == a.key("residual-full")
+    assert ft.key("fine-tune") != a.key("fine-tune")
+    assert ex.ExperimentConfig(evr=0.5).key("fine-tune") == ex.ExperimentConfig().key("fine-tune")
+    assert ex.ExperimentConfig(evr=0.5).key("coarse") != ex.ExperimentConfig().key("coarse")
+    assert a.key("coarse") != a.key("residual-full")
 
 
 def test_result_log_survives_a_torn_line_and_last_wins(tmp_path):
