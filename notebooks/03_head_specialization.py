@@ -248,4 +248,9 @@ display(figure_picker(cards, "Head", default=heads[-1]))
 #   then no text names it even though the probe finds it. This is the gap chapter 04 measures
 #   with zero-shot accuracy.
 # - The specialisation score summarises each head's text profile in one number, and the last
-#   table sets it against the probe view of the same head.
+#   table sets it against the probe view of the same head. A high score says the head's
+#   *variance* is described by one family of texts; it does not say that the head carries
+#   nothing else: an attribute with little variance in the head (or one the text tower does
+#   not align with) can still be read by a probe. Where one attribute is easy for every head
+#   (a probe lift near 1 everywhere), the probe view names it for most heads and "agree" mostly
+#   measures how many heads the text view also gives to it.

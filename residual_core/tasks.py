@@ -88,8 +88,8 @@ class TaskEncodings:
         if key in self._units:
             self._units.move_to_end(key)
         else:
-            store = self.store(task, split)
-            self._units[key] = store.units(store.labels)
+            store = self.store(task, split)  # all units, chunk by chunk (faster than by label)
+            self._units[key] = torch.cat([units for units, _ in store.iter_units()])
             while len(self._units) > self.keep:
                 self._units.popitem(last=False)
         return self._units[key]
