@@ -341,7 +341,7 @@ def truth_table_view(truth: pd.DataFrame):
         A pandas ``Styler``.
     """
     view = pd.DataFrame({
-        "attribute (family)": [f"{a} ({f or '–'})"
+        "attribute (family)": [f"{a.replace('_', ' ')} ({f or '–'})"
                                for a, f in zip(truth.attribute, truth.family, strict=True)],
         "head": [f"{h} (#{r})" for h, r in zip(truth["head"], truth["rank"], strict=True)],
         "probe (chance)": [f"{a:.2f} ({c:.2f})"
@@ -356,9 +356,7 @@ def truth_table_view(truth: pd.DataFrame):
     return (view.style.hide(axis="index")
             .set_table_styles([{"selector": "td, th", "props": "padding: 0.15em 0.6em;"}])
             .set_properties(subset=["TextSpan's first texts"],
-                            **{"min-width": "14em", "text-align": "left"})
-            .set_properties(subset=[c for c in view.columns if c != "TextSpan's first texts"],
-                            **{"white-space": "nowrap"}))
+                            **{"min-width": "12em", "font-size": "0.85em", "text-align": "left"}))
 
 
 def styled(table: pd.DataFrame, precision: int = 3, *, hide_index: bool = False,

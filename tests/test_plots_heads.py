@@ -95,4 +95,4 @@ def test_styled_and_truth_view():
                            "family_share": float("nan"), "family_prior": float("nan")}])
     html = ph.truth_table_view(truth).to_html()
     assert "L0H0 (#1)" in html and "0.50 (0.25)" in html and "a; b" in html
-    assert "count (–)" in html
+    assert "count (–)" in html and "font-size" in html
