@@ -244,12 +244,12 @@ if grids:
     plt.show()
     changes = pd.DataFrame({t: lambda_summary(v).set_index("unit").mean_abs_dev
                             for t, v in trained.items()})
-    top_units = changes.mean(1).sort_values(ascending=False)
+    top_units = changes.mean(axis=1).sort_values(ascending=False)
     print("most changed units (mean |λ − 1| over tasks):",
           ", ".join(f"{u} {x:.2f}" for u, x in top_units.head(5).items()))
     print("least changed:", ", ".join(f"{u} {x:.2f}" for u, x in top_units.tail(3).items()))
     last = f"L{res.layout.n_layers - 1}"
-    by_layer = mean_grid.mean(1)
+    by_layer = mean_grid.mean(axis=1)
     print("mean |λ − 1| per layer: " + ", ".join(f"{k} {x:.2f}" for k, x in by_layer.items())
           + f"; the last layer {last} is {'' if by_layer.idxmax() == last else 'not '}the most "
           f"changed of {res.layout.n_layers}")
@@ -269,12 +269,15 @@ if shown is not None:
 # %% [markdown]
 # ### Amplified and suppressed directions
 #
-# For each task, the units whose λ moved most, with their most amplified and most suppressed
-# principal components. A PC is a direction of the joint image–text space, so the dictionary
-# text with the largest |cosine| to it says what it points along (sign ignored, a PC's sign is
-# arbitrary). `evr` is the share of the unit's reference variance along the PC: suppressing a
-# high-variance PC that the task does not need removes noise from the classifier's view,
-# amplifying a low-variance one makes a weak but useful signal count.
+# The mean $|\lambda - 1|$ above counts every PC alike, including directions that carry almost
+# none of the unit's reference variance, where λ can drift far without changing the output.
+# For interpretation, only PCs with at least 1% of their unit's variance are considered, and
+# units are ranked by the variance-weighted change $\sum_k \mathrm{evr}_k |\lambda_k - 1|$.
+# For each task: the three most changed units, each with its most amplified and most
+# suppressed PC. A PC is a direction of the joint image–text space, so the dictionary text
+# with the largest |cosine| to it says what it points along (sign ignored, a PC's sign is
+# arbitrary). Suppressing a high-variance PC that the task does not need removes noise from the
+# classifier's view; amplifying a weaker one makes its signal count.
 
 # %%
 words = load_dictionary(dictionary)

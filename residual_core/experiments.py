@@ -573,8 +573,13 @@ def pc_texts(
     families: Sequence[Sequence[str]] | None = None,
     units: int = 4,
     top: int = 2,
+    min_evr: float = 0.01,
 ) -> pd.DataFrame:
     """The most amplified and suppressed PCs of the most changed units, with their nearest texts.
+
+    Only PCs carrying at least ``min_evr`` of their unit's reference variance are considered: a
+    λ on a direction the data barely use can drift far without changing the output. Units are
+    ranked by the variance-weighted change ``Σ_k evr_k |λ_k − 1|`` over those PCs.
 
     A PC direction lives in the joint image–text space (units are projected to ``d_out``), so
     its cosine with a text embedding says which description it points along (sign ignored: a
@@ -588,29 +593,36 @@ def pc_texts(
         text_embeddings: Their embeddings (rows, any norm).
         families: Per text, the attribute families it names (e.g.
             :attr:`residual_core.dictionary.TextDictionary.families`), copied to the output.
-        units: How many of the most changed units (largest mean ``|λ − 1|``).
+        units: How many of the most changed units.
         top: Amplified and suppressed PCs listed per unit.
+        min_evr: Smallest explained-variance ratio of a PC to be considered.
 
     Returns:
         One row per (unit, PC): ``unit``, ``pc``, ``lambda``, ``evr`` (the PC's share of the
         unit's reference variance), ``effect`` (amplified / suppressed), ``text``, ``cosine``
         and, if ``families`` is given, ``families``.
     """
-    summary = lambda_summary(variant, top=top).head(units)
-    slices = variant.basis.slices()
     emb = F.normalize(text_embeddings.float(), dim=-1)
-    ratio = pca.explained_variance_ratio
+    ratio = pca.explained_variance_ratio.float()
+    candidates = []
+    for unit, sl in variant.basis.slices().items():
+        lam = variant.lam.detach().cpu()[sl]
+        evr = ratio[list(labels).index(unit), : len(lam)]
+        keep = torch.nonzero(evr >= min_evr).flatten()
+        if len(keep):
+            score = float((evr[keep] * (lam[keep] - 1).abs()).sum())
+            candidates.append((score, unit, sl, lam, evr, keep))
+    candidates.sort(key=lambda c: -c[0])
     rows = []
-    for rec in summary.itertuples():
-        comps = variant.components[slices[rec.unit]].cpu()
-        pcs = [(p, lam, "amplified") for p, lam in rec.top_amplified]
-        pcs += [(p, lam, "suppressed") for p, lam in rec.top_suppressed
-                if p not in {q for q, _ in rec.top_amplified}]
-        for p, lam, effect in pcs:
+    for _, unit, sl, lam, evr, keep in candidates[:units]:
+        order = keep[torch.argsort(lam[keep], descending=True)].tolist()
+        picks = [(p, "amplified") for p in order[:top]]
+        picks += [(p, "suppressed") for p in order[::-1][:top] if p not in order[:top]]
+        comps = variant.components[sl].cpu()
+        for p, effect in picks:
             cos = emb @ F.normalize(comps[p], dim=0)
             best = int(cos.abs().argmax())
-            row = {"unit": rec.unit, "pc": p, "lambda": lam,
-                   "evr": float(ratio[list(labels).index(rec.unit), p]),
+            row = {"unit": unit, "pc": p, "lambda": float(lam[p]), "evr": float(evr[p]),
                    "effect": effect, "text": texts[best], "cosine": float(cos[best])}
             if families is not None:
                 row["families"] = tuple(families[best])

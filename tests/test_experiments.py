@@ -227,6 +227,10 @@ def test_pc_texts_finds_the_aligned_text():
     fams = ex.pc_texts(v, pca, labels, texts, emb, families=[("a",), (), ("b", "c")], units=1,
                        top=1)
     assert fams.families.iloc[0] == ("a",)
+    assert ex.pc_texts(v, pca, labels, texts, emb, min_evr=1.01).empty  # no PC qualifies
+    tiny = ex.pc_texts(v, pca, labels, texts, emb, units=10, top=5, min_evr=0.3)
+    for r in tiny.itertuples():  # only PCs carrying ≥ 30% of their unit's variance
+        assert pca.explained_variance_ratio[labels.index(r.unit), r.pc] >= 0.3
     low = table[(table.unit == "L0H0") & (table.effect == "suppressed")]
     assert list(low.pc) == [1] and low["lambda"].iloc[0] == pytest.approx(0.5)
 
