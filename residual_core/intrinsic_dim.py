@@ -14,7 +14,7 @@ from torch import Tensor
 
 from residual_core.spectral import n_components_for
 
-__all__ = ["linear_id", "twonn", "two_nearest_neighbours"]
+__all__ = ["linear_id", "two_nearest_neighbours", "twonn", "twonn_curve"]
 
 
 def linear_id(
@@ -61,14 +61,14 @@ def two_nearest_neighbours(
     return r1, r2
 
 
-def twonn(
+def twonn_curve(
     x: Float[Tensor, "n d"],
     fraction: float = 0.9,
     max_points: int | None = None,
     seed: int = 0,
     chunk_size: int = 2048,
-) -> float:
-    """TwoNN intrinsic dimension estimate.
+) -> tuple[float, Float[Tensor, " m"], Float[Tensor, " m"], int]:
+    """TwoNN fit with its data: the estimate and the fitted points.
 
     Args:
         x: Points, one per row.
@@ -78,7 +78,11 @@ def twonn(
         chunk_size: Query rows per distance chunk.
 
     Returns:
-        The estimated dimension.
+        ``(dimension, log μ, −log(1 − F), n)`` with the fitted points (float64) and the number
+        of points left after dropping duplicates.
+
+    Raises:
+        ValueError: For a bad ``fraction`` or fewer than 3 non-duplicate points.
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
@@ -94,4 +98,15 @@ def twonn(
     f = torch.arange(1, n + 1, dtype=torch.float64, device=mu.device) / n
     m = int(n * fraction)
     xs, ys = mu[:m].log(), -torch.log1p(-f[:m])
-    return float((xs * ys).sum() / (xs * xs).sum())
+    return float((xs * ys).sum() / (xs * xs).sum()), xs, ys, n
+
+
+def twonn(
+    x: Float[Tensor, "n d"],
+    fraction: float = 0.9,
+    max_points: int | None = None,
+    seed: int = 0,
+    chunk_size: int = 2048,
+) -> float:
+    """TwoNN intrinsic dimension estimate (see :func:`twonn_curve` for the arguments)."""
+    return twonn_curve(x, fraction, max_points, seed, chunk_size)[0]

@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from residual_core.intrinsic_dim import linear_id, two_nearest_neighbours
+from residual_core.intrinsic_dim import linear_id, twonn_curve
 from residual_core.spectral import PCAResult, StreamingPCA, spectral_similarity_matrix
 
 __all__ = [
@@ -123,19 +123,8 @@ def twonn_fit(
     Raises:
         ValueError: If fewer than 3 non-duplicate points remain.
     """
-    if max_points is not None and x.shape[0] > max_points:
-        gen = torch.Generator().manual_seed(seed)
-        x = x[torch.randperm(x.shape[0], generator=gen)[:max_points].to(x.device)]
-    r1, r2 = two_nearest_neighbours(x)
-    keep = r1 > 0
-    mu = (r2[keep] / r1[keep]).sort().values
-    n = mu.shape[0]
-    if n < 3:
-        raise ValueError("fewer than 3 non-duplicate points: TwoNN is undefined")
-    f = torch.arange(1, n + 1, dtype=torch.float64, device=mu.device) / n
-    m = int(n * fraction)
-    xs, ys = mu[:m].log(), -torch.log1p(-f[:m])
-    dimension = float((xs * ys).sum() / (xs * xs).sum())
+    dimension, xs, ys, n = twonn_curve(x, fraction, max_points, seed)
+    m = xs.shape[0]
     pick = np.unique(np.linspace(0, m - 1, min(curve_points, m)).round().astype(int))
     return TwoNNFit(dimension, xs.cpu().numpy()[pick], ys.cpu().numpy()[pick], n)
 
