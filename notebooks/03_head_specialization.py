@@ -206,8 +206,8 @@ scores = spec.specialization_scores(shares)
 # attribute. "agree" says whether the text view and the probe view point to the same family.
 
 # %%
-lift = spec.probe_lift(probes.loc[heads], chance)
-truth_view = spec.probe_specialization(lift, families)
+lift = spec.probe_lift(probes.loc[heads].rename(columns=short), {short[t]: chance[t] for t in tasks})
+truth_view = spec.probe_specialization(lift, {short[t]: families[t] for t in tasks})
 view = scores.join(truth_view.rename(columns={"top_family": "top_family_probe"}))
 view["agree"] = (view.top_family == view.top_family_probe).map({True: "yes", False: "no"})
 display(styled(view[["top_family", "score", "entropy_score", "top_attribute", "top_lift",
