@@ -152,7 +152,7 @@ print(f"tasks where a single head's probe beats zero-shot: "
 # %% [markdown]
 # ## 2a. Which layers' direct effects matter?
 #
-# Mean-ablate the direct contribution of the heads (left), the MLPs (middle) or both (right) of
+# Mean-ablate the direct contribution of the heads, the MLPs or both (one panel each) of
 # the first $n$ layers and measure zero-shot accuracy on test; thin lines are tasks, the black
 # line their mean. TextSpan reported for CLIP ViTs that accuracy survives ablating everything but
 # the last ~4 attention layers (of 12–32). The tutorial tower has far fewer layers, so the
@@ -167,8 +167,8 @@ display(styled(by_layer))
 for kind in by_layer.index:
     row = by_layer.loc[kind]  # column 0: nothing ablated, the full model
     spare = sum(1 for _ in takewhile(lambda n, r=row: r[0] - r[n] <= 0.01, row.index[1:]))
-    print(f"{kind}: within 1 point of the full model ({row[0]:.3f}) while ablating the "
-          f"first {spare} of {row.index.max()} layers;\n  all ablated: {row.iloc[-1]:.3f}")
+    print(f"{kind}: within 1 point of the full model ({row[0]:.3f})\n  while ablating the "
+          f"first {spare} of {row.index.max()} layers; all ablated: {row.iloc[-1]:.3f}")
 
 # %% [markdown]
 # ## 2b. Coarse head selection
