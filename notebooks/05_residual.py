@@ -165,9 +165,10 @@ print(f"{len(table)} results ({len(tasks)} tasks × {len(variants)} variants) in
 
 # %%
 columns = ["dataset", "variant", "accuracy", "val_acc", "params", "epochs", "best_epoch",
-           "wall_time_s", "lr"]
-with pd.option_context("display.max_rows", 200, "display.width", 160):
-    print(table[columns].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+           "wall_time_s"]
+shown = table[columns].assign(dataset=table.dataset.str.removeprefix("world."))
+print(shown.rename(columns={"wall_time_s": "time_s", "best_epoch": "best"})
+      .to_string(index=False, float_format=lambda x: f"{x:.4g}"))
 
 # %% [markdown]
 # Per variant, over the tasks: trainable parameters, mean test accuracy (and its range), epochs
@@ -287,9 +288,9 @@ explained = {t: ex.pc_texts(v, res.pca, res.labels, words.texts, text_emb,
              for t, v in trained.items()}
 if explained:
     pcs = pd.concat([d.assign(task=t) for t, d in explained.items()], ignore_index=True)
-    with pd.option_context("display.max_rows", 200, "display.width", 160,
-                           "display.max_colwidth", 50):
-        print(pcs[["task", "unit", "pc", "effect", "lambda", "evr", "text", "cosine"]]
+    with pd.option_context("display.max_colwidth", 34):
+        print(pcs[["task", "unit", "pc", "effect", "lambda", "evr", "cosine", "text"]]
+              .assign(task=pcs.task.str.removeprefix("world."), effect=pcs.effect.str[:4])
               .to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     amp = pcs[pcs.effect == "amplified"]
     sup = pcs[pcs.effect == "suppressed"]
