@@ -222,9 +222,9 @@ for ranking in ["S", "U|T", "U", "R"]:
 # %%
 rates = mention_rates() if model == "tutorial" else {}  # only the tutorial world has captions
 table["caption_rate"] = [rates.get(t.split(".")[-1], float("nan")) for t in table.task]
-display(styled(table[["task", "family", "caption_rate", "zero_shot", "zs_lift", "carriers",
-                      "spec_carriers", "align_carriers", "s_heads", "spec_s"]],
-               hide_index=True))
+shown = table.assign(task=table.task.str.split(".").str[-1])  # short names; S heads: cards
+display(styled(shown[["task", "caption_rate", "zero_shot", "zs_lift", "carriers",
+                      "spec_carriers", "align_carriers", "spec_s"]], hide_index=True))
 print("Spearman correlation of each column with zs_lift across tasks:")
 stats = {col: spec.rank_correlation(table[col], table.zs_lift, seed=seed)
          for col in ["spec_carriers", "align_carriers", "spec_s", "best_head_probe",
@@ -238,8 +238,8 @@ plot_correlation(table, "align_carriers", "zs_lift", stats=stats["align_carriers
                  ylabel="zero-shot lift over chance")
 plt.show()
 clear = table.zs_lift > 0.1
-print(f"tasks clearly above chance zero-shot (lift > 0.1): {int(clear.sum())} of {len(table)}: "
-      f"{', '.join(t.split('.')[-1] for t in table.task[clear])}")
+print(f"tasks clearly above chance zero-shot (lift > 0.1): {int(clear.sum())} of {len(table)}")
+print(f"  {', '.join(t.split('.')[-1] for t in table.task[clear])}")
 for col, s in stats.items():
     if s["n"] < 3:
         continue
