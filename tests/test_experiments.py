@@ -11,27 +11,13 @@ import torch
 
 from residual_core import experiments as ex
 from residual_core.decompose import UnitLayout
-from residual_core.models import LoadedModel, weights_fingerprint
+from residual_core.models import weights_fingerprint
 from residual_core.residual import VARIANTS, FrozenClassifier, build_variant, unit_lambdas
 from residual_core.tasks import TaskEncodings
-from residual_core.tutorial import world
-from residual_core.tutorial.model import build_tiny_clip, preprocess_transform, tiny_clip_config
-from residual_core.tutorial.tokenizer import WordTokenizer
 
 TASKS = ["world.left_color", "world.count"]
 
 
-@pytest.fixture(scope="module")
-def loaded() -> LoadedModel:
-    torch.manual_seed(0)
-    tok = WordTokenizer(world.vocabulary(), 32)
-    cfg = tiny_clip_config(tok.vocab_size, 32)
-    cfg["vision_cfg"].update(layers=2, width=32, head_width=16)  # small and fast
-    cfg["text_cfg"].update(layers=1, width=32, heads=2)
-    cfg["embed_dim"] = 16
-    model = build_tiny_clip(cfg).eval()
-    return LoadedModel(model, preprocess_transform(64), tok, "random-tiny", "tutorial-tiny-clip",
-                       None, f"random-{weights_fingerprint(model)}")
 
 
 @pytest.fixture(scope="module")
