@@ -50,6 +50,8 @@ images_from = "world.reference"  # a dataset of residual_core.datasets, or "nois
 n_images = 8
 seed = 0
 device = "cpu"
+weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.synthetic)
+results_file = None  # CSV of the key results (the runner sets it next to the notebook)
 
 # %%
 import matplotlib.pyplot as plt
@@ -57,10 +59,9 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from residual_core import decompose
+from residual_core import chapter, decompose
 from residual_core.datasets import load_dataset
 from residual_core.decompose import check_supported
-from residual_core.models import load_model
 from residual_core.plotting import (
     figure_picker,
     layer_head_grid,
@@ -84,7 +85,7 @@ _ = torch.manual_seed(seed)
 
 # %%
 # The one line that picks the model; everything below reads its sizes from the model object.
-loaded = load_model(model, device=device)
+loaded = chapter.load_model(model, weights, device)
 net = loaded.model
 layout = check_supported(net)
 display(pd.DataFrame([vars(layout) | {"units": layout.n_units}], index=[model]))
@@ -142,6 +143,7 @@ assert error < 1e-5, f"decomposition is not exact: relative error {error:.2e}"
 
 # %%
 table = unit_norm_table(dec)
+chapter.write_results(table, results_file, model=loaded.name, max_rel_error=error)
 embed_norm = table.loc[table.kind == "embed", "norm"].mean()
 plot_layer_head_heatmap(layer_head_grid(table), embed_norm)
 plt.show()

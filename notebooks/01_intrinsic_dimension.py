@@ -50,6 +50,8 @@ twonn_points = 50000  # TwoNN subsample (the paper's 50k; fewer images: all of t
 seed = 0  # seed of the TwoNN subsample
 batch_size = 256
 device = "cpu"
+weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.synthetic)
+results_file = None  # CSV of the key results (the runner sets it next to the notebook)
 
 # %%
 import matplotlib.pyplot as plt
@@ -57,7 +59,7 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from residual_core.models import load_model
+from residual_core import chapter
 from residual_core.plots_geometry import plot_depth_profiles, plot_layer_spectra, plot_unit_grid
 from residual_core.plotting import figure_picker
 from residual_core.store import encode_dataset
@@ -80,7 +82,7 @@ pd.options.display.float_format = "{:.3g}".format
 # from this one store.
 
 # %%
-loaded = load_model(model, device=device)
+loaded = chapter.load_model(model, weights, device)
 store = encode_dataset(loaded, reference, split, size=size, batch_size=batch_size,
                        device=device, progress=False)
 layout = store.layout
@@ -106,6 +108,7 @@ table, fits = intrinsic_dimension_table(store, pca, threshold=linear_threshold,
 n_used = {fit.n_points for fit in fits.values()}
 print(f"TwoNN used {min(n_used)}–{max(n_used)} points per unit (after dropping duplicates)")
 display(table.set_index("unit").drop(columns=["kind"]))
+chapter.write_results(table, results_file, model=loaded.name, reference=reference)
 
 # %% [markdown]
 # How much of this is estimator noise? TwoNN again on two random halves of the images (other

@@ -53,6 +53,8 @@ weighted = True  # weight directions by their variance (the paper's choice)
 seed = 0  # seed of the random bases of the chance level
 batch_size = 256
 device = "cpu"
+weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.synthetic)
+results_file = None  # CSV of the key results (the runner sets it next to the notebook)
 
 # %%
 import matplotlib.pyplot as plt
@@ -61,7 +63,7 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from residual_core.models import load_model
+from residual_core import chapter
 from residual_core.plots_geometry import (
     plot_similarity_matrix,
     plot_similarity_summary,
@@ -90,7 +92,7 @@ pd.options.display.precision = 2
 # a first sign of whether a distribution changes the units' geometry.
 
 # %%
-loaded = load_model(model, device=device)
+loaded = chapter.load_model(model, weights, device)
 ref_store = encode_dataset(loaded, reference, reference_split, size=reference_size,
                            batch_size=batch_size, device=device, progress=False)
 labels = ref_store.labels
@@ -135,6 +137,8 @@ names = {"head": "heads: median", "head_min": "heads: min", "mlp": "MLPs: median
          "embed": "embed"}
 display(summary[list(names)].rename(columns=names))
 print(f"chance level (heads): median {head_chance.median():.2f}, max {head_chance.max():.2f}")
+chapter.write_results(similarity.assign(chance=chance[similarity.unit].to_numpy()),
+                      results_file, model=loaded.name, reference=reference)
 
 # %% [markdown]
 # The embedding unit scores 1 on every dataset by construction: for the CLS token it is the

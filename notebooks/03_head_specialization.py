@@ -55,6 +55,8 @@ last_layers = 2  # layers whose heads get the full text tables
 n_best_heads = 2  # best heads per attribute in the ground-truth table
 seed = 0
 device = "cpu"
+weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.synthetic)
+results_file = None  # CSV of the key results (the runner sets it next to the notebook)
 
 # %%
 import matplotlib.pyplot as plt
@@ -62,11 +64,11 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
+from residual_core import chapter
 from residual_core import specialization as spec
 from residual_core.ablation import head_labels
 from residual_core.alignment import layer_of
 from residual_core.dictionary import load_dictionary
-from residual_core.models import load_model
 from residual_core.plots_heads import (
     plot_explained_variance,
     plot_family_shares,
@@ -90,7 +92,7 @@ pd.set_option("display.max_colwidth", 80)
 # The dictionary's texts are embedded once per model and cached as well.
 
 # %%
-loaded = load_model(model, device=device)
+loaded = chapter.load_model(model, weights, device)
 enc = TaskEncodings(loaded, {"train": train_size, "test": test_size})
 ref = TaskEncodings(loaded, {"train": reference_size})
 ref_units = ref.units(reference, "train")
@@ -170,6 +172,7 @@ truth = spec.ground_truth_table(probes, textspan, words, families, chance, n_hea
                                 n_texts=3, ignore=modifier_families)
 truth["attribute"] = truth.attribute.map(short)
 display(truth_table_view(truth))
+chapter.write_results(truth, results_file, model=loaded.name, dictionary=dictionary)
 
 best = truth[truth["rank"] == 1]
 checked = best[best.names_family != "–"]

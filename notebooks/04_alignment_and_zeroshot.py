@@ -56,6 +56,8 @@ k_carriers = 2  # "heads a task relies on": its best heads by probe
 default_task = "world.left_texture"
 seed = 0
 device = "cpu"
+weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.synthetic)
+results_file = None  # CSV of the key results (the runner sets it next to the notebook)
 
 # %%
 from itertools import takewhile
@@ -65,11 +67,11 @@ import pandas as pd
 import torch
 from IPython.display import display
 
+from residual_core import chapter
 from residual_core import specialization as spec
 from residual_core.ablation import head_labels
 from residual_core.alignment import analyze_task, selected_on_val, task_table
 from residual_core.dictionary import load_dictionary
-from residual_core.models import load_model
 from residual_core.plots_heads import (
     plot_correlation,
     plot_headroom,
@@ -93,7 +95,7 @@ _ = torch.manual_seed(seed)
 # usual prompt ensemble over its templates, with cosine logits.
 
 # %%
-loaded = load_model(model, device=device)
+loaded = chapter.load_model(model, weights, device)
 enc = TaskEncodings(loaded, {"train": train_size, "val": val_size, "test": test_size})
 ref = TaskEncodings(loaded, {"train": reference_size})
 ref_units = ref.units(reference, "train")
@@ -126,6 +128,7 @@ textspan = spec.explain_heads(ref_units, labels, heads, embed_dictionary(loaded,
 shares = spec.family_shares(list(textspan.values()), words, ignore=modifier_families)
 families = {t: spec.task_family(t, words.family_names(), task_families) for t in tasks}
 table = task_table(list(results.values()), shares, families, k_carriers=k_carriers)
+chapter.write_results(table, results_file, model=loaded.name)
 
 # %% [markdown]
 # ## 1. Zero-shot accuracy and its headroom

@@ -82,6 +82,8 @@ results_dir = None  # None: <cache>/residual; finished (task, variant) pairs are
 device = "cpu"
 threads = 1  # torch CPU threads (None: torch's default); 1 is fastest on a shared machine
 seed = 0
+weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.synthetic)
+results_file = None  # CSV of the key results (the runner sets it next to the notebook)
 
 # %%
 import time
@@ -92,9 +94,9 @@ import pandas as pd
 import torch
 from IPython.display import display
 
+from residual_core import chapter
 from residual_core import experiments as ex
 from residual_core.dictionary import load_dictionary
-from residual_core.models import load_model
 from residual_core.plots_residual import (
     plot_accuracy_vs_params,
     plot_gains,
@@ -121,7 +123,7 @@ if threads is not None:
 # every unit's principal basis and the basis of the summed output (for the spectral adapter).
 
 # %%
-loaded = load_model(model, device=device)
+loaded = chapter.load_model(model, weights, device)
 enc = TaskEncodings(loaded, {"train": train_size, "val": val_size, "test": test_size})
 ref_store = TaskEncodings(loaded, {"train": reference_size}).store(reference, "train")
 pcas = ex.reference_pcas(units for units, _ in ref_store.iter_units(device))
@@ -157,6 +159,7 @@ elapsed = time.perf_counter() - start
 table = res.table
 print(f"{len(table)} results ({len(tasks)} tasks × {len(variants)} variants) in {elapsed:.0f} s "
       f"this run; training time recorded per result: {table.wall_time_s.sum():.0f} s")
+chapter.write_results(table.drop(columns="history"), results_file, weights=weights)
 
 # %% [markdown]
 # ## Accuracy and trainable parameters

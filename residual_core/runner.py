@@ -12,7 +12,14 @@ Command line::
     python -m residual_core.runner book [--profile tutorial] [--keep-going]
     python -m residual_core.runner run 00_units [--preset paper] --param n_images=64 \
         --param device=cuda [--name RUNNAME] [--out DIR]
+    python -m residual_core.runner run 05 --preset paper --dry-run
+    python -m residual_core.runner sweep 05 --preset paper --workers 4 --out /shared/sweeps
     python -m residual_core.runner list
+
+``run`` also writes the chapter's results table and completion record next to the executed
+notebook (:func:`execute`); ``--dry-run`` lists downloads, disk and a GPU memory estimate
+(:mod:`residual_core.dryrun`) without running anything; ``sweep`` runs a chapter over a grid,
+resumably, on several GPUs or machines (:mod:`residual_core.sweep`).
 
 A failing cell or a build warning exits non-zero with the notebook, the cell and the error.
 """
@@ -21,10 +28,15 @@ from __future__ import annotations
 
 import argparse
 import ast
+import csv
+import datetime
 import difflib
+import hashlib
+import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -71,22 +83,75 @@ MATHJAX_PACKAGE = "mathjax@3.2.2"
 DEFAULT_PROFILE = "tutorial"
 """Run name that ``book`` builds by default: small models and data, offline, CPU, minutes."""
 
+PAPER_TASKS = ["cifar10", "cifar100", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "cars",
+               "sun397", "svhn"]
+"""The paper's ten evaluation datasets (names of ``residual_core.paper_datasets``)."""
+
+PAPER_FAMILIES = {"cifar10": "object", "cifar100": "object", "dtd": "texture",
+                  "eurosat": "scene", "gtsrb": "object", "mnist": "number", "resisc45": "scene",
+                  "cars": "object", "sun397": "scene", "svhn": "number"}
+"""Family of the ``general`` dictionary each paper dataset's classes belong to."""
+
+_PAPER_TASK_CHAPTER = {
+    "model": "openclip_l", "tasks": PAPER_TASKS, "task_families": PAPER_FAMILIES,
+    "reference": "imagenet", "dictionary": "general", "modifier_families": [],
+    "default_task": "eurosat", "device": "cuda",
+}
+_PAPER_05 = {
+    "model": "openclip_l", "tasks": PAPER_TASKS, "reference": "imagenet", "dictionary": "general",
+    "default_task": "eurosat", "device": "cuda", "train_size": None, "val_size": None, "test_size": None,
+    "reference_size": 80000, "lrs": {}, "finetune_epochs": 30, "finetune_train_size": None,
+    "stream_units": True, "preload_images": False, "probe_headroom": False, "num_workers": 8,
+    "threads": None,
+}
+
 RUNS: dict[str, dict[str, dict[str, Any]]] = {
     "00_units": {
         "tutorial": {},
+        "paper": {"model": "openclip_b", "images_from": "imagenet", "n_images": 64,
+                  "device": "cuda"},
+    },
+    "01_intrinsic_dimension": {
+        "tutorial": {},
+        "paper": {"model": "openclip_b", "reference": "imagenet", "size": 80000,
+                  "device": "cuda"},
+    },
+    "02_spectral_geometry": {
+        "tutorial": {},
         "paper": {
-            "model": "openclip_b",
-            "images_from": "noise",  # the paper's datasets arrive with the paper-profile issue
-            "n_images": 64,
-            "device": "cuda",
+            "model": "openclip_b", "reference": "imagenet", "reference_size": 80000,
+            "datasets": {"imagenet": "imagenet", "sketch": "imagenet_sketch", "pacs": "pacs",
+                         "random": "random"},
+            "control": "random", "split": "val", "size": 10000, "device": "cuda",
         },
+    },
+    "03_head_specialization": {
+        "tutorial": {},
+        # units of a split are held in RAM here: ViT-L/14, 409 units × 768 × 5k ≈ 6 GB each
+        "paper": {**_PAPER_TASK_CHAPTER, "train_size": 5000, "test_size": 5000,
+                  "reference_size": 10000},
+    },
+    "04_alignment_and_zeroshot": {
+        "tutorial": {},
+        "paper": {**_PAPER_TASK_CHAPTER, "train_size": 5000, "val_size": 2000,
+                  "test_size": 5000, "reference_size": 10000},
+    },
+    "05_residual": {
+        "tutorial": {},
+        "paper": _PAPER_05,
+        # the paper-profile code path on a stand-in: random clip_l weights, synthetic images
+        "standin": {**_PAPER_05, "model": "clip_l", "weights": "random", "tasks": ["synthetic"],
+                    "reference": "synthetic", "reference_size": 5000, "train_size": 2000,
+                    "val_size": 1000, "test_size": 2000, "finetune_epochs": 2,
+                    "default_task": "synthetic"},
     },
 }
 """Named parameter sets per chapter: ``{stem: {run name: parameter overrides}}``.
 
 A chapter missing here gets a single ``tutorial`` run with its own defaults. The ``tutorial``
-profile is what ``make book`` builds (offline, CPU); ``paper`` uses the paper's models on a GPU box
-(``python -m residual_core.runner book --profile paper``).
+profile is what ``make book`` builds (offline, CPU); ``paper`` uses the paper's models and
+datasets on a GPU box (``python -m residual_core.runner book --profile paper``); ``standin``
+runs chapter 05's paper code path on random weights and the ``synthetic`` dataset.
 """
 
 WIDGET_PACKAGES = {
@@ -137,6 +202,8 @@ class ChapterRun:
         parameters: Overrides injected by papermill (the rest keep their defaults).
         output: The executed notebook.
         seconds: Wall time of the execution.
+        results: The chapter's results table (CSV), if it writes one.
+        record: The run's completion record (JSON next to the notebook), if it has results.
     """
 
     source: Path
@@ -144,6 +211,8 @@ class ChapterRun:
     parameters: dict[str, Any] = field(default_factory=dict)
     output: Path | None = None
     seconds: float = 0.0
+    results: Path | None = None
+    record: Path | None = None
 
     @property
     def stem(self) -> str:
@@ -316,6 +385,84 @@ def _locate_cell(source: Path, cell_source: str) -> tuple[int | None, int | None
     return number, line
 
 
+RESULTS_PARAMETER = "results_file"
+"""The chapter parameter the runner sets to where the chapter writes its results table."""
+
+
+def results_paths(out_dir: Path | str, stem: str, run: str) -> tuple[Path, Path]:
+    """The results table and the completion record of a run, next to its executed notebook.
+
+    Returns:
+        ``({out_dir}/{stem}-{run}.results.csv, {out_dir}/{stem}-{run}.results.json)``.
+    """
+    base = Path(out_dir) / f"{stem}-{run}"
+    return base.with_name(base.name + ".results.csv"), base.with_name(base.name + ".results.json")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so that readers see either nothing, the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_record(path: Path | str) -> dict[str, Any] | None:
+    """The completion record of a finished run, or ``None`` if there is no complete one.
+
+    A record is complete when it parses, says ``complete``, and the results table it names
+    exists with the recorded sha256 (so a table rewritten by a later, crashed run never passes).
+    """
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("complete") is not True:
+        return None
+    table = path.parent / str(record.get("results_csv", ""))
+    try:
+        return record if _sha256(table) == record.get("sha256") else None
+    except OSError:
+        return None
+
+
+def _kernel_path(path: Path) -> str:
+    """A path as the kernel (cwd = repository root) should see it: relative when inside."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path.resolve())
+
+
+def _write_record(run: ChapterRun, full: Mapping[str, Any], table: Path, record: Path) -> None:
+    with open(table, newline="") as f:
+        rows = list(csv.reader(f))
+    atomic_write_text(record, json.dumps({
+        "complete": True,
+        "chapter": run.stem,
+        "run": run.run,
+        "parameters": dict(full),
+        "overrides": run.parameters,
+        "notebook": run.output.name if run.output else None,
+        "results_csv": os.path.relpath(table.resolve(), record.parent.resolve()),
+        "sha256": _sha256(table),
+        "columns": rows[0] if rows else [],
+        "rows": max(len(rows) - 1, 0),
+        "seconds": round(run.seconds, 3),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }, indent=1, default=str) + "\n")
+
+
 def execute(
     source: Path | str,
     run: str = DEFAULT_PROFILE,
@@ -327,6 +474,12 @@ def execute(
 ) -> ChapterRun:
     """Execute one chapter with papermill.
 
+    A chapter with a ``results_file`` parameter writes its key results table there; unless the
+    caller sets it, the runner points it to ``{out_dir}/{stem}-{run}.results.csv`` and, after
+    the whole notebook succeeded, writes the completion record ``{stem}-{run}.results.json``
+    (parameters, row count, sha256 of the table, wall time, host) atomically. A run without a
+    complete record is not finished (see :func:`read_record`).
+
     Args:
         source: The chapter's jupytext ``.py`` file.
         run: Run name; the output is ``{out_dir}/{stem}-{run}.ipynb``.
@@ -336,24 +489,36 @@ def execute(
         timeout: Per-cell timeout in seconds (``None``: no limit).
 
     Returns:
-        The executed run with its output path and wall time.
+        The executed run with its output path, wall time and results.
 
     Raises:
         ParameterError: For unknown or malformed parameters.
         NotebookError: If a cell raises; names the notebook, the cell and its source line.
+        RunnerError: If the chapter has a ``results_file`` parameter but wrote no table.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError, strip_color
 
     source = Path(source).resolve()
     overrides = dict(overrides or {})
-    check_overrides(source, overrides)
+    full = check_overrides(source, overrides)
     nb = _read_notebook(source)
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3",
                                           "language": "python"})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / f"{source.stem}-{run}.ipynb"
+    table, record = results_paths(out_dir, source.stem, run)
+    has_results = RESULTS_PARAMETER in full
+    if has_results:
+        record.unlink(missing_ok=True)  # unfinished until this execution succeeds
+        if overrides.get(RESULTS_PARAMETER) is None:
+            overrides[RESULTS_PARAMETER] = _kernel_path(table)
+        else:
+            table = Path(overrides[RESULTS_PARAMETER])
+            table = table if table.is_absolute() else ROOT / table
+        table.unlink(missing_ok=True)  # a table left by an earlier run must not count
+        full = {**full, RESULTS_PARAMETER: overrides[RESULTS_PARAMETER]}
     started = time.perf_counter()
     try:
         papermill.execute_notebook(
@@ -374,7 +539,15 @@ def execute(
             source, run, cell, line, output,
         ) from None
     seconds = time.perf_counter() - started
-    return ChapterRun(source, run, overrides, output, seconds)
+    result = ChapterRun(source, run, overrides, output, seconds)
+    if has_results:
+        if not table.is_file():
+            raise RunnerError(
+                f"{source.name} (run {run!r}) has a {RESULTS_PARAMETER!r} parameter but wrote no "
+                f"results table to {_rel(table)}: call residual_core.chapter.write_results")
+        _write_record(result, full, table, record)
+        result.results, result.record = table, record
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -629,6 +802,8 @@ def _parser() -> argparse.ArgumentParser:
     p_book.add_argument("-k", "--keep-going", action="store_true",
                         help="after a failing chapter, still execute the others")
     p_book.add_argument("-v", "--verbose", action="store_true", help="stream cell outputs")
+    p_book.add_argument("--dry-run", action="store_true",
+                        help="list downloads, disk and GPU memory needed; run nothing")
 
     p_run = sub.add_parser(
         "run", help="execute one chapter with parameter overrides",
@@ -648,6 +823,42 @@ def _parser() -> argparse.ArgumentParser:
                        help="output folder (default: _build/executed in the repository)")
     p_run.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     p_run.add_argument("-v", "--verbose", action="store_true", help="stream cell outputs")
+    p_run.add_argument("--dry-run", action="store_true",
+                       help="list downloads, disk and GPU memory needed; run nothing")
+
+    p_sweep = sub.add_parser(
+        "sweep", help="run one chapter over a grid of parameters (resumable, multi-GPU/host)",
+        description="Run a chapter for every point of a grid (one papermill job per pair), "
+        "skipping finished pairs. Several workers (--workers, one per GPU) and several machines "
+        "running the same command with a shared --out split the pairs through lock files. "
+        "Example: sweep 05 --preset paper --workers 4 --out /shared/sweeps",
+    )
+    p_sweep.add_argument("notebook", help="chapter path, stem or number")
+    p_sweep.add_argument("--preset", default=DEFAULT_PROFILE,
+                         help="base parameter set of RUNS (default: %(default)s)")
+    p_sweep.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a base parameter (repeatable)")
+    p_sweep.add_argument("-a", "--axis", action="append", default=[], metavar="KEY=V1,V2",
+                         help="a grid axis (repeatable); default: the chapter's grid in "
+                         "residual_core.sweep.SWEEPS for the preset")
+    p_sweep.add_argument("--out", default=None,
+                         help="output root, shared by every machine of the sweep (default: "
+                         "_build/sweeps)")
+    p_sweep.add_argument("-j", "--workers", type=int, default=1,
+                         help="worker processes on this machine (one per GPU)")
+    p_sweep.add_argument("--gpus", default=None,
+                         help="comma-separated GPU ids given to the workers in turn; 'none' "
+                         "leaves CUDA_VISIBLE_DEVICES alone (default: one per worker when "
+                         "--workers > 1)")
+    p_sweep.add_argument("--shared-cache", action="store_true",
+                         help="let the workers share one encoding cache (only safe when no two "
+                         "pairs encode the same model and dataset at once)")
+    p_sweep.add_argument("--stale-after", type=float, default=600.0,
+                         help="seconds without heartbeat after which a claim of another "
+                         "machine is taken over (default: %(default)s)")
+    p_sweep.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    p_sweep.add_argument("--dry-run", action="store_true",
+                         help="list the pairs and what they need; run nothing")
 
     sub.add_parser("list", help="list chapters, their runs and their parameters")
     return parser
@@ -655,13 +866,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args: argparse.Namespace) -> None:
     source = find_chapter(args.notebook)
-    overrides: dict[str, Any] = {}
-    if args.preset is not None:
-        presets = RUNS.get(source.stem, {DEFAULT_PROFILE: {}})
-        if args.preset not in presets:
-            raise ParameterError(
-                f"{source.stem} has no preset {args.preset!r}; presets: {', '.join(presets)}")
-        overrides.update(presets[args.preset])
+    overrides = _preset(source, args.preset)
     cli = parse_overrides(args.param)
     overrides.update(cli)
     base = args.preset or DEFAULT_PROFILE
@@ -673,10 +878,61 @@ def _cmd_run(args: argparse.Namespace) -> None:
     for key, value in full.items():
         mark = "  (set)" if key in overrides else ""
         print(f"    {key} = {value!r}{mark}")
+    if args.dry_run:
+        print(_dry_run([(f"{source.stem} [{name}]", full)]))
+        return
     out_dir = EXECUTED if args.out is None else Path(args.out)
     result = execute(source, name, overrides, out_dir=out_dir, log_output=args.verbose,
                      timeout=args.timeout)
     _log(f"{source.stem} [{name}] ok in {result.seconds:.1f} s → {_rel(result.output)}")
+    if result.results is not None:
+        _log(f"results table → {_rel(result.results)} (record {_rel(result.record)})")
+
+
+def _dry_run(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    from residual_core import dryrun
+
+    return dryrun.format_plan(dryrun.plan(runs))
+
+
+def _preset(source: Path, preset: str | None) -> dict[str, Any]:
+    presets = RUNS.get(source.stem, {DEFAULT_PROFILE: {}})
+    if preset is None:
+        return {}
+    if preset not in presets:
+        raise ParameterError(
+            f"{source.stem} has no preset {preset!r}; presets: {', '.join(presets)}")
+    return dict(presets[preset])
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from residual_core import sweep as sw
+
+    source = find_chapter(args.notebook)
+    base = {**_preset(source, args.preset), **parse_overrides(args.param)}
+    axes = sw.parse_axes(args.axis) if args.axis else sw.SWEEPS.get(source.stem, {}).get(
+        args.preset)
+    if not axes:
+        raise ParameterError(
+            f"{source.stem} has no default grid for preset {args.preset!r} (grids: "
+            f"{ {s: list(g) for s, g in sw.SWEEPS.items()} }); give one with --axis KEY=V1,V2")
+    if args.workers < 1:
+        raise ParameterError(f"--workers must be at least 1, got {args.workers}")
+    out = Path(args.out) if args.out else BUILD / "sweeps"
+    sweep = sw.Sweep(source, args.preset, base, axes, out.resolve())
+    pairs = sweep.pairs()
+    if args.dry_run:
+        state = sw.status(sweep, pairs)
+        print(f"{len(pairs)} pairs ({' × '.join(f'{k}: {len(v)}' for k, v in axes.items())}); "
+              f"{state.line(len(pairs))}")
+        print(_dry_run([(p.id, check_overrides(source, p.overrides)) for p in pairs]))
+        return 0
+    gpus = None if args.gpus is None else (
+        [] if args.gpus == "none" else [g for g in args.gpus.split(",") if g])
+    final, _ = sw.run_sweep(sweep, workers=args.workers, gpus=gpus,
+                            isolate_cache=False if args.shared_cache else None,
+                            stale_after=args.stale_after, timeout=args.timeout)
+    return 0 if len(final.done) == len(pairs) else 1
 
 
 def _cmd_list() -> None:
@@ -694,10 +950,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "book":
+        if args.command == "book" and args.dry_run:
+            print(_dry_run([(f"{s.stem} [{r}]", check_overrides(s, o))
+                            for s, r, o in runs_for(args.profile)]))
+        elif args.command == "book":
             book(args.profile, log_output=args.verbose, keep_going=args.keep_going)
         elif args.command == "run":
             _cmd_run(args)
+        elif args.command == "sweep":
+            return _cmd_sweep(args)
         else:
             _cmd_list()
     except RunnerError as err:
