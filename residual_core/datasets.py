@@ -24,6 +24,9 @@ memory), so one forward pass serves every attribute. Splits ``train``/``val``/``
 disjoint seed streams; images are generated in blocks of ``BLOCK`` scenes, each from its own
 seed, so a smaller ``size`` is a prefix of a larger one.
 
+The paper's datasets (``cifar10``, ..., ``imagenet``, ``pacs``, ``random``) live in
+``residual_core.paper_datasets``, imported on the first ``list_datasets``/``load_dataset`` call.
+
 Extension point: the paper profile registers its datasets (CIFAR-10, MNIST, ... through
 torchvision) with ``register_dataset(DatasetSpec(name, build, ...))``, where ``build(split,
 size)`` returns a ``ClassificationDataset`` whose ``images`` is any indexable of PIL images (for
@@ -46,6 +49,7 @@ example a thin view over a torchvision dataset) and ``attributes`` is ``None``. 
 from __future__ import annotations
 
 import copy
+import sys
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -191,8 +195,14 @@ def register_dataset(spec: DatasetSpec, overwrite: bool = False) -> None:
         del _CACHE[key]
 
 
+def _register_paper() -> None:
+    """Register the paper's datasets (imported lazily: the module imports this one)."""
+    import residual_core.paper_datasets  # noqa: F401
+
+
 def list_datasets() -> list[str]:
     """Names of every registered dataset, sorted."""
+    _register_paper()
     return sorted(_REGISTRY)
 
 
@@ -217,6 +227,7 @@ def load_dataset(
     Raises:
         ValueError: Unknown name or split (the message lists the valid ones).
     """
+    _register_paper()
     if name not in _REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}")
     spec = _REGISTRY[name]
@@ -236,6 +247,9 @@ def clear_cache() -> None:
     """Forget every built dataset and rendered world split."""
     _CACHE.clear()
     _WORLD_CACHE.clear()
+    paper = sys.modules.get("residual_core.paper_datasets")
+    if paper is not None:
+        paper.clear_sources()
 
 
 def _split_seeds(distribution: str, split: str, block: int) -> tuple[int, int]:
