@@ -21,7 +21,13 @@ import dataclasses
 import torch
 
 from residual_core import datasets as D
-from residual_core.models import PAPER_MODELS, LoadedModel, ModelLoadError, load_model
+from residual_core.models import (
+    PAPER_MODELS,
+    LoadedModel,
+    ModelLoadError,
+    list_models,
+    load_model,
+)
 from residual_core.tutorial import world as W
 
 __all__ = ["SYNTHETIC", "SYNTHETIC_TASK", "WEIGHTS", "load", "load_random", "register"]
@@ -59,18 +65,20 @@ def load_random(name: str, device: str | torch.device = "cpu") -> LoadedModel:
     """A paper model's architecture (or any open_clip name) with random weights.
 
     The paper's OpenAI models use QuickGELU, so ``clip_b``/``clip_l`` build the ``-quickgelu``
-    configs. Seed torch first for reproducible weights (the fingerprint hashes them anyway).
+    configs; other keys (the Hugging Face encoders) are built by
+    ``load_model(key, pretrained=None)``. Seed torch first for reproducible weights (the
+    fingerprint hashes them anyway).
 
     Args:
-        name: A key of :data:`residual_core.models.PAPER_MODELS` or an open_clip model name.
+        name: A paper key of :func:`residual_core.models.list_models` or an open_clip name.
         device: Where to put the model.
 
     Returns:
-        The model, named ``"{name}-random"`` (cache keys and result rows say it is random).
+        The model, named ``"{name}-random"``: its caches and result rows never mix with the
+        pretrained model's.
 
     Raises:
-        ModelLoadError: For a name that is neither (e.g. the Hugging Face models or
-            ``'tutorial'``, whose random stand-ins are not supported), listing the valid ones.
+        ModelLoadError: For ``'tutorial'`` or an unknown name, listing the valid ones.
     """
     import open_clip
 
@@ -79,13 +87,13 @@ def load_random(name: str, device: str | torch.device = "cpu") -> LoadedModel:
         quick = f"{arch}-quickgelu"
         if tag == "openai" and quick in open_clip.list_models():
             arch = quick
-    elif name in open_clip.list_models():
-        arch = name
+        loaded = load_model(arch, pretrained=None, device=device)
+    elif name in open_clip.list_models() or (name in list_models() and name != "tutorial"):
+        loaded = load_model(name, pretrained=None, device=device)
     else:
         raise ModelLoadError(
-            f"random weights are available for the open_clip models only; got {name!r}, valid: "
-            f"{', '.join(PAPER_MODELS)} or an open_clip name (open_clip.list_models())")
-    loaded = load_model(arch, pretrained=None, device=device)
+            f"no random stand-in for {name!r}; valid: "
+            f"{', '.join(m for m in list_models() if m != 'tutorial')} or an open_clip name")
     return dataclasses.replace(loaded, name=f"{name}-random")
 
 
