@@ -94,8 +94,7 @@ PAPER_FAMILIES = {"cifar10": "object", "cifar100": "object", "dtd": "texture",
 
 _PAPER_TASK_CHAPTER = {
     "model": "openclip_l", "tasks": PAPER_TASKS, "task_families": PAPER_FAMILIES,
-    "reference": "imagenet", "dictionary": "general", "modifier_families": [],
-    "default_task": "eurosat", "device": "cuda",
+    "reference": "imagenet", "dictionary": "general", "modifier_families": [], "device": "cuda",
 }
 _PAPER_05 = {
     "model": "openclip_l", "tasks": PAPER_TASKS, "reference": "imagenet", "dictionary": "general",
@@ -134,7 +133,7 @@ RUNS: dict[str, dict[str, dict[str, Any]]] = {
     "04_alignment_and_zeroshot": {
         "tutorial": {},
         "paper": {**_PAPER_TASK_CHAPTER, "train_size": 5000, "val_size": 2000,
-                  "test_size": 5000, "reference_size": 10000},
+                  "test_size": 5000, "reference_size": 10000, "default_task": "eurosat"},
     },
     "05_residual": {
         "tutorial": {},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,127 @@ def test_place_chapters_replaces_stale_notebooks(tmp_path: Path):
     run = runner.ChapterRun(tmp_path / "01_a.py", "tutorial", output=executed)
     assert runner.place_chapters([run], chapters) == [chapters / "01_a-tutorial.ipynb"]
     assert sorted(p.name for p in chapters.iterdir()) == ["01_a-tutorial.ipynb"]
+
+
+# --------------------------------------------------------------------------------------------
+# Results tables, presets, dry runs, stand-ins
+
+
+@pytest.fixture
+def with_results(tmp_path: Path) -> Path:
+    return write_notebook(
+        tmp_path / "03_results.py",
+        '# %% tags=["parameters"]\nx = 2\nwrite = True\nresults_file = None',
+        "# %%\nif write:\n    open(results_file, 'w').write(f'x,y\\n{x},{x * x}\\n')",
+    )
+
+
+def test_execute_writes_results_table_and_record(with_results: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    result = runner.execute(with_results, "r", {"x": 3}, out_dir=out)
+    table, record = runner.results_paths(out, "03_results", "r")
+    assert (result.results, result.record) == (table, record)
+    assert table.read_text() == "x,y\n3,9\n"
+    rec = runner.read_record(record)
+    assert rec is not None and rec["rows"] == 1 and rec["columns"] == ["x", "y"]
+    assert rec["parameters"]["x"] == 3 and rec["notebook"] == "03_results-r.ipynb"
+
+    table.write_text("x,y\n3,10\n")  # a table changed after the record: not finished
+    assert runner.read_record(record) is None
+    table.write_text("x,y\n3,9\n")
+    text = record.read_text()
+    record.write_text(text[: len(text) // 2])  # a cut record: not finished
+    assert runner.read_record(record) is None
+
+
+def test_a_run_without_its_table_is_not_finished(with_results: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    runner.execute(with_results, "r", out_dir=out)
+    with pytest.raises(runner.RunnerError, match="wrote no results table"):
+        runner.execute(with_results, "r", {"write": False}, out_dir=out)
+    table, record = runner.results_paths(out, "03_results", "r")
+    assert not record.exists() and not table.exists(), "the earlier run's files must not count"
+
+
+def test_every_chapter_has_a_paper_preset():
+    for source in runner.list_chapters():
+        runs = runner.RUNS.get(source.stem, {})
+        assert "paper" in runs, f"{source.stem}: no paper preset"
+        full = runner.check_overrides(source, runs["paper"])
+        assert full["device"] == "cuda" and full["model"] != "tutorial", source.stem
+        assert "results_file" in full and "weights" in full, source.stem
+
+
+def test_write_results_adds_run_columns(tmp_path: Path):
+    import pandas as pd
+
+    from residual_core import chapter
+
+    table = pd.DataFrame({"unit": ["a", "b"], "history": [[1, 2], [3]]})
+    path = chapter.write_results(table, tmp_path / "r.csv", model="m")
+    back = pd.read_csv(path)
+    assert back.columns.tolist() == ["unit", "history", "model", "run_wall_s", "peak_gpu_mib"]
+    assert back.history.tolist() == ["[1, 2]", "[3]"] and (back.run_wall_s > 0).all()
+    assert chapter.write_results(table, None) is None
+    assert [p.name for p in tmp_path.iterdir()] == ["r.csv"], "no temporary file left"
+
+
+@dataclass
+class FakeModel:
+    params_m: float
+    download_mb: float
+
+
+@dataclass
+class FakeDataset:
+    download_gb: float
+    needs_manual_download: bool
+    source_url: str
+
+
+def test_dry_run_plan_counts_downloads_disk_and_gpu():
+    from residual_core import dryrun
+
+    params = {"model": "openclip_b", "weights": "pretrained", "reference": "imagenet",
+              "reference_size": 1000, "tasks": ["mnist", "synthetic"], "train_size": 100,
+              "val_size": 50, "test_size": None, "variants": ["zero-shot", "fine-tune"],
+              "batch_size": 64}
+    random = {**params, "model": "clip_l", "weights": "random", "variants": ["zero-shot"]}
+    plan = dryrun.plan(
+        [("a", params), ("b", random)],
+        model_info={"openclip_b": FakeModel(150.0, 600.0), "clip_l": FakeModel(428.0, 1710.0)},
+        dataset_info={"imagenet": FakeDataset(150.0, True, "https://image-net.org"),
+                      "mnist": FakeDataset(0.05, False, "https://mnist")},
+    )
+    b, l_random = plan.models["openclip_b"], plan.models["clip_l (random)"]
+    assert b.download_gb == pytest.approx(600 / 1024) and l_random.download_gb == 0
+    # test_size None counts a third of MNIST's 70,000 images
+    assert plan.datasets["mnist"]["images"] == 2 * (150 + 70_000 // 3)
+    assert plan.datasets["imagenet"]["manual"] and plan.datasets["synthetic"]["download_gb"] == 0
+    assert plan.download_gb == pytest.approx(600 / 1024 + 150.05)
+    # ViT-B-16 store: 12·12·64 head values + 13·768 residual values + 2, float32
+    assert b.bytes_per_image == 4 * (12 * 12 * 64 + 13 * 768 + 2)
+    assert plan.disk_gb > plan.download_gb + b.store_gb
+    assert b.finetune_batch == 64 and b.gpu_gb > l_random.gpu_gb * 0 + 150e6 * 16 / 2**30
+    text = dryrun.format_plan(plan)
+    assert "MANUAL DOWNLOAD" in text and "estimate" in text and "no download" in text
+
+
+def test_dry_run_command_runs_nothing(tmp_path: Path, capsys):
+    code = runner.main(["run", "05", "--preset", "paper", "--dry-run", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "openclip_l" in out and "GPU memory" in out and "disk needed" in out
+    assert not list(tmp_path.iterdir())
+
+
+def test_synthetic_dataset_is_registered():
+    from residual_core import synthetic
+    from residual_core.datasets import load_dataset
+
+    ds = load_dataset(synthetic.SYNTHETIC, "val", size=20)
+    assert len(ds) == 20 and len(ds.classnames) == 6 and ds.labels.max() < 6
+    with pytest.raises(ValueError, match="pretrained.*random"):
+        synthetic.load("clip_b", "randomised")
+    with pytest.raises(Exception, match="no random stand-in for 'tutorial'"):
+        synthetic.load_random("tutorial")
