@@ -323,7 +323,7 @@ def download_enabled() -> bool:
 
 
 def _not_found(name: str, root: Path, detail: str = "") -> DatasetNotFoundError:
-    meta = _META[name]
+    meta = _META[_base_name(name)]
     how = (f"set {DOWNLOAD_ENV}=1 to let torchvision download it (~{meta.download_gb:g} GB), or "
            "download it by hand" if meta.torchvision_download else "download it by hand")
     return DatasetNotFoundError(
