@@ -98,7 +98,8 @@ _PAPER_TASK_CHAPTER = {
 }
 _PAPER_05 = {
     "model": "openclip_l", "tasks": PAPER_TASKS, "reference": "imagenet", "dictionary": "general",
-    "default_task": "eurosat", "device": "cuda", "train_size": None, "val_size": None, "test_size": None,
+    "default_task": "eurosat", "device": "cuda", "train_size": None, "val_size": None,
+    "test_size": None,
     "reference_size": 80000, "lrs": {}, "finetune_epochs": 30, "finetune_train_size": None,
     "stream_units": True, "preload_images": False, "probe_headroom": False, "num_workers": 8,
     "threads": None,
