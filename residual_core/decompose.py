@@ -10,7 +10,9 @@ the per-sample scale ``σ(s)`` is fixed, so with ``C = I − 11ᵀ/d`` (mean rem
 exactly, where the constant β is split over the units (``N_u = 2L+1`` for the embedding and the
 MLPs, ``(2L+1)·H`` for a head: one share per residual write, an attention share split over its
 heads, like the out-projection bias). Mean removal is applied to each unit's own write, so no
-unit carries another unit's mean. See ``SPEC.md`` §1.
+unit carries another unit's mean. See ``SPEC.md`` §1. A tower with a projection bias
+(``visual.proj_bias``, e.g. BLIP's ``vision_proj`` in :mod:`residual_core.hf_models`) gets it
+split in the same shares as ``β @ P``.
 
 The forward pass is re-run block by block from the model's own modules and weights (nothing is
 patched or hooked, so the model is never modified): every block computes exactly what open_clip
@@ -367,7 +369,10 @@ class UnitProjector(nn.Module):
         projector.resid_map.copy_(resid_map)
         projector.head_maps.copy_(torch.stack(head_maps))
         projector.head_bias.copy_(torch.stack(head_bias))
-        projector.beta_out.copy_(beta @ proj)
+        # A projection bias (HF BLIP's vision_proj) is a constant like β @ P: same shares.
+        proj_bias = getattr(visual, "proj_bias", None)
+        beta_out = beta @ proj if proj_bias is None else beta @ proj + proj_bias.float()
+        projector.beta_out.copy_(beta_out)
         return projector
 
     @property

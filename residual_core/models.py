@@ -1,4 +1,4 @@
-"""One model registry: the tutorial CLIP and the paper's open_clip encoders (``load_model``)."""
+"""One model registry: the tutorial CLIP and the paper's seven encoders (``load_model``)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 __all__ = [
+    "HF_PAPER_MODELS",
+    "MODEL_INFO",
     "PAPER_MODELS",
-    "UNSUPPORTED_MODELS",
     "LoadedModel",
+    "ModelInfo",
     "ModelLoadError",
+    "NoTextTowerError",
     "list_models",
     "load_model",
     "weights_fingerprint",
@@ -29,12 +32,54 @@ PAPER_MODELS: dict[str, tuple[str, str]] = {
 }
 """The paper's CLIP encoders (SPEC §2): key → (open_clip model name, pretrained tag)."""
 
-UNSUPPORTED_MODELS: dict[str, str] = {
+HF_PAPER_MODELS: dict[str, str] = {
     "vit_l": "google/vit-large-patch16-224",
     "dinov2_l": "facebook/dinov2-large",
     "blip_l_flickr": "Salesforce/blip-itm-large-flickr",
 }
-"""Paper encoders known but not yet supported (Hugging Face models, no open_clip ViT)."""
+"""The paper's Hugging Face encoders (SPEC §2): key → hub repository id (``transformers``)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a paper model costs before it is loaded (for planning and dry runs).
+
+    Attributes:
+        key: Registry key.
+        source: Where the weights come from (open_clip name and tag, or hub repository).
+        params_m: Parameters of the published architecture, all towers, in millions (tested
+            against the architecture built on the meta device).
+        download_mb: Approximate size of the checkpoint download in MB (1e6 bytes).
+        image_size: Input resolution (square).
+        d_out: Width of the image embedding, i.e. of every projected unit.
+        has_text: Whether it has a text tower (else the class-mean classifier is used).
+    """
+
+    key: str
+    source: str
+    params_m: float
+    download_mb: float
+    image_size: int
+    d_out: int
+    has_text: bool
+
+
+_OC, _HF = "open_clip", "hf"
+MODEL_INFO: dict[str, ModelInfo] = {
+    info.key: info
+    for info in [
+        ModelInfo("openclip_b", f"{_OC} ViT-B-16 laion2b_s34b_b88k", 149.6, 599, 224, 512, True),
+        ModelInfo("openclip_l", f"{_OC} ViT-L-14 laion2b_s32b_b82k", 427.6, 1710, 224, 768, True),
+        ModelInfo("clip_b", f"{_OC} ViT-B-16 openai", 149.6, 599, 224, 512, True),
+        ModelInfo("clip_l", f"{_OC} ViT-L-14 openai", 427.6, 1710, 224, 768, True),
+        ModelInfo("vit_l", f"{_HF} google/vit-large-patch16-224", 303.3, 1220, 224, 1024, False),
+        ModelInfo("dinov2_l", f"{_HF} facebook/dinov2-large", 304.4, 1220, 224, 1024, False),
+        ModelInfo("blip_l_flickr", f"{_HF} Salesforce/blip-itm-large-flickr", 446.1, 1785, 384,
+                  256, True),
+    ]
+}
+"""Size facts of the seven paper encoders, by key (SPEC §2). Downloads are the fp32 checkpoint
+files as published (≈ 4 bytes per parameter), rounded."""
 
 TUTORIAL = "tutorial"
 _UNSET: Any = object()
@@ -44,17 +89,26 @@ class ModelLoadError(RuntimeError):
     """A model could not be loaded (unknown name, unsupported, or weights not available)."""
 
 
+class NoTextTowerError(ValueError):
+    """Text was asked of an encoder without a text tower (ViT-L, DINOv2-L)."""
+
+
 @dataclass
 class LoadedModel:
     """A model ready for decomposition and zero-shot use, whatever its source.
 
     Attributes:
-        model: An open_clip ``CLIP`` in eval mode (``encode_image``/``encode_text``).
+        model: An open_clip ``CLIP`` in eval mode (``encode_image``/``encode_text``), or for a
+            Hugging Face key a :class:`residual_core.hf_models.HFEncoder` with the same methods
+            and a converted open_clip vision tower as ``model.visual``.
         preprocess: PIL image → normalised tensor ``(3, H, W)``.
-        tokenizer: ``list[str]`` → ``LongTensor (n, context_length)``.
+        tokenizer: ``list[str]`` → ``LongTensor (n, context_length)``; for an encoder without a
+            text tower it raises :class:`NoTextTowerError`.
         name: The registry key asked for (``'tutorial'``, ``'clip_b'``, ``'ViT-B-16'``, ...).
-        arch: The open_clip architecture (model config name, or ``'tutorial-tiny-clip'``).
-        pretrained: Pretrained tag or checkpoint file name; ``None`` for random init.
+        arch: The open_clip architecture (model config name, ``'tutorial-tiny-clip'``, or the
+            hub repository id of a Hugging Face key).
+        pretrained: Pretrained tag, checkpoint file name or hub repository; ``None`` for random
+            init.
         fingerprint: Identifies the weights, for cache keys (a hash where one is cheap).
     """
 
@@ -71,10 +125,15 @@ class LoadedModel:
         """Device of the model's parameters."""
         return next(self.model.parameters()).device
 
+    @property
+    def has_text(self) -> bool:
+        """Whether the model has a text tower (``False``: zero-shot uses class means)."""
+        return bool(getattr(self.model, "has_text", True))
+
 
 def list_models() -> list[str]:
-    """Registry keys: ``'tutorial'`` and the paper's keys (open_clip names also load)."""
-    return [TUTORIAL, *PAPER_MODELS]
+    """Registry keys: ``'tutorial'`` and the paper's seven keys (open_clip names also load)."""
+    return [TUTORIAL, *PAPER_MODELS, *HF_PAPER_MODELS]
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -149,6 +208,35 @@ def _load_open_clip(
     )
 
 
+def _load_hf(key: str, pretrained: bool, device: str | torch.device) -> LoadedModel:
+    try:
+        import transformers
+    except ImportError as err:
+        raise ModelLoadError(
+            f"{key!r} ({HF_PAPER_MODELS[key]}) needs the transformers package "
+            "(pinned in requirements.txt): .venv/bin/pip install -r requirements.txt"
+        ) from err
+    from residual_core.hf_models import hf_preprocess, load_hf_encoder
+
+    repo = HF_PAPER_MODELS[key]
+    encoder, tokenizer, commit = load_hf_encoder(key, pretrained, device)
+    if not pretrained:
+        fingerprint = f"{key}-random-{weights_fingerprint(encoder)}"
+    elif commit:
+        fingerprint = f"{repo}@{commit[:12]}"
+    else:
+        fingerprint = f"{repo}-transformers{transformers.__version__}"
+    return LoadedModel(
+        model=encoder,
+        preprocess=hf_preprocess(key),
+        tokenizer=tokenizer,
+        name=key,
+        arch=repo,
+        pretrained=repo if pretrained else None,
+        fingerprint=fingerprint,
+    )
+
+
 def load_model(
     name: str, pretrained: str | None = _UNSET, device: str | torch.device = "cpu"
 ) -> LoadedModel:
@@ -156,17 +244,20 @@ def load_model(
 
     Args:
         name: ``'tutorial'`` (the shipped tiny CLIP), a paper key (``'openclip_b'``,
-            ``'openclip_l'``, ``'clip_b'``, ``'clip_l'``) or an open_clip model name.
+            ``'openclip_l'``, ``'clip_b'``, ``'clip_l'``, ``'vit_l'``, ``'dinov2_l'``,
+            ``'blip_l_flickr'``) or an open_clip model name.
         pretrained: For an open_clip name: the pretrained tag, or ``None`` for random weights
-            (must be given). For a key it may be omitted or must match the key's tag.
+            (must be given). For a paper key it may be omitted or must match the key's tag
+            (hub repository for the Hugging Face keys); ``None`` builds the key's real
+            architecture with random weights, offline.
         device: Where to put the model.
 
     Returns:
         The model in eval mode with its preprocessing, tokenizer and weights fingerprint.
 
     Raises:
-        ModelLoadError: For an unknown or not yet supported name (listing the valid ones), a
-            missing ``pretrained`` for an open_clip name, or weights that cannot be fetched.
+        ModelLoadError: For an unknown name (listing the valid ones), a missing ``pretrained``
+            for an open_clip name, or weights that cannot be fetched (naming what to download).
         ChecksumError: If the tutorial checkpoint does not match its recorded sha256.
 
     Example:
@@ -178,16 +269,18 @@ def load_model(
         if pretrained is not _UNSET:
             raise ModelLoadError("'tutorial' takes no pretrained tag (it ships one checkpoint)")
         return _load_tutorial(device)
-    if name in UNSUPPORTED_MODELS:
-        raise ModelLoadError(
-            f"{name!r} ({UNSUPPORTED_MODELS[name]}) is a paper model that is not supported yet "
-            f"(Hugging Face encoder, no open_clip ViT); supported: {', '.join(list_models())}"
-        )
+    if name in HF_PAPER_MODELS:
+        repo = HF_PAPER_MODELS[name]
+        if pretrained not in (_UNSET, None, repo):
+            raise ModelLoadError(f"{name!r} loads {repo!r} (or None for random weights), "
+                                 f"not {pretrained!r}")
+        return _load_hf(name, pretrained is not None, device)
     if name in PAPER_MODELS:
         arch, tag = PAPER_MODELS[name]
-        if pretrained is not _UNSET and pretrained != tag:
-            raise ModelLoadError(f"{name!r} is {arch} with pretrained={tag!r}, not {pretrained!r}")
-        return _load_open_clip(name, arch, tag, device)
+        if pretrained not in (_UNSET, None, tag):
+            raise ModelLoadError(f"{name!r} is {arch} with pretrained={tag!r} (or None for "
+                                 f"random weights), not {pretrained!r}")
+        return _load_open_clip(name, arch, None if pretrained is None else tag, device)
 
     import open_clip
 

@@ -6,6 +6,10 @@ Logits are ``scale · normalize(z) @ C``. The paper's runs used the unnormalised
 (SPEC §2 note); :class:`ZeroShotClassifier` records which one it applies in
 ``normalize_features``, and every result carries it.
 
+Encoders without a text tower (ViT-L, DINOv2-L) get the class-mean classifier instead (SPEC §2):
+column k is the L2-normalised mean of the L2-normalised train-split image embeddings of class k
+(:func:`class_mean_classifier`); :func:`build_classifier` picks it when the model has no text.
+
 Run ``python -m residual_core.zeroshot --model tutorial`` for the tutorial world's table.
 """
 
@@ -24,12 +28,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from residual_core.models import LoadedModel
+from residual_core.models import LoadedModel, NoTextTowerError
 
 __all__ = [
     "ZeroShotClassifier",
     "ZeroShotResult",
+    "CLASS_MEAN",
     "build_classifier",
+    "class_mean_classifier",
     "classifier_from_text_features",
     "encode_images",
     "evaluate",
@@ -38,14 +44,19 @@ __all__ = [
 ]
 
 
+CLASS_MEAN = "<class mean of train images>"
+"""The ``templates`` entry of a class-mean classifier (no prompts were used)."""
+
+
 @dataclass
 class ZeroShotClassifier:
-    """A frozen linear classifier on image embeddings, built from text prompts.
+    """A frozen linear classifier on image embeddings, built from text prompts (or class means).
 
     Attributes:
         weights: Unit-norm class columns ``C``.
         classnames: Class names, aligned with the columns.
-        templates: The prompt templates that were averaged.
+        templates: The prompt templates that were averaged (``[CLASS_MEAN]`` for a class-mean
+            classifier).
         scale: Multiplies the logits (the model's ``logit_scale.exp()``; argmax does not care).
         normalize_features: Whether image embeddings are L2-normalised before ``@ C``.
     """
@@ -105,6 +116,53 @@ def classifier_from_text_features(
                               float(scale), normalize_features)
 
 
+def class_mean_classifier(
+    features: Float[Tensor, "n d_out"],
+    labels: Int[Tensor, " n"],
+    n_classes: int,
+    classnames: Sequence[str] | None = None,
+    *,
+    scale: float = 100.0,
+    normalize_features: bool = True,
+) -> ZeroShotClassifier:
+    """The classifier of an encoder without a text tower: normalised class means (SPEC §2).
+
+    Column k is the L2-normalised mean of the L2-normalised image embeddings of class k.
+
+    Args:
+        features: Image embeddings of the train split (unnormalised is fine).
+        labels: Their classes, in ``[0, n_classes)``.
+        n_classes: Number of classes (columns).
+        classnames: Names of the classes (default ``'0'``, ``'1'``, ...).
+        scale: Logit scale.
+        normalize_features: Whether image embeddings are L2-normalised before ``@ C``.
+
+    Returns:
+        The classifier, on the features' device; ``templates`` is ``[CLASS_MEAN]``.
+
+    Raises:
+        ValueError: If a class has no sample, labels are out of range, or sizes disagree.
+    """
+    labels = torch.as_tensor(labels, device=features.device).long()
+    if labels.shape != features.shape[:1]:
+        raise ValueError(f"{len(features)} features but labels of shape {tuple(labels.shape)}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"labels must lie in [0, {n_classes}), got [{int(labels.min())}, "
+                         f"{int(labels.max())}]")
+    counts = torch.bincount(labels, minlength=n_classes)
+    if (counts == 0).any():
+        empty = torch.nonzero(counts == 0).flatten().tolist()
+        raise ValueError(f"classes {empty[:10]} have no training sample; a class mean needs one")
+    z = F.normalize(features.float(), dim=-1)
+    sums = torch.zeros(n_classes, z.shape[1], device=z.device).index_add_(0, labels, z)
+    columns = F.normalize(sums / counts[:, None], dim=-1)
+    names = [str(k) for k in range(n_classes)] if classnames is None else list(classnames)
+    if len(names) != n_classes:
+        raise ValueError(f"{len(names)} class names for {n_classes} classes")
+    return ZeroShotClassifier(columns.T.contiguous(), names, [CLASS_MEAN], float(scale),
+                              normalize_features)
+
+
 @torch.no_grad()
 def build_classifier(
     loaded: LoadedModel,
@@ -114,8 +172,14 @@ def build_classifier(
     normalize_features: bool = True,
     scale: float | None = None,
     batch_size: int = 256,
+    train_features: Float[Tensor, "n d_out"] | None = None,
+    train_labels: Int[Tensor, " n"] | None = None,
 ) -> ZeroShotClassifier:
     """Encode every (template, class) prompt and build the prompt-ensemble classifier.
+
+    For a model without a text tower (``loaded.has_text`` false) the class-mean classifier of
+    ``train_features`` is built instead (:func:`class_mean_classifier`); models with text
+    ignore the training features.
 
     Args:
         loaded: The model (its tokenizer and ``encode_text`` are used).
@@ -125,10 +189,26 @@ def build_classifier(
             the authors' current code) or not (as in the paper's runs).
         scale: Logit scale; default the model's ``logit_scale.exp()`` (100 if it has none).
         batch_size: Prompts encoded per forward pass.
+        train_features: Train-split image embeddings (needed without a text tower).
+        train_labels: Their classes.
 
     Returns:
         The classifier, on the model's device.
+
+    Raises:
+        NoTextTowerError: For a model without a text tower when no training features are given.
     """
+    if not loaded.has_text:
+        if train_features is None or train_labels is None:
+            raise NoTextTowerError(
+                f"{loaded.name!r} has no text tower, so its zero-shot classifier is the class "
+                "mean of train-split image embeddings: pass train_features= (encode_image of "
+                "the train split) and train_labels="
+            )
+        clf = class_mean_classifier(train_features, train_labels, len(classnames), classnames,
+                                    scale=100.0 if scale is None else scale,
+                                    normalize_features=normalize_features)
+        return clf.to(loaded.device)
     prompts = [t.format(c) for c in classnames for t in templates]
     model, device = loaded.model, loaded.device
     feats = []

@@ -18,7 +18,8 @@ from residual_core.tutorial.model import CHECKPOINT_PATH
 
 
 def test_list_models_has_tutorial_and_paper_keys():
-    assert list_models() == ["tutorial", "openclip_b", "openclip_l", "clip_b", "clip_l"]
+    assert list_models() == ["tutorial", "openclip_b", "openclip_l", "clip_b", "clip_l",
+                             "vit_l", "dinov2_l", "blip_l_flickr"]
     assert PAPER_MODELS["clip_l"] == ("ViT-L-14", "openai")
 
 
@@ -30,12 +31,6 @@ def test_unknown_name_lists_valid_ones():
     assert all(key in msg for key in list_models())
 
 
-@pytest.mark.parametrize("key", ["vit_l", "dinov2_l", "blip_l_flickr"])
-def test_hf_models_known_but_not_supported(key):
-    with pytest.raises(ModelLoadError, match="not supported yet"):
-        load_model(key)
-
-
 def test_open_clip_name_needs_explicit_pretrained():
     with pytest.raises(ModelLoadError, match="laion2b_s34b_b88k"):
         load_model("ViT-B-16")
@@ -44,6 +39,19 @@ def test_open_clip_name_needs_explicit_pretrained():
 def test_paper_key_rejects_other_tag():
     with pytest.raises(ModelLoadError, match="openai"):
         load_model("clip_b", pretrained="laion2b_s34b_b88k")
+
+
+def test_paper_key_with_none_builds_random_weights(monkeypatch):
+    seen = {}
+
+    def record(arch, pretrained, device):
+        seen.update(arch=arch, pretrained=pretrained)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", record)
+    with pytest.raises(RuntimeError, match="stop here"):
+        load_model("openclip_l", pretrained=None)
+    assert seen == {"arch": "ViT-L-14", "pretrained": None}
 
 
 def test_offline_pretrained_gives_clear_error(monkeypatch):

@@ -9,9 +9,12 @@ from torch.utils.data import TensorDataset
 
 from residual_core.models import LoadedModel
 from residual_core.zeroshot import (
+    CLASS_MEAN,
     build_classifier,
+    class_mean_classifier,
     classifier_from_text_features,
     evaluate,
+    evaluate_features,
     format_table,
 )
 
@@ -89,3 +92,36 @@ def test_format_table():
              "uniform": 1 / 3, "normalized": True} for d, a in [("world", 0.9), ("noise", 0.5)]]
     table = format_table(rows)
     assert "| size | 3 | 0.33 | 0.900 | 0.500 |" in table
+
+
+def test_class_mean_classifier_separates_clusters():
+    gen = torch.Generator().manual_seed(0)
+    centres = 5 * torch.randn(4, 16, generator=gen)
+    labels = torch.arange(4).repeat_interleave(30)
+    feats = centres[labels] + torch.randn(120, 16, generator=gen)
+    scales = 0.1 + 10 * torch.rand(120, 1, generator=gen)  # norms must not matter
+    clf = class_mean_classifier(feats[::2] * scales[::2], labels[::2], 4, list("abcd"))
+    assert clf.weights.shape == (16, 4) and clf.templates == [CLASS_MEAN]
+    torch.testing.assert_close(clf.weights.norm(dim=0), torch.ones(4))
+    res = evaluate_features(feats[1::2], labels[1::2], clf)  # held-out half
+    assert res.accuracy == 1.0
+
+
+def test_class_mean_is_mean_of_normalised_features():
+    feats = torch.tensor([[3.0, 0.0], [0.0, 0.5], [2.0, 2.0]])
+    clf = class_mean_classifier(feats, torch.tensor([0, 0, 1]), 2)
+    col0 = torch.tensor([1.0, 1.0]) / 2**0.5  # mean of e0 and e1, normalised
+    torch.testing.assert_close(clf.weights[:, 0], col0)
+    torch.testing.assert_close(clf.weights[:, 1], col0)
+    assert clf.classnames == ["0", "1"]
+
+
+def test_class_mean_needs_every_class():
+    with pytest.raises(ValueError, match=r"classes \[1\] have no training sample"):
+        class_mean_classifier(torch.randn(3, 4), torch.tensor([0, 2, 0]), 3)
+
+
+def test_text_model_ignores_training_features(loaded):
+    clf = build_classifier(loaded, CLASSES, TEMPLATES, train_features=torch.randn(3, 4),
+                           train_labels=torch.tensor([0, 1, 2]))
+    assert clf.templates == TEMPLATES and loaded.has_text
