@@ -73,11 +73,13 @@ __all__ = [
     "DatasetNotFoundError",
     "PaperDatasetInfo",
     "RandomImages",
+    "available",
     "build",
     "classnames",
     "clear_sources",
     "data_root",
     "download_enabled",
+    "main",
     "paper_names",
     "set_data_root",
     "stratified_order",
@@ -115,7 +117,7 @@ class PaperDatasetInfo:
         name: Registry name.
         description: One line.
         source_url: Where the files come from.
-        download_gb: Approximate size of the download (compressed archives), in GB.
+        download_gb: Approximate size of the download (the archives), in GB (10⁹ bytes).
         n_classes: Number of classes (length of the class-name list).
         n_templates: Number of prompt templates.
         needs_manual_download: ``True`` where ``RESIDUAL_DOWNLOAD=1`` cannot fetch it.
@@ -200,7 +202,7 @@ _META: dict[str, _Meta] = {
         "svhn/{train_32x32.mat, test_32x32.mat} (format 2; needs scipy)", True),
     "imagenet": _Meta(
         "ImageNet-1k: reference subset of train (80k train / 20k val), official val as test",
-        "https://image-net.org/download-images.php (ILSVRC2012)", 147.0,
+        "https://image-net.org/download-images.php (ILSVRC2012)", 155.0,
         ("imagenet", "imagenet"),
         "imagenet/train/<wnid>/*.JPEG and imagenet/val/<wnid>/*.JPEG, 1000 wnid folders each "
         "(the layout torchvision.datasets.ImageNet(<root>/imagenet, split=...) leaves after "
@@ -320,6 +322,30 @@ def set_data_root(root: str | os.PathLike | None) -> None:
 def download_enabled() -> bool:
     """Whether ``$RESIDUAL_DOWNLOAD`` allows torchvision to download missing datasets."""
     return os.environ.get(DOWNLOAD_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+_KEY_PATHS: dict[str, tuple[str, ...]] = {
+    "cifar10": ("cifar-10-batches-py/data_batch_1", "cifar-10-batches-py/test_batch"),
+    "cifar100": ("cifar-100-python/train", "cifar-100-python/test"),
+    "mnist": ("MNIST/raw/train-images-idx3-ubyte", "MNIST/raw/t10k-images-idx3-ubyte"),
+    "svhn": ("svhn/train_32x32.mat", "svhn/test_32x32.mat"),
+    "gtsrb": ("gtsrb/GTSRB/Training", "gtsrb/GTSRB/Final_Test/Images", "gtsrb/GT-final_test.csv"),
+    "dtd": ("dtd/dtd/images", "dtd/dtd/labels/test1.txt"),
+    "eurosat": ("eurosat/2750",),
+    "resisc45": ("resisc45/NWPU-RESISC45",),
+    "cars": ("stanford_cars/devkit/cars_meta.mat", "stanford_cars/cars_test_annos_withlabels.mat"),
+    "sun397": ("SUN397/ClassName.txt",),
+    "imagenet": ("imagenet/train", "imagenet/val"),
+    "imagenet_sketch": ("imagenet_sketch",),
+    "pacs": ("pacs",),
+    "random": (),
+}
+
+
+def available(name: str, root: str | os.PathLike | None = None) -> bool:
+    """Whether a dataset's main files are under the data root (a quick check; parses nothing)."""
+    base = data_root(root)
+    return all((base / rel).exists() for rel in _KEY_PATHS[_base_name(name)])
 
 
 def _not_found(name: str, root: Path, detail: str = "") -> DatasetNotFoundError:
@@ -884,3 +910,25 @@ def _register() -> None:
 
 
 _register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m residual_core.paper_datasets``: where each dataset goes."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="The paper's datasets: what is where, what is missing.")
+    p.add_argument("--root", default=None, help=f"data root (default: ${DATA_ENV} or the cache)")
+    args = p.parse_args(argv)
+    root = data_root(args.root)
+    print(f"data root: {root}  (download by torchvision: {DOWNLOAD_ENV}="
+          f"{'1, on' if download_enabled() else 'unset, off'})")
+    for name, info in PAPER_DATASETS.items():
+        state = "present" if available(name, root) else (
+            "missing, manual download" if info.needs_manual_download else "missing")
+        print(f"\n{name}: {info.description} [{state}]\n  {info.n_classes} classes, "
+              f"{info.n_templates} templates, ~{info.download_gb:g} GB from {info.source_url}\n"
+              f"  layout: {DATASET_LAYOUTS[name]}\n  splits: {SPLIT_RULES[name]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -538,3 +538,16 @@ def test_svhn_and_cars_without_scipy_say_so(tmp_path, data):
                 D.load_dataset(name, "test")
     finally:
         P.set_data_root(data["root"])
+
+
+def test_available_and_the_listing(data, tmp_path, capsys):
+    for name in FILE_DATASETS:
+        present = name not in NEEDS_SCIPY or HAS_SCIPY  # no .mat fixtures without scipy
+        assert P.available(name) == present, name
+        assert not P.available(name, tmp_path), name
+    assert P.available("random", tmp_path)
+    P.main(["--root", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert f"data root: {tmp_path}" in out
+    assert out.count("[missing") == 13 and "random:" in out and "[present]" in out
+    assert "imagenet/train/<wnid>/*.JPEG" in out
