@@ -33,11 +33,13 @@ from residual_core.models import HF_PAPER_MODELS as HF_MODELS
 from residual_core.models import ModelLoadError, NoTextTowerError
 
 __all__ = [
+    "BLIP_CONTEXT",
     "HF_MODELS",
     "HFEncoder",
     "HFVisionTower",
     "HubTokenizer",
     "build_hf_model",
+    "encoder_from_hf",
     "hf_preprocess",
     "load_hf_encoder",
     "real_config",
@@ -502,9 +504,17 @@ def load_hf_encoder(
         cls = _model_class(key)
         kwargs = {"add_pooling_layer": False} if key == "vit_l" else {}
         try:
-            model = cls.from_pretrained(repo, **kwargs)
+            model, info = cls.from_pretrained(repo, output_loading_info=True, **kwargs)
         except Exception as err:
             raise ModelLoadError(_offline_message(repo, "weights", err)) from err
+        # transformers fills weights the checkpoint lacks with random ones and only warns.
+        missing = list(info.get("missing_keys", []))
+        if missing:
+            raise ModelLoadError(
+                f"{repo}: the checkpoint does not provide {len(missing)} weights of "
+                f"{cls.__name__} (e.g. {missing[:3]}), which would stay random; is this the "
+                "checkpoint of that key, and is transformers the pinned version?"
+            )
         commit = getattr(model.config, "_commit_hash", None)
     else:
         model = build_hf_model(key)

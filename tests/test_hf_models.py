@@ -290,6 +290,47 @@ def test_offline_pretrained_names_repo_and_how_to_fetch_it(key, monkeypatch):
     assert repo in msg and f"hf download {repo}" in msg and "HF_HOME" in msg and "OSError" in msg
 
 
+def _save_checkpoint(key: str, root) -> torch.nn.Module:
+    """A tiny checkpoint in the hub layout (plus BLIP's BERT tokenizer) in a local directory."""
+    model = small_hf(key, image_size={"vit_l": 224, "blip_l_flickr": 384}.get(key), seed=13)
+    model.save_pretrained(root)
+    if key == "blip_l_flickr":
+        words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "dog"]
+        transformers.BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(root)
+    return model
+
+
+@pytest.mark.parametrize("key", HF_KEYS)
+def test_pretrained_path_loads_a_local_checkpoint(key, tmp_path, monkeypatch):
+    """load_model(key) through from_pretrained, offline: a local directory stands in for the hub."""
+    model = _save_checkpoint(key, tmp_path)
+    monkeypatch.setitem(hf_models.HF_MODELS, key, str(tmp_path))
+    loaded = load_model(key)
+    assert loaded.pretrained == str(tmp_path) and not loaded.model.training
+    size = MODEL_INFO[key].image_size
+    x = images(2, size, seed=14)
+    with torch.no_grad():
+        y = loaded.model.encode_image(x)
+    assert max_rel_err(y, hf_embedding(key, model, x)) <= REL_TOL
+    assert max_rel_err(decompose(loaded.model, x).total(), y) <= REL_TOL
+    if key == "blip_l_flickr":
+        tokens = loaded.tokenizer(["a photo of a dog", "a dog"])
+        assert tokens[0].tolist() == [2, 5, 6, 7, 5, 8, 3] and tokens[1, -1] == 0  # padded
+
+
+def test_checkpoint_missing_weights_is_an_error(tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    _save_checkpoint("vit_l", tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    dropped = next(k for k in state if "layernorm" in k)
+    save_file({k: v for k, v in state.items() if k != dropped}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})
+    monkeypatch.setitem(hf_models.HF_MODELS, "vit_l", str(tmp_path))
+    with pytest.raises(ModelLoadError, match="would stay random"):
+        load_model("vit_l")
+
+
 def test_hf_key_rejects_another_repo():
     with pytest.raises(ModelLoadError, match="google/vit-large-patch16-224"):
         load_model("vit_l", pretrained="google/vit-base-patch16-224")
