@@ -249,6 +249,7 @@ def plan(
         out.notes.append("residual_core.paper_datasets.PAPER_DATASETS is missing: dataset "
                          "downloads unknown")
     approximate = False
+    encoded: set[tuple[str, str, tuple]] = set()
     for _, params in out.runs:
         key = params.get("model")
         if not isinstance(key, str):
@@ -285,6 +286,9 @@ def plan(
                 if not generated and (not counts or None in counts):
                     approximate = True
                 images = _count(name, counts or [None])
+                if (mkey, name, tuple(counts)) in encoded:
+                    continue  # the same store again (e.g. the reference of every sweep pair)
+                encoded.add((mkey, name, tuple(counts)))
                 need.images += images
                 entry = out.datasets.setdefault(name, {"images": 0, "download_gb": None,
                                                        "manual": False, "source": "",

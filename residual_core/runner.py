@@ -891,8 +891,14 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
 def _dry_run(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     from residual_core import dryrun
+    from residual_core.store import DEFAULT_CACHE
 
-    return dryrun.format_plan(dryrun.plan(runs))
+    plan = dryrun.plan(runs)
+    where = next(p for p in [DEFAULT_CACHE, *DEFAULT_CACHE.parents] if p.exists())
+    free = shutil.disk_usage(where).free / 2**30
+    verdict = "enough" if free >= plan.disk_gb else "NOT ENOUGH"
+    return (f"{dryrun.format_plan(plan)}\nfree disk at the cache ({DEFAULT_CACHE}): "
+            f"{free:,.0f} GiB ({verdict} for {plan.disk_gb:,.0f} GiB)")
 
 
 def _preset(source: Path, preset: str | None) -> dict[str, Any]:
