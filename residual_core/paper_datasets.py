@@ -1,4 +1,4 @@
-"""The paper's datasets (SPEC §2) in the dataset registry: `load_dataset("cifar10", "test")`.
+"""The paper's datasets (SPEC §2) in the dataset registry: ``load_dataset("cifar10", "test")``.
 
 Importing this module (``residual_core.datasets`` does it on first use) registers:
 
@@ -772,6 +772,7 @@ _READERS: dict[str, Callable[[str, str, Path], _Pool]] = {
 def _split_of(name: str, split: str, root: Path) -> tuple[_Pool, np.ndarray]:
     """The pool a split is drawn from and the split's indices into it, in stratified order."""
     base = _base_name(name)
+    three_way = base in ("eurosat", "resisc45", "imagenet_sketch", "pacs")  # no official split
     if base == "dtd":
         pool = _pool(name, split, root)
         return pool, stratified_order(pool.labels)
@@ -784,8 +785,8 @@ def _split_of(name: str, split: str, root: Path) -> tuple[_Pool, np.ndarray]:
                           f"{root / 'SUN397'}; using a stratified 20% test split instead of "
                           "the official partition 01 (results differ from the paper's split)",
                           stacklevel=4)
-            base = "eurosat"  # same rule as the datasets without an official split
-    if base in ("eurosat", "resisc45", "imagenet_sketch", "pacs"):
+            three_way = True
+    if three_way:
         pool = _pool(name, "all", root)
         strata = pool.labels if pool.strata is None else pool.strata
         return pool, _three_way(strata)[split]

@@ -21,7 +21,8 @@ def test_registry_lists_every_distribution_task_and_the_reference():
     expected = {f"{d}.{t}" for d in D.DISTRIBUTIONS for t in W.ATTRIBUTES} | {"world.reference"}
     from residual_core.paper_datasets import paper_names
 
-    assert set(names) == expected | set(paper_names())  # the paper's datasets register lazily
+    # the paper's datasets register lazily; other modules may add more (e.g. ``synthetic``)
+    assert expected | set(paper_names()) <= set(names)
     assert {"world", "world_noise", "world_palette", "world_clutter", "world_sketch"} <= set(
         D.DISTRIBUTIONS
     )
