@@ -11,7 +11,8 @@ Workers claim pairs through lock files on the (shared) output folder: a claim is
 sharing the folder over NFS or similar. A worker refreshes its claim's mtime every
 ``heartbeat`` seconds while the job runs; a claim is stale when its process is gone (same host)
 or its mtime is older than ``stale_after`` (any host), and is then broken under a second
-``O_EXCL`` lock so that only one worker takes it over. A pair that fails is marked with the
+``O_EXCL`` lock so that only one worker takes it over (machines must have distinct host
+names: the pid check trusts a claim's host). A pair that fails is marked with the
 sweep session that failed it and is not retried in that session; the next sweep retries it.
 
 ``workers`` processes run on one box, each with its own ``CUDA_VISIBLE_DEVICES`` (one GPU per

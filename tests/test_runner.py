@@ -289,3 +289,17 @@ def test_synthetic_dataset_is_registered():
         synthetic.load("clip_b", "randomised")
     with pytest.raises(Exception, match="no random stand-in for 'tutorial'"):
         synthetic.load_random("tutorial")
+
+
+def test_chapter_00_writes_its_results_table(tmp_path: Path, monkeypatch):
+    """A real chapter through the runner: one row per image × unit, exact, with its run cost."""
+    import pandas as pd
+
+    monkeypatch.setenv("RESIDUAL_CACHE", str(tmp_path / "cache"))
+    result = runner.execute(runner.find_chapter("00"), "t", {"n_images": 2}, out_dir=tmp_path)
+    table = pd.read_csv(result.results)
+    assert runner.read_record(result.record)["rows"] == len(table)
+    assert sorted(table.image.unique()) == [0, 1]
+    assert table.groupby("image").unit.nunique().tolist() == [len(table) // 2] * 2
+    assert (table.model == "tutorial").all() and (table.max_rel_error < 1e-5).all()
+    assert (table.run_wall_s > 0).all() and table.peak_gpu_mib.isna().all()  # CPU run
