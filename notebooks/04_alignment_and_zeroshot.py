@@ -83,7 +83,6 @@ from residual_core.plotting import figure_picker
 from residual_core.tasks import TaskEncodings
 from residual_core.text_cache import embed_dictionary
 from residual_core.tutorial.world import mention_rates
-from residual_core.zeroshot import build_classifier
 
 _ = torch.manual_seed(seed)
 
@@ -102,8 +101,7 @@ ref_units = ref.units(reference, "train")
 labels = ref.labels(reference, "train")
 means = ref_units.mean(0)
 heads = head_labels(labels)
-classifiers = {t: build_classifier(loaded, enc.dataset(t, "test").classnames,
-                                   enc.dataset(t, "test").templates) for t in tasks}
+classifiers = {t: enc.classifier(t) for t in tasks}
 print(f"model {loaded.name} ({loaded.fingerprint}): {len(heads)} heads")
 print(f"{len(tasks)} tasks; train/val/test {train_size}/{val_size}/{test_size}; "
       f"reference {ref_units.shape[0]}")

@@ -439,8 +439,6 @@ def run_experiments(
     Returns:
         The results of this configuration, for the requested tasks and variants.
     """
-    from residual_core.zeroshot import build_classifier
-
     pca, output_pca = pcas
     log = ResultLog(Path(results_dir) / "results.jsonl")
     ckpt_root = Path(results_dir) / "ckpt" / loaded.name
@@ -450,8 +448,7 @@ def run_experiments(
     for task in tasks:
         store = enc.store(task, "test")
         labels, layout = store.labels, store.layout
-        ds = enc.dataset(task, "test")
-        zs = build_classifier(loaded, ds.classnames, ds.templates)
+        zs = enc.classifier(task)
         targets = [enc.targets(task, s) for s in SPLITS]
         if stream_units:
             units = [_reader(enc.store(task, s), config.device) for s in SPLITS]

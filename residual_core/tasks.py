@@ -22,6 +22,7 @@ from torch import Tensor
 from residual_core.datasets import ClassificationDataset, load_dataset
 from residual_core.probes import probe_table
 from residual_core.store import EncodingStore, encode_dataset
+from residual_core.zeroshot import ZeroShotClassifier, build_classifier
 
 __all__ = ["TaskEncodings"]
 
@@ -59,6 +60,7 @@ class TaskEncodings:
         self.progress = progress
         self._sources: dict[tuple[str, str], str] = {}  # (task, split) → task whose store is used
         self._units: OrderedDict[tuple[str, str], Tensor] = OrderedDict()
+        self._classifiers: dict[str, ZeroShotClassifier] = {}
 
     def dataset(self, task: str, split: str) -> ClassificationDataset:
         """The (untransformed, memory-cached) dataset of a task split."""
@@ -93,6 +95,30 @@ class TaskEncodings:
             while len(self._units) > self.keep:
                 self._units.popitem(last=False)
         return self._units[key]
+
+    def embeddings(self, task: str, split: str) -> Float[Tensor, "n d_out"]:
+        """The image embeddings of a split (the sum of its units), read chunk by chunk."""
+        key = (self.source(task, split), split)
+        if key in self._units:
+            return self._units[key].sum(1)
+        return torch.cat([units.sum(1) for units, _ in self.store(task, split).iter_units()])
+
+    def classifier(self, task: str, train_split: str = "train") -> ZeroShotClassifier:
+        """The task's zero-shot classifier (memoised).
+
+        The prompt ensemble of SPEC §2 for models with a text tower; for vision-only encoders
+        (``vit_l``, ``dinov2_l``) the class means of the ``train_split`` embeddings, the paper's
+        stand-in for a text classifier.
+        """
+        if task not in self._classifiers:
+            ds = self.dataset(task, "test")
+            train = {}
+            if not getattr(self.loaded, "has_text", True):
+                train = {"train_features": self.embeddings(task, train_split),
+                         "train_labels": self.targets(task, train_split)}
+            self._classifiers[task] = build_classifier(self.loaded, ds.classnames, ds.templates,
+                                                       **train)
+        return self._classifiers[task]
 
     def labels(self, task: str, split: str = "test") -> list[str]:
         """Unit labels, in the order of the ``unit`` axis."""

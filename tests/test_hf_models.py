@@ -393,3 +393,23 @@ def test_preprocess_matches_the_hf_image_processor(key):
     assert ours.shape == ref.shape
     diff = float((ours - ref).abs().max())
     assert diff < 1e-4, f"{key}: max abs diff {diff:.2e}"
+
+
+def test_task_classifier_of_a_text_less_model_is_the_train_class_mean(small_real_configs,
+                                                                       tmp_path):
+    """Chapters 04/05 get their classifier from TaskEncodings: class means for vit_l/dinov2_l."""
+    from residual_core.tasks import TaskEncodings
+
+    loaded = load_model("vit_l", pretrained=None)
+    enc = TaskEncodings(loaded, {"train": 12, "test": 6}, cache_dir=tmp_path)
+    clf = enc.classifier("world.background")
+    train = enc.embeddings("world.background", "train")
+    assert train.shape[0] == 12 and train.shape[1] == loaded.model.visual.output_dim
+    ds = enc.dataset("world.background", "train")
+    with torch.no_grad():
+        direct = loaded.model.encode_image(torch.stack([loaded.preprocess(ds[i][0])
+                                                        for i in range(len(ds))]))
+    torch.testing.assert_close(train, direct, atol=1e-4, rtol=1e-3)  # units sum, float16 store
+    want = class_mean_classifier(train, enc.targets("world.background", "train"), 4)
+    torch.testing.assert_close(clf.weights, want.weights)
+    assert enc.classifier("world.background") is clf  # memoised
