@@ -21,10 +21,14 @@ stale data; truncated or corrupted files raise :class:`CorruptStoreError` naming
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import socket
+import sys
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
@@ -500,7 +504,65 @@ def encode_dataset(
     root = Path(cache_dir or DEFAULT_CACHE) / "encodings" / loaded.name / dataset_name / (
         f"{split}-{len(dataset)}"
     )
-    return build_store(root, loaded.model, dataset, fingerprint, batch_size=batch_size,
-                       dtype=dtype, device=device or loaded.device, chunk_size=batch_size * 16,
-                       autocast_dtype=autocast_dtype, num_workers=num_workers,
-                       overwrite=True, progress=progress)
+    with store_lock(root):
+        return build_store(root, loaded.model, dataset, fingerprint, batch_size=batch_size,
+                           dtype=dtype, device=device or loaded.device,
+                           chunk_size=batch_size * 16, autocast_dtype=autocast_dtype,
+                           num_workers=num_workers, overwrite=True, progress=progress)
+
+
+@contextlib.contextmanager
+def store_lock(root: Path, poll_s: float = 1.0) -> Iterator[None]:
+    """Hold ``{root}.lock`` while building or resuming the store at ``root``.
+
+    Parallel jobs (``runner sweep --workers N``, several machines sharing a cache) may ask for
+    the same store at once; the lock makes the second wait and then reuse the finished store
+    instead of writing the same chunk files concurrently. The lock file is created atomically
+    (``O_CREAT | O_EXCL``) and names its holder (``host pid``); a lock whose holder is a dead
+    process on this host is taken over.
+    """
+    lock = root.with_name(root.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = f"{socket.gethostname()} {os.getpid()}"
+    waited = False
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if _stale_lock(lock):
+                lock.unlink(missing_ok=True)
+                continue
+            if not waited:
+                print(f"[store] waiting for {lock} ({_lock_holder(lock)})", file=sys.stderr)
+                waited = True
+            time.sleep(poll_s)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        break
+    try:
+        yield
+    finally:
+        if _lock_holder(lock) == me:
+            lock.unlink(missing_ok=True)
+
+
+def _lock_holder(lock: Path) -> str:
+    try:
+        return lock.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _stale_lock(lock: Path) -> bool:
+    """True if the lock's holder is a process of this host that no longer runs."""
+    host, _, pid = _lock_holder(lock).partition(" ")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's lock (or one being written): wait for it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

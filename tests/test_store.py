@@ -159,3 +159,38 @@ def test_bad_arguments(tmp_path):
         build(tmp_path / "s", dtype="int8")
     with pytest.raises(FileNotFoundError, match="no encoding store"):
         EncodingStore.open(tmp_path / "nothing")
+
+
+def test_store_lock_serialises_builders_and_takes_over_dead_holders(tmp_path):
+    """Two processes asking for the same store: one builds, the other waits, then reuses it."""
+    from residual_core.store import store_lock
+
+    root = tmp_path / "shared"
+    script = textwrap.dedent(f"""
+        import sys, time, pathlib
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from residual_core.store import store_lock
+        log = pathlib.Path({str(tmp_path / "log")!r})
+        with store_lock(pathlib.Path({str(root)!r}), poll_s=0.05):
+            with open(log, "a") as f:
+                f.write(f"in {{sys.argv[1]}}\\n")
+            time.sleep(0.5)
+            with open(log, "a") as f:
+                f.write(f"out {{sys.argv[1]}}\\n")
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(k)]) for k in range(2)]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    lines = (tmp_path / "log").read_text().split()
+    # never two holders at once: every "in" is followed by its own "out"
+    pairs = list(zip(lines[0::4], lines[1::4], lines[2::4], lines[3::4], strict=True))
+    assert len(pairs) == 2 and {p[1] for p in pairs} == {"0", "1"}
+    assert all(p[0] == "in" and p[2] == "out" and p[1] == p[3] for p in pairs), lines
+    assert not root.with_name("shared.lock").exists()
+    # a lock left by a dead process of this host is taken over
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    import socket
+
+    root.with_name("shared.lock").write_text(f"{socket.gethostname()} {dead.pid}")
+    with store_lock(root, poll_s=0.01):
+        assert root.with_name("shared.lock").read_text().endswith(str(os.getpid()))
