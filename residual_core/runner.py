@@ -851,8 +851,9 @@ def _parser() -> argparse.ArgumentParser:
                          "leaves CUDA_VISIBLE_DEVICES alone (default: one per worker when "
                          "--workers > 1)")
     p_sweep.add_argument("--shared-cache", action="store_true",
-                         help="let the workers share one encoding cache (only safe when no two "
-                         "pairs encode the same model and dataset at once)")
+                         help="let the workers share one encoding cache (a lock per store: a "
+                         "worker asking for a store another one is building waits, then reuses "
+                         "it, so the reference set is encoded once)")
     p_sweep.add_argument("--stale-after", type=float, default=600.0,
                          help="seconds without heartbeat after which a claim of another "
                          "machine is taken over (default: %(default)s)")
