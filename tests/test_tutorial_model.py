@@ -205,3 +205,109 @@ def test_hard_negative_batches_pair_colours(monkeypatch):
         assert getattr(hard, attr)[0] == getattr(plain, attr)[0]
     assert (hard.left_shape == plain.left_shape).all()
     assert len(captions) == len(images) == 64 and plain_images.shape == images.shape
+
+
+def test_swapped_captions_differ_in_one_mentioned_value():
+    """Text negatives: same wording as the positive, exactly one mentioned value replaced."""
+    from residual_core.tutorial import train as train_mod
+    from residual_core.tutorial import world
+
+    k = 3
+    _, positives = train_mod.make_batch(5, 48, 1)
+    negatives, valid = train_mod.batch_negatives(5, 48, 1, k)
+    assert len(negatives) == 48 * k and valid.shape == (48, k)
+    value_words = {w for values in world.ATTRIBUTES.values() for v in values for w in v.split()}
+    value_words |= {"star", "stars"}
+    for i, pos in enumerate(positives):
+        for j in range(k):
+            neg = negatives[i * k + j]
+            if not valid[i, j]:
+                assert neg == pos
+                continue
+            a, b = pos.split(), neg.split()
+            assert len(a) == len(b), (pos, neg)
+            diff = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+            # one value word swapped ("one star" -> "two stars" also changes the noun)
+            assert 1 <= len(diff) <= 2 and all(x in value_words for x, _ in diff), (pos, neg)
+
+
+def test_text_negatives_enter_the_image_side_softmax_only():
+    """Valid negatives raise the loss of a fixed model; masked ones leave it unchanged."""
+    from residual_core.tutorial import train as train_mod
+    from residual_core.tutorial.model import build_tiny_clip, tiny_clip_config
+    from residual_core.tutorial.tokenizer import WordTokenizer
+
+    torch.manual_seed(0)
+    tok = WordTokenizer(train_mod.world.vocabulary(), train_mod.CONTEXT_LENGTH)
+    model = build_tiny_clip(tiny_clip_config(tok.vocab_size, tok.context_length)).eval()
+    images, texts = train_mod.make_batch(0, 8, 0)
+    negatives, valid = train_mod.batch_negatives(0, 8, 0, 2)
+    x, t, n = train_mod.images_to_tensor(images), tok(texts), tok(negatives)
+    with torch.no_grad():
+        plain = train_mod.clip_loss(model, x, t)
+        masked = train_mod.clip_loss(model, x, t, n, torch.zeros(8, 2, dtype=torch.bool))
+        hard = train_mod.clip_loss(model, x, t, n, torch.from_numpy(valid))
+    torch.testing.assert_close(masked, plain)
+    assert hard > plain
+
+
+def test_trimmed_text_encoder_matches_encode_text():
+    """Dropping the padding after the longest caption leaves the causal tower's features equal."""
+    from residual_core.tutorial import train as train_mod
+    from residual_core.tutorial.model import build_tiny_clip, tiny_clip_config
+    from residual_core.tutorial.tokenizer import WordTokenizer
+
+    torch.manual_seed(1)
+    tok = WordTokenizer(train_mod.world.vocabulary(), train_mod.CONTEXT_LENGTH)
+    model = build_tiny_clip(tiny_clip_config(tok.vocab_size, tok.context_length)).eval()
+    _, texts = train_mod.make_batch(2, 16, 0)
+    ids = tok(texts)
+    assert int((ids != 0).sum(1).max()) < ids.shape[1]  # something is actually trimmed
+    with torch.no_grad():
+        full = model.encode_text(ids, normalize=True)
+        trimmed = train_mod.encode_text_trimmed(model, ids)
+    torch.testing.assert_close(trimmed, full, atol=1e-6, rtol=1e-5)
+
+
+def test_attribute_captions_state_true_values_at_the_mention_rates():
+    """Short captions: one phrase per mentioned family, true value, frequency = mention rate."""
+    from residual_core.tutorial import train as train_mod
+    from residual_core.tutorial import world
+
+    scenes = world.sample_scenes(4000, 3)
+    phrases = train_mod.attribute_captions(scenes, 7)
+    rates = world.mention_rates()
+    assert set(phrases) == set(world.ATTRIBUTES)
+    for family, (rows, texts) in phrases.items():
+        assert abs(len(rows) / len(scenes) - rates[family]) < 0.03, family
+        words = world.ATTRIBUTES[family]
+        for i, text in zip(rows[:50], texts[:50], strict=True):
+            value = words[getattr(scenes, family)[i]]
+            if family == "relation" and text.startswith("the right"):
+                value = words[(1, 0, 2)[getattr(scenes, family)[i]]]
+            assert value in text.split(), (family, text, value)
+
+
+def test_attribute_loss_prefers_the_true_phrases():
+    """A model whose image features are the true phrases' text features scores a lower loss."""
+    from residual_core.tutorial import train as train_mod
+    from residual_core.tutorial import world
+    from residual_core.tutorial.model import build_tiny_clip, tiny_clip_config
+    from residual_core.tutorial.tokenizer import WordTokenizer
+
+    torch.manual_seed(0)
+    tok = WordTokenizer(world.vocabulary(), train_mod.CONTEXT_LENGTH)
+    model = build_tiny_clip(tiny_clip_config(tok.vocab_size, tok.context_length)).eval()
+    scenes = world.sample_scenes(16, 1)
+    phrases = {"count": train_mod.attribute_captions(scenes, 2)["count"]}
+    rows, texts = phrases["count"]
+    with torch.no_grad():
+        true = torch.zeros(16, model.text_projection.shape[1])
+        true[torch.as_tensor(rows)] = train_mod.encode_text_trimmed(model, tok(texts))
+        shuffled = true[torch.randperm(16)]
+        good = train_mod.attribute_loss(model, torch.nn.functional.normalize(true + 1e-6, dim=-1),
+                                        phrases, tok)
+        bad = train_mod.attribute_loss(model,
+                                       torch.nn.functional.normalize(shuffled + 1e-6, dim=-1),
+                                       phrases, tok)
+    assert good < bad

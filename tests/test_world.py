@@ -86,9 +86,15 @@ def test_scene_table_layout(scenes):
 
 
 def test_geometry_matches_attributes(scenes):
-    above = scenes.left_y < scenes.right_y
-    np.testing.assert_array_equal(above, scenes.relation == 0)
-    assert (np.abs(scenes.left_y - scenes.right_y) >= W.DEFAULT_WORLD.min_dy).all()
+    cfg = W.DEFAULT_WORLD
+    np.testing.assert_array_equal(scenes.left_y < scenes.right_y, scenes.relation == 0)
+    np.testing.assert_array_equal(scenes.left_y > scenes.right_y, scenes.relation == 1)
+    np.testing.assert_array_equal(scenes.left_y == scenes.right_y, scenes.relation == 2)
+    apart = scenes.relation != 2
+    assert (np.abs(scenes.left_y - scenes.right_y)[apart] >= cfg.min_dy).all()
+    # on the patch grid: centres on multiples of y_step, x fixed, no size jitter by default
+    assert (scenes.left_y % cfg.y_step == 0).all() and (scenes.right_y % cfg.y_step == 0).all()
+    assert len(set(scenes.left_x)) == 1 and len(set(scenes.left_r)) == len(cfg.sizes)
     np.testing.assert_array_equal(scenes.star_slots.sum(1), scenes.count + 1)
     for side in W.SIDES:
         r = getattr(scenes, f"{side}_r")
@@ -151,20 +157,22 @@ def test_captions_state_the_true_values_of_mentioned_attributes(scenes):
         count = W.ATTRIBUTES["count"][scenes.count[i]]
         assert (f"with {count} star" in caps[i]) == mentions["count"][i], caps[i]
         rel = W.ATTRIBUTES["relation"][scenes.relation[i]]
-        other = W.ATTRIBUTES["relation"][1 - scenes.relation[i]]
+        other = W.ATTRIBUTES["relation"][(1, 0, 2)[scenes.relation[i]]]
         if mentions["relation"][i]:
             assert f"the left one is {rel}" in caps[i] or f"the right one is {other}" in caps[i]
         else:
-            assert not {"higher", "lower"} & set(words)
+            assert not {"higher", "lower", "level"} & set(words)
 
 
 def test_single_object_captions_place_it_on_its_side(scenes):
-    caps, mentions = W.captions(scenes, seed=4, return_mentions=True)
+    # no scene-level phrases, so a single left object's caption ends with "on the left"
+    cfg = W.DEFAULT_WORLD.replace(mention={"background": 0.0, "count": 0.0, "relation": 0.0})
+    caps, mentions = W.captions(scenes, seed=4, config=cfg, return_mentions=True)
     n_left_only = 0
     for i, c in enumerate(caps[:1000]):
         if " and a " in c or " of a " in c:
             continue
-        if c.split()[-3:] == ["on", "the", "left"] and not mentions["background"][i]:
+        if c.split()[-3:] == ["on", "the", "left"]:
             n_left_only += 1
             if mentions["left_color"][i]:
                 assert W.ATTRIBUTES["left_color"][scenes.left_color[i]] in c
@@ -234,6 +242,12 @@ def test_pixels_show_colour_background_texture_and_size(clean):
             assert small.max() < large.min()
 
 
+def _row_centre(mask: np.ndarray) -> float:
+    """Middle of the mask's row extent (every shape is vertically symmetric about its centre)."""
+    ys = np.nonzero(mask)[0]
+    return (ys.min() + ys.max()) / 2
+
+
 def test_pixels_show_stars_and_relation(clean):
     s, imgs = clean
     slot_x = np.arange(8) * 8 + 4
@@ -242,8 +256,11 @@ def test_pixels_show_stars_and_relation(clean):
     np.testing.assert_array_equal(lit.sum(1), s.count + 1)
     for i in range(100):
         bg = imgs[i, W.IMAGE_SIZE - 7, 0]
-        rows = {side: np.nonzero(_object_mask(imgs[i], bg, side))[0].mean() for side in W.SIDES}
-        assert (rows["left"] < rows["right"]) == (s.relation[i] == 0), i
+        rows = {side: _row_centre(_object_mask(imgs[i], bg, side)) for side in W.SIDES}
+        want = ("<", ">", "==")[s.relation[i]]
+        dy = rows["left"] - rows["right"]
+        got = "<" if dy < -1 else ">" if dy > 1 else "=="
+        assert got == want, (i, rows)
 
 
 def test_pixels_show_shape(clean):
