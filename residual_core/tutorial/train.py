@@ -486,20 +486,6 @@ def train(args: argparse.Namespace) -> Path:
     return out
 
 
-def _ridge_probe_accuracy(
-    x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, n_classes: int
-) -> float:
-    """Test accuracy of a ridge least-squares linear probe (one-hot targets, standardised x)."""
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
-    a, b = (x_train - mean) / std, (x_test - mean) / std
-    a = torch.cat([a, torch.ones(len(a), 1)], 1)
-    b = torch.cat([b, torch.ones(len(b), 1)], 1)
-    targets = F.one_hot(y_train, n_classes).double()
-    gram = a.T.double() @ a.double() + 1e-1 * torch.eye(a.shape[1], dtype=torch.float64)
-    w = torch.linalg.solve(gram, a.T.double() @ targets)
-    return float(((b.double() @ w).argmax(1) == y_test).float().mean())
-
-
 @torch.no_grad()
 def unit_probes(loaded: Any, n_train: int = 2000, n_test: int = 2000) -> list[dict[str, Any]]:
     """Best linear probe per attribute over single units, and on the whole embedding.
@@ -508,24 +494,25 @@ def unit_probes(loaded: Any, n_train: int = 2000, n_test: int = 2000) -> list[di
     its test split (the per-unit outputs of :func:`residual_core.decompose.decompose`).
     """
     from residual_core import datasets
-    from residual_core.decompose import decompose
+    from residual_core.decompose import check_supported, decompose
+    from residual_core.probes import ridge_probe
 
+    labels = check_supported(loaded.model).labels
     feats = {}
     for split, n in (("train", n_train), ("test", n_test)):
         ds = datasets.load_dataset("world.left_shape", split, loaded.preprocess, size=n)
         images = torch.stack([ds[i][0] for i in range(len(ds))])
         units = torch.cat([decompose(loaded.model, images[i:i + 256]).units
                            for i in range(0, len(images), 256)])
-        labels = decompose(loaded.model, images[:1]).labels
         feats[split] = (units, {k: torch.as_tensor(v) for k, v in ds.attributes.items()})
     (u_tr, y_tr), (u_te, y_te) = feats["train"], feats["test"]
     rows = []
     for attr, values in world.ATTRIBUTES.items():
         k = len(values)
-        per_unit = [_ridge_probe_accuracy(u_tr[:, j], y_tr[attr], u_te[:, j], y_te[attr], k)
-                    for j in range(len(labels))]
+        per_unit = ridge_probe(u_tr, y_tr[attr], u_te, y_te[attr], k).tolist()
         best = int(np.argmax(per_unit))
-        full = _ridge_probe_accuracy(u_tr.sum(1), y_tr[attr], u_te.sum(1), y_te[attr], k)
+        full = float(ridge_probe(u_tr.sum(1)[:, None], y_tr[attr], u_te.sum(1)[:, None],
+                                 y_te[attr], k)[0])
         rows.append({"task": attr, "best_unit": labels[best], "best_unit_acc": per_unit[best],
                      "embedding_probe_acc": full,
                      "per_unit": dict(zip(labels, per_unit, strict=True))})
