@@ -168,17 +168,17 @@ def test_resumed_training_matches_uninterrupted(tmp_path, monkeypatch):
 
     straight = load_file(str(run("a", [])))
 
-    real_make_batch = train_mod.make_batch
+    real_training_batch = train_mod.training_batch
 
     def crash_at_3(step, *a, **k):
         if step == 3:
             raise KeyboardInterrupt("simulated crash")
-        return real_make_batch(step, *a, **k)
+        return real_training_batch(step, *a, **k)
 
-    monkeypatch.setattr(train_mod, "make_batch", crash_at_3)
+    monkeypatch.setattr(train_mod, "training_batch", crash_at_3)
     with pytest.raises(KeyboardInterrupt):
         run("b", [])
-    monkeypatch.setattr(train_mod, "make_batch", real_make_batch)
+    monkeypatch.setattr(train_mod, "training_batch", real_training_batch)
     resumed = load_file(str(run("b", ["--resume"])))
     for key, value in straight.items():
         torch.testing.assert_close(resumed[key], value, msg=f"{key} differs after resume")
@@ -311,3 +311,17 @@ def test_attribute_loss_prefers_the_true_phrases():
                                        torch.nn.functional.normalize(shuffled + 1e-6, dim=-1),
                                        phrases, tok)
     assert good < bad
+
+
+def test_training_batch_is_make_batch_plus_negatives_and_phrases():
+    """One draw of scenes per step gives what the public per-part helpers give."""
+    from residual_core.tutorial import train as train_mod
+
+    args = train_mod.parse_args(["--batch-size", "16", "--seed", "3", "--text-negatives", "2"])
+    images, texts, negatives, valid, phrases = train_mod.training_batch(4, args)
+    ref_images, ref_texts = train_mod.make_batch(4, 16, 3)
+    ref_negatives, ref_valid = train_mod.batch_negatives(4, 16, 3, 2)
+    np.testing.assert_array_equal(images, ref_images)
+    assert texts == ref_texts and negatives == ref_negatives
+    np.testing.assert_array_equal(valid, ref_valid)
+    assert phrases is not None and set(phrases) == set(train_mod.world.ATTRIBUTES)

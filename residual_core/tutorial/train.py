@@ -58,7 +58,20 @@ from residual_core.tutorial.model import (
 )
 from residual_core.tutorial.tokenizer import WordTokenizer
 
-__all__ = ["images_to_tensor", "lr_at", "make_batch", "main", "parse_args", "train"]
+__all__ = [
+    "attribute_captions",
+    "attribute_loss",
+    "batch_negatives",
+    "encode_text_trimmed",
+    "images_to_tensor",
+    "lr_at",
+    "main",
+    "make_batch",
+    "parse_args",
+    "swapped_captions",
+    "train",
+    "training_batch",
+]
 
 CONTEXT_LENGTH = 32
 _MAX_LOGIT_SCALE = math.log(100.0)
@@ -95,7 +108,7 @@ def attribute_captions(
         if family == "relation":
             mirror = rng.random(rows.size) < 0.5
             side = np.where(mirror, "right", "left")
-            values = np.where(mirror, np.asarray(world_mirror())[values], values)
+            values = np.where(mirror, np.asarray(world.RELATION_MIRROR)[values], values)
             phrases = [f"the {s} one is {vocab[family][v]}" for s, v in zip(side, values,
                                                                           strict=True)]
         elif family == "background":
@@ -109,11 +122,6 @@ def attribute_captions(
             phrases = [f"a {noun.format(vocab[family][v])} on the {side}" for v in values]
         out[family] = (rows, phrases)
     return out
-
-
-def world_mirror() -> tuple[int, ...]:
-    """Relation index seen from the right object (higher ↔ lower, level stays)."""
-    return world._MIRROR
 
 
 def attribute_loss(
@@ -188,6 +196,28 @@ def _batch_scenes(
             values = getattr(scenes, attr)
             values[twins] = values[twins - 1]
     return scenes, render_seed, caption_seed
+
+
+def training_batch(
+    step: int, args: argparse.Namespace, config: world.WorldConfig = world.DEFAULT_WORLD
+) -> tuple[np.ndarray, list[str], list[str] | None, np.ndarray | None,
+           dict[str, tuple[np.ndarray, list[str]]] | None]:
+    """Everything training step ``step`` needs, from one draw of its scenes.
+
+    Returns:
+        ``(images, captions, negatives, valid, phrases)`` as ``make_batch``, ``batch_negatives``
+        and ``attribute_captions`` give them (``None`` where the run does not use them).
+    """
+    scenes, render_seed, caption_seed = _batch_scenes(step, args.batch_size, args.seed, config,
+                                                      args.hard_negatives)
+    negatives = valid = phrases = None
+    if args.text_negatives:
+        negatives, valid = swapped_captions(scenes, caption_seed, args.text_negatives,
+                                            caption_seed ^ step, config)
+    if args.attribute_captions:
+        phrases = attribute_captions(scenes, caption_seed, config)
+    return (world.render(scenes, render_seed), world.captions(scenes, caption_seed, config),
+            negatives, valid, phrases)
 
 
 def batch_negatives(
@@ -416,20 +446,11 @@ def train(args: argparse.Namespace) -> Path:
         lr = lr_at(step, args.steps, args.lr, args.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images, texts = make_batch(step, args.batch_size, args.seed,
-                                   hard_negatives=args.hard_negatives)
+        images, texts, neg_texts, neg_valid, phrases = training_batch(step, args)
         negatives = valid = None
-        if args.text_negatives:
-            neg_texts, neg_valid = batch_negatives(step, args.batch_size, args.seed,
-                                                   args.text_negatives,
-                                                   hard_negatives=args.hard_negatives)
+        if neg_texts is not None:
             negatives = tokenizer(neg_texts).to(device)
             valid = torch.from_numpy(neg_valid).to(device)
-        phrases = None
-        if args.attribute_captions:
-            scenes, _, caption_seed = _batch_scenes(step, args.batch_size, args.seed,
-                                                    world.DEFAULT_WORLD, args.hard_negatives)
-            phrases = attribute_captions(scenes, caption_seed)
         loss = clip_loss(model, images_to_tensor(images).to(device), tokenizer(texts).to(device),
                          negatives, valid, phrases, tokenizer)
         optimizer.zero_grad(set_to_none=True)

@@ -50,6 +50,7 @@ __all__ = [
     "DEFAULT_WORLD",
     "IMAGE_SIZE",
     "OBJECT_ATTRIBUTES",
+    "RELATION_MIRROR",
     "SHIFTS",
     "SIDES",
     "TEMPLATES",
@@ -403,7 +404,8 @@ def sample_scenes(
     )
 
 
-_MIRROR = (1, 0, 2)  # relation seen from the right object: higher <-> lower, level stays
+RELATION_MIRROR = (1, 0, 2)
+"""Relation index seen from the right object: higher <-> lower, level stays."""
 
 
 _YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32)
@@ -661,7 +663,7 @@ def captions(
             text += f" with {vocab['count'][k]} {'star' if k == 0 else 'stars'}"
         if mentions["relation"][i]:
             said = SIDES[rel_side[i]]
-            r = values["relation"][i] if said == "left" else _MIRROR[values["relation"][i]]
+            r = values["relation"][i] if said == "left" else RELATION_MIRROR[values["relation"][i]]
             text += f" and the {said} one is {vocab['relation'][r]}"
         out.append(text)
     if return_mentions:
