@@ -14,38 +14,18 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_runner import write_notebook  # one jupytext fixture writer for both test files
 
 from residual_core import runner
 from residual_core import sweep as sw
 
 ROOT = Path(__file__).resolve().parent.parent
-HEADER = """\
-# ---
-# jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
-"""
-
-
-def write_notebook(path: Path, *cells: str) -> Path:
-    path.write_text(HEADER + "\n" + "\n\n".join(textwrap.dedent(c).strip() + "\n" for c in cells))
-    return path
-
-
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
     return write_notebook(
