@@ -38,12 +38,12 @@ reference = "world.reference"  # the dataset defining each unit's reference subs
 reference_split = "train"
 reference_size = 5000  # images (None: the dataset's default)
 datasets = {
-    "world": "world.left_color",
-    "noise": "world_noise.left_color",
-    "palette": "world_palette.left_color",
-    "clutter": "world_clutter.left_color",
-    "sketch": "world_sketch.left_color",
-    "random": "world_random.left_color",
+    "world": "world.color",
+    "noise": "world_noise.color",
+    "palette": "world_palette.color",
+    "clutter": "world_clutter.color",
+    "sketch": "world_sketch.color",
+    "random": "world_random.color",
 }
 control = "random"  # the key of `datasets` holding random images
 split = "train"

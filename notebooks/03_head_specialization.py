@@ -26,9 +26,8 @@
 # greedy decomposition over the same dictionary, which we show for comparison.
 #
 # On real CLIP nobody knows what a head *really* carries, so the reading cannot be checked. The
-# tutorial world can: every image comes with the ground truth of every attribute (left and right
-# objects' shape, colour, size and texture, the background, the number of stars, and whether the
-# left object is higher). A linear probe on a single head tells how much of each attribute that
+# tutorial world can: every image comes with the ground truth of every attribute (the object's
+# shape, colour, size, texture and position, the background and the number of stars). A linear probe on a single head tells how much of each attribute that
 # head carries, and we can ask whether TextSpan's texts for the best head of an attribute name
 # that attribute's family.
 #
@@ -38,14 +37,13 @@
 # %% tags=["parameters"]
 model = "tutorial"  # a key of residual_core.models.list_models()
 tasks = [
-    "world.left_shape", "world.left_color", "world.left_size", "world.left_texture",
-    "world.right_shape", "world.right_color", "world.right_size", "world.right_texture",
-    "world.background", "world.count", "world.relation",
+    "world.shape", "world.color", "world.size", "world.texture", "world.position",
+    "world.background", "world.count",
 ]
 task_families = {}  # task -> dictionary family, where the name does not say it (paper datasets)
 reference = "world.reference"  # images the heads are explained on (ImageNet in the paper)
 dictionary = "tutorial"  # "tutorial" (world vocabulary) or "general" (natural images)
-modifier_families = ["side"]  # families not credited to a head ("on the left")
+modifier_families = []  # families not credited to a head (modifiers such as "on the left")
 train_size = 2000
 test_size = 2000
 reference_size = 5000
@@ -160,7 +158,7 @@ plt.show()
 #
 # For each attribute: its best heads by probe accuracy, TextSpan's first three texts for them,
 # and whether one of those texts names the attribute's family ("named"). Because the dictionary
-# has many more colour and shape texts than count or relation texts, a "yes" can happen by luck;
+# has many more colour and shape texts than count or position texts, a "yes" can happen by luck;
 # the number in brackets after it is the probability that three random dictionary texts would
 # name the family. "share" is the share of the head's explained variance
 # credited to the family over all its picks, and "prior" what a head explained by random texts
@@ -191,7 +189,7 @@ print(f"best head's family share above the dictionary prior: {above} of {len(che
 # ## The specialisation score
 #
 # Each head's TextSpan picks are credited to the families their texts name (a pick naming two
-# families gives each half of its variance; "side" words are modifiers and not credited). The
+# families gives each half of its variance). The
 # **specialisation score** is the share of the dominant family: 1 if every picked text is about
 # one family. The first bar is the dictionary itself (every text weighted equally): a head
 # whose texts were picked at random would look like it.

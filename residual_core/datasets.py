@@ -16,7 +16,7 @@ Tutorial-world names are ``"<distribution>.<task>"``:
 - tasks: one per attribute family of ``residual_core.tutorial.world.ATTRIBUTES`` (class names
   are its value words);
 - plus ``world.reference``, the ImageNet analogue used for PCA bases: larger, drawn from the
-  base distribution with its own seeds, labelled by the left object's ``"<color> <shape>"``
+  base distribution with its own seeds, labelled by the object's ``"<color> <shape>"``
   (30 classes).
 
 All tasks of one distribution and split share the same images (generated once, cached in
@@ -321,9 +321,9 @@ def _world_builder(
 def _build_reference(split: str, size: int | None) -> ClassificationDataset:
     scenes, images = world_split("reference", split, size or REFERENCE_SIZES[split])
     attributes = scenes.attributes()
-    colors, shapes = W.ATTRIBUTES["left_color"], W.ATTRIBUTES["left_shape"]
+    colors, shapes = W.ATTRIBUTES["color"], W.ATTRIBUTES["shape"]
     classnames = [f"{c} {s}" for c in colors for s in shapes]
-    labels = attributes["left_color"] * len(shapes) + attributes["left_shape"]
+    labels = attributes["color"] * len(shapes) + attributes["shape"]
     return ClassificationDataset(
         name="world.reference",
         split=split,
@@ -351,7 +351,7 @@ def _register_world() -> None:
         DatasetSpec(
             name="world.reference",
             build=_build_reference,
-            description="reference set for PCA bases (ImageNet analogue): left color+shape",
+            description="reference set for PCA bases (ImageNet analogue): color+shape",
         )
     )
 

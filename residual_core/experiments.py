@@ -226,7 +226,7 @@ class TaskInputs:
     """What every variant of one task needs.
 
     Attributes:
-        task: Dataset name (e.g. ``world.left_color``).
+        task: Dataset name (e.g. ``world.color``).
         labels: Unit labels of the ``unit`` axis.
         layout: The model's unit layout.
         classifier: The frozen zero-shot classifier of the task.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -93,7 +94,7 @@ def plot_gains(gains: pd.DataFrame, *, ax=None):
     for i, variant in enumerate(gains.columns):
         ax.barh(y + (n / 2 - i - 0.5) * height, gains[variant], height, color=_color(variant),
                 label=variant)
-    ax.set_yticks(y, [str(i).removeprefix("world.") for i in gains.index])
+    ax.set_yticks(y, [re.sub(r"^world[._]", "", str(i)) for i in gains.index])
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel("test accuracy − zero-shot accuracy")
     ax.legend(fontsize=8, loc="best")

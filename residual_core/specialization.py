@@ -65,7 +65,7 @@ def task_family(task: str, families: Sequence[str],
     """The dictionary family a task's classes belong to.
 
     ``mapping`` wins; otherwise the task's last dotted component is split on ``_`` and the last
-    piece that is a family is used (``"world.left_color"`` → ``"color"``).
+    piece that is a family is used (``"world_clutter.color"`` → ``"color"``).
 
     Args:
         task: Dataset name.

@@ -35,7 +35,7 @@ __all__ = ["SYNTHETIC", "SYNTHETIC_TASK", "WEIGHTS", "load", "load_random", "reg
 SYNTHETIC = "synthetic"
 """Registry name of the stand-in dataset."""
 
-SYNTHETIC_TASK = "left_color"
+SYNTHETIC_TASK = "color"
 """The world attribute used as its label (six classes, solved well above chance zero-shot)."""
 
 WEIGHTS = ("pretrained", "random")

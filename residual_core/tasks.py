@@ -1,6 +1,6 @@
 """Unit contributions of several classification tasks, encoding images shared by tasks only once.
 
-All tutorial-world tasks of one distribution and split (``world.left_color``,
+All tutorial-world tasks of one distribution and split (``world.color``,
 ``world.count``, ...) show the same images with different labels, so their units are the same
 tensor. :class:`TaskEncodings` finds which tasks share images, encodes each image set once
 through the cached :func:`residual_core.store.encode_dataset`, and hands out
@@ -32,7 +32,7 @@ class TaskEncodings:
 
     Example:
         >>> enc = TaskEncodings(loaded, {"train": 2000, "test": 2000})
-        >>> units, y = enc.get("world.left_color", "test")   # encodes the test images
+        >>> units, y = enc.get("world.color", "test")   # encodes the test images
         >>> units, y = enc.get("world.count", "test")        # same images: no new encoding
 
     Args:

@@ -32,11 +32,11 @@ def test_registry_lists_every_distribution_task_and_the_reference():
 def test_unknown_name_or_split_lists_valid_choices():
     with pytest.raises(ValueError, match="unknown dataset 'cifar11'") as err:
         D.load_dataset("cifar11", "train")
-    assert "world.left_shape" in str(err.value) and "world.reference" in str(err.value)
+    assert "world.shape" in str(err.value) and "world.reference" in str(err.value)
     with pytest.raises(ValueError, match="valid splits: train, val, test"):
-        D.load_dataset("world.left_shape", "validation")
+        D.load_dataset("world.shape", "validation")
     with pytest.raises(ValueError, match="positive"):
-        D.load_dataset("world.left_shape", "train", size=0)
+        D.load_dataset("world.shape", "train", size=0)
 
 
 def test_register_dataset_is_the_extension_point():
@@ -62,16 +62,16 @@ def test_register_dataset_is_the_extension_point():
 
 
 def test_world_task_dataset_interface():
-    ds = D.load_dataset("world.left_color", "val", size=SIZE)
-    assert (ds.name, ds.split, len(ds)) == ("world.left_color", "val", SIZE)
-    assert ds.classnames == list(W.ATTRIBUTES["left_color"])
-    assert ds.templates == list(W.TEMPLATES["left_color"])
+    ds = D.load_dataset("world.color", "val", size=SIZE)
+    assert (ds.name, ds.split, len(ds)) == ("world.color", "val", SIZE)
+    assert ds.classnames == list(W.ATTRIBUTES["color"])
+    assert ds.templates == list(W.TEMPLATES["color"])
     img, label = ds[5]
     assert isinstance(img, Image.Image) and img.size == (64, 64) and img.mode == "RGB"
-    assert isinstance(label, int) and label == ds.attributes["left_color"][5]
+    assert isinstance(label, int) and label == ds.attributes["color"][5]
     np.testing.assert_array_equal(np.asarray(img), ds.images[5])
     assert set(ds.attributes) == set(W.ATTRIBUTES)
-    np.testing.assert_array_equal(ds.labels, ds.attributes["left_color"])
+    np.testing.assert_array_equal(ds.labels, ds.attributes["color"])
     assert ds.images.shape == (SIZE, 64, 64, 3) and ds.images.dtype == np.uint8
     assert len(ds.scenes) == SIZE
     assert set(np.unique(ds.labels)) == set(range(len(ds.classnames)))
@@ -90,14 +90,14 @@ def test_transform_is_applied_without_touching_the_cache():
 
 
 def test_tasks_of_one_distribution_share_images_and_table():
-    a = D.load_dataset("world.left_shape", "train", size=SIZE)
-    b = D.load_dataset("world.relation", "train", size=SIZE)
+    a = D.load_dataset("world.shape", "train", size=SIZE)
+    b = D.load_dataset("world.position", "train", size=SIZE)
     assert a.images is b.images
-    np.testing.assert_array_equal(b.labels, a.attributes["relation"])
+    np.testing.assert_array_equal(b.labels, a.attributes["position"])
 
 
 def test_splits_are_disjoint_and_deterministic():
-    splits = {s: D.load_dataset("world.left_shape", s, size=SIZE) for s in D.SPLITS}
+    splits = {s: D.load_dataset("world.shape", s, size=SIZE) for s in D.SPLITS}
     hashes = {s: _hashes(ds.images) for s, ds in splits.items()}
     keys = {s: {row.tobytes() for row in ds.scenes.keys()} for s, ds in splits.items()}
     for s in D.SPLITS:
@@ -108,7 +108,7 @@ def test_splits_are_disjoint_and_deterministic():
                 assert not keys[s] & keys[t], (s, t)
     before = splits["test"].images.copy()
     D.clear_cache()
-    again = D.load_dataset("world.left_shape", "test", size=SIZE)
+    again = D.load_dataset("world.shape", "test", size=SIZE)
     assert again.images is not splits["test"].images
     np.testing.assert_array_equal(again.images, before)
 
@@ -122,15 +122,15 @@ def test_smaller_size_is_a_prefix():
 
 def test_default_sizes():
     assert D.SPLIT_SIZES == {"train": 2000, "val": 1000, "test": 2000}
-    ds = D.load_dataset("world.left_texture", "val")
+    ds = D.load_dataset("world.texture", "val")
     assert len(ds) == D.SPLIT_SIZES["val"]
 
 
 def test_shifted_distributions_differ_from_the_base_one():
-    base = D.load_dataset("world.left_shape", "test", size=SIZE).images.astype(float)
+    base = D.load_dataset("world.shape", "test", size=SIZE).images.astype(float)
     stats = {}
     for dist in D.DISTRIBUTIONS:
-        ds = D.load_dataset(f"{dist}.left_shape", "test", size=SIZE)
+        ds = D.load_dataset(f"{dist}.shape", "test", size=SIZE)
         assert ds.scenes.shift == D.DISTRIBUTIONS[dist]
         stats[dist] = ds.images.astype(float)
         if dist != "world":
@@ -148,15 +148,15 @@ def test_shifted_distributions_differ_from_the_base_one():
 def test_reference_dataset():
     ds = D.load_dataset("world.reference", "val", size=SIZE)
     assert len(ds.classnames) == 30 and ds.classnames[0] == "red circle"
-    color, shape = ds.attributes["left_color"], ds.attributes["left_shape"]
+    color, shape = ds.attributes["color"], ds.attributes["shape"]
     np.testing.assert_array_equal(ds.labels, color * 5 + shape)
     for i in range(5):
         c, s = ds.classnames[ds.labels[i]].split()
         assert (c, s) == (
-            W.ATTRIBUTES["left_color"][color[i]],
-            W.ATTRIBUTES["left_shape"][shape[i]],
+            W.ATTRIBUTES["color"][color[i]],
+            W.ATTRIBUTES["shape"][shape[i]],
         )
-    base = D.load_dataset("world.left_shape", "val", size=SIZE)
+    base = D.load_dataset("world.shape", "val", size=SIZE)
     assert not _hashes(ds.images) & _hashes(base.images)
     assert D.REFERENCE_SIZES["train"] > D.SPLIT_SIZES["train"]
 

@@ -15,7 +15,7 @@ from residual_core.models import weights_fingerprint
 from residual_core.residual import VARIANTS, FrozenClassifier, build_variant, unit_lambdas
 from residual_core.tasks import TaskEncodings
 
-TASKS = ["world.left_color", "world.count"]
+TASKS = ["world.color", "world.count"]
 
 
 

@@ -402,14 +402,14 @@ def test_task_classifier_of_a_text_less_model_is_the_train_class_mean(small_real
 
     loaded = load_model("vit_l", pretrained=None)
     enc = TaskEncodings(loaded, {"train": 12, "test": 6}, cache_dir=tmp_path)
-    clf = enc.classifier("world.background")
-    train = enc.embeddings("world.background", "train")
+    clf = enc.classifier("world.texture")
+    train = enc.embeddings("world.texture", "train")
     assert train.shape[0] == 12 and train.shape[1] == loaded.model.visual.output_dim
-    ds = enc.dataset("world.background", "train")
+    ds = enc.dataset("world.texture", "train")
     with torch.no_grad():
         direct = loaded.model.encode_image(torch.stack([loaded.preprocess(ds[i][0])
                                                         for i in range(len(ds))]))
     torch.testing.assert_close(train, direct, atol=1e-4, rtol=1e-3)  # units sum, float16 store
-    want = class_mean_classifier(train, enc.targets("world.background", "train"), 4)
+    want = class_mean_classifier(train, enc.targets("world.texture", "train"), 4)
     torch.testing.assert_close(clf.weights, want.weights)
-    assert enc.classifier("world.background") is clf  # memoised
+    assert enc.classifier("world.texture") is clf  # memoised

@@ -9,17 +9,17 @@ from residual_core.tasks import TaskEncodings
 
 def test_shared_images_are_encoded_once(loaded, tmp_path):
     enc = TaskEncodings(loaded, {"train": 12, "test": 8}, cache_dir=tmp_path, keep=2)
-    tasks = ["world.left_color", "world.count", "world.background"]
-    assert enc.groups(tasks, "test") == {"world.left_color": tasks}
+    tasks = ["world.color", "world.count", "world.background"]
+    assert enc.groups(tasks, "test") == {"world.color": tasks}
     units, y = enc.get("world.count", "test")
     assert units.shape == (8, 1 + 2 + 2 * 2, 16)
-    assert enc.units("world.left_color", "test") is units  # same images, same tensor
+    assert enc.units("world.color", "test") is units  # same images, same tensor
     assert torch.equal(y, torch.as_tensor(enc.dataset("world.count", "test").labels))
-    assert not torch.equal(y, enc.targets("world.left_color", "test"))
+    assert not torch.equal(y, enc.targets("world.color", "test"))
     stores = list((tmp_path / "encodings" / "random-tiny").iterdir())
-    assert [p.name for p in stores] == ["world.left_color"]  # first seen serves all three
+    assert [p.name for p in stores] == ["world.color"]  # first seen serves all three
     attrs = enc.attributes("world.count", "test")
-    assert torch.equal(attrs["left_color"], enc.targets("world.left_color", "test"))
+    assert torch.equal(attrs["color"], enc.targets("world.color", "test"))
     torch.testing.assert_close(enc.means("world.count", "test"), units.mean(0))
     # The stored units add up to the image embedding.
     ds = enc.dataset("world.count", "test").with_transform(loaded.preprocess)
@@ -31,8 +31,8 @@ def test_shared_images_are_encoded_once(loaded, tmp_path):
 
 def test_probes_and_memory_bound(loaded, tmp_path):
     enc = TaskEncodings(loaded, {"train": 12, "test": 8}, cache_dir=tmp_path, keep=1)
-    probes = enc.probes(["world.left_color", "world.count"])
-    assert list(probes.columns) == ["world.left_color", "world.count"]
+    probes = enc.probes(["world.color", "world.count"])
+    assert list(probes.columns) == ["world.color", "world.count"]
     assert list(probes.index) == [*enc.labels("world.count", "test"), "embedding"]
     assert ((probes >= 0) & (probes <= 1)).all().all()
     assert len(enc._units) == 1  # keep=1: the train tensor was dropped for the test one

@@ -200,10 +200,10 @@ def test_hard_negative_batches_pair_colours(monkeypatch):
     hard = seen["scenes"]
     plain_images, _ = train_mod.make_batch(0, 64, 0)
     plain = seen["scenes"]
-    for attr in ("left_color", "right_color", "background"):
+    for attr in ("color", "background"):
         assert (getattr(hard, attr)[1:] == getattr(plain, attr)[:-1]).all(), attr
         assert getattr(hard, attr)[0] == getattr(plain, attr)[0]
-    assert (hard.left_shape == plain.left_shape).all()
+    assert (hard.shape == plain.shape).all()
     assert len(captions) == len(images) == 64 and plain_images.shape == images.shape
 
 
@@ -283,8 +283,6 @@ def test_attribute_captions_state_true_values_at_the_mention_rates():
         words = world.ATTRIBUTES[family]
         for i, text in zip(rows[:50], texts[:50], strict=True):
             value = words[getattr(scenes, family)[i]]
-            if family == "relation" and text.startswith("the right"):
-                value = words[(1, 0, 2)[getattr(scenes, family)[i]]]
             assert value in text.split(), (family, text, value)
 
 
@@ -325,3 +323,65 @@ def test_training_batch_is_make_batch_plus_negatives_and_phrases():
     assert texts == ref_texts and negatives == ref_negatives
     np.testing.assert_array_equal(valid, ref_valid)
     assert phrases is not None and set(phrases) == set(train_mod.world.ATTRIBUTES)
+
+
+def test_position_embeddings_start_scaled(tmp_path, monkeypatch):
+    """--pos-embed-scale multiplies the image position embeddings of the seeded initial model."""
+    from residual_core.tutorial import train as train_mod
+
+    seen = {}
+
+    def stop(step, args, *a, **k):
+        raise KeyboardInterrupt  # the model is built and scaled before the first batch
+
+    monkeypatch.setattr(train_mod, "training_batch", stop)
+    for scale in (1.0, 3.0):
+        args = train_mod.parse_args(["--steps", "1", "--threads", "1", "--pos-embed-scale",
+                                     str(scale), "--work-dir", str(tmp_path / str(scale)),
+                                     "--out", str(tmp_path / str(scale) / "m.safetensors")])
+        real_build = train_mod.build_tiny_clip
+
+        def spy(cfg, _real=real_build):
+            seen["model"] = _real(cfg)
+            return seen["model"]
+
+        monkeypatch.setattr(train_mod, "build_tiny_clip", spy)
+        with pytest.raises(KeyboardInterrupt):
+            train_mod.train(args)
+        seen[scale] = seen["model"].visual.positional_embedding.detach().clone()
+    torch.testing.assert_close(seen[3.0], 3.0 * seen[1.0])
+    assert train_mod._pos_embed_scale({"command": "x --pos-embed-scale 8"}) == 8.0
+    assert train_mod._pos_embed_scale({"pos_embed_scale": 2.0, "command": ""}) == 2.0
+
+
+def test_text_tower_frozen_for_the_first_steps(tmp_path, monkeypatch):
+    """--freeze-text-steps: the text tower keeps its initial weights, the image tower learns."""
+    from residual_core.tutorial import train as train_mod
+
+    seen = {}
+    real_build = train_mod.build_tiny_clip
+
+    def spy(cfg):
+        model = real_build(cfg)
+        seen["model"] = model
+        seen["init"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        return model
+
+    monkeypatch.setattr(train_mod, "build_tiny_clip", spy)
+    args = train_mod.parse_args(["--steps", "2", "--warmup", "1", "--batch-size", "4",
+                                 "--threads", "1", "--freeze-text-steps", "2",
+                                 "--work-dir", str(tmp_path / "work"),
+                                 "--out", str(tmp_path / "m.safetensors")])
+    train_mod.train(args)
+    after = dict(seen["model"].named_parameters())
+    text = [n for n in after if not n.startswith("visual.") and n != "logit_scale"]
+    assert text and all(torch.equal(after[n].cpu(), seen["init"][n]) for n in text)
+    assert not torch.equal(after["visual.conv1.weight"].cpu(), seen["init"]["visual.conv1.weight"])
+
+
+def test_card_command_drops_output_locations():
+    from residual_core.tutorial.train import in_place_command
+
+    cmd = ("python -m residual_core.tutorial.train --steps 6000 --ckpt-every 250 --no-card "
+           "--work-dir /tmp/w --out /tmp/m.safetensors --seed 0")
+    assert in_place_command(cmd) == "python -m residual_core.tutorial.train --steps 6000 --seed 0"

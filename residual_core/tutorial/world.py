@@ -1,36 +1,35 @@
-"""A procedural image–caption world: two textured objects, a background and a row of stars.
+"""A procedural image–caption world: one textured object, a background and a row of stars.
 
-Every 64×64 RGB image shows two objects, one in the left half and one in the right half, each
-with a shape, a colour, a size and a texture; a background colour; a row of one to four small
-stars in the bottom 8 pixel rows; and a vertical relation (the left object is *higher* than,
-*lower* than or *level* with the right one). Objects sit on the 8-pixel patch grid (centres on
-patch corners, sizes without jitter): a 4-layer ViT trained from scratch on a CPU learns shapes
-several times faster when a shape always cuts the same patch pattern. All attributes are
-visible at 8×8-patch resolution. Eleven attribute families, eight of them bound to an object,
-are more than a 4-head tower can carry redundantly.
+Every 64×64 RGB image shows one object with a shape, a colour, a size, a texture and a
+horizontal position (left, center or right of the image); a background colour; and a row of
+one to four small stars in the bottom 8 pixel rows. Objects sit on the 8-pixel patch grid
+(centres on patch corners, no size jitter; the vertical position is a nuisance drawn from four
+grid rows): a 4-layer ViT trained from scratch on a CPU learns shapes several times faster when
+a shape always cuts the same patch pattern. All attributes are visible at 8×8-patch resolution.
+
+Why one object: an earlier version of this world drew two objects and asked for the attributes
+of the left or right one. A tiny CLIP trained on it knew *which* colours and shapes were in the
+image but not *where* (the binding problem real CLIPs also have; Yuksekgonul et al. 2023), so
+most per-side tasks stayed near chance zero-shot while linear probes read them. With one object
+every task measures alignment, not binding.
 
 Captions are templated and mention each attribute only with a configured probability
-(``WorldConfig.mention``; per caption rates from ``mention_rates``). That is the lever that sets
-how well contrastive training aligns the text side with each attribute: frequently captioned
-attributes are easy zero-shot tasks; rarely captioned ones stay visible to the image tower but
-weakly aligned, the analogue of the paper's weak zero-shot datasets (SPEC §6). Defaults:
+(``WorldConfig.mention``). That is the lever that sets how well contrastive training aligns the
+text side with each attribute: frequently captioned attributes are easy zero-shot tasks; rarely
+captioned ones stay visible to the image tower but weakly aligned, the analogue of the paper's
+weak zero-shot datasets (SPEC §6). Defaults:
 
-==============  ===============  ==================  =========================================
-family          P(mention|desc)  per caption         role
-==============  ===============  ==================  =========================================
-shape (L, R)    0.85             0.64                easy: frequently captioned
-color (L, R)    0.60             0.45                easy, but must be bound to its side
-size (L, R)     0.50             0.38                medium
-texture L       0.40             0.30                visible, less often captioned
-texture R       0.25             0.19                visible, rarely captioned; confusable
-                                                     with the more often captioned left texture
-background      –                0.40                scene-level, medium
-count (stars)   –                0.30                counting is hard
-relation        –                0.30                relational (compares two objects), 3-way
-==============  ===============  ==================  =========================================
-
-A caption describes both objects (p 0.5), only the left one (0.25) or only the right one (0.25);
-per caption rate = P(object described) × P(mention|described) for object attributes.
+==============  ===========  =============================================================
+family          P(mention)   role
+==============  ===========  =============================================================
+shape           0.80         easy: frequently captioned
+color           0.60         easy
+size            0.50         medium
+texture         0.40         visible, less often captioned
+position        0.40         spatial (left / center / right), less often captioned
+background      0.40         scene-level, medium
+count (stars)   0.30         counting, rarely captioned
+==============  ===========  =============================================================
 
 Everything is deterministic from integer seeds: ``sample_scenes`` draws the attribute table and
 geometry, ``render`` draws pixels (noise, jitter), ``captions`` draws which attributes are said.
@@ -49,10 +48,8 @@ __all__ = [
     "ATTRIBUTES",
     "DEFAULT_WORLD",
     "IMAGE_SIZE",
-    "OBJECT_ATTRIBUTES",
-    "RELATION_MIRROR",
+    "PREFIXES",
     "SHIFTS",
-    "SIDES",
     "TEMPLATES",
     "Scenes",
     "WorldConfig",
@@ -67,9 +64,7 @@ __all__ = [
 ]
 
 IMAGE_SIZE = 64
-SIDES = ("left", "right")
-OBJECT_ATTRIBUTES = ("shape", "color", "size", "texture")
-_STRIP_TOP = 56  # rows [56, 64) hold the stars; objects live in rows [0, 56)
+_STRIP_TOP = 56  # rows [56, 64) hold the stars; the object lives in rows [0, 56)
 _STAR_SLOTS = 8  # one star slot per 8-pixel column
 SHIFTS = ("noise", "palette", "clutter", "sketch", "random")
 """Distribution shifts understood by ``sample_scenes``/``render`` (``None`` is the base world).
@@ -77,25 +72,23 @@ SHIFTS = ("noise", "palette", "clutter", "sketch", "random")
 - ``noise``: strong pixel noise (std ``WorldConfig.shift_noise_std``).
 - ``palette``: another RGB palette for objects and backgrounds, with stronger colour jitter.
 - ``clutter``: random 8×8-pixel colour blocks, half-blended with the plain background.
-- ``sketch``: black outlines of the objects and stars on a white page (no colour, no texture).
+- ``sketch``: black outlines of the object and stars on a white page (no colour, no texture).
 - ``random``: uniform noise images; the attribute table is sampled but not drawn.
 """
 
+PREFIXES = ("", "a photo of ", "a picture of ")
+"""Caption openings (uniform): captions read like the zero-shot prompts some of the time."""
+
 _DEFAULT_MENTION = {
-    # Probability that a caption states the attribute, given that the object is described.
-    "left_shape": 0.85,
-    "right_shape": 0.85,
-    "left_color": 0.6,
-    "right_color": 0.6,
-    "left_size": 0.5,
-    "right_size": 0.5,
-    "left_texture": 0.4,
-    "right_texture": 0.25,
-    # Scene-level attributes: unconditional probability per caption.
+    "shape": 0.8,
+    "color": 0.6,
+    "size": 0.5,
+    "texture": 0.4,
+    "position": 0.4,
     "background": 0.4,
     "count": 0.3,
-    "relation": 0.3,
 }
+_OBJECT_FAMILIES = ("shape", "color", "size", "texture", "position")
 
 
 @dataclass(frozen=True)
@@ -103,27 +96,23 @@ class WorldConfig:
     """Everything that defines the world: vocabularies, geometry, palettes, caption statistics.
 
     Attribute values are sampled uniformly. ``mention`` holds, per attribute family, the
-    probability that a caption mentions it: for object attributes the probability *given that
-    the object is described* (each caption describes both objects with ``p_both``, only the left
-    one with ``p_left_only``, otherwise only the right one), for scene attributes the
-    unconditional probability. ``mention_rates`` gives the resulting per-caption rates.
+    probability that a caption mentions it.
 
     Attributes:
         shapes: Shape words.
         colors: Object colour words, aligned with ``palette``.
         sizes: Size words, aligned with ``radii``.
         textures: Texture words (``plain`` first).
+        positions: Horizontal position words, aligned with ``x_centres``.
         backgrounds: Background colour words, aligned with ``background_palette``.
         counts: Star-count words for 1, 2, ... stars.
-        relations: Words for "the left object is higher than / lower than / level with the
-            right one".
         palette: RGB of each object colour.
         background_palette: RGB of each background.
         radii: Half-extent in pixels of each size class (before ±``radius_jitter``).
+        x_centres: Horizontal centre in pixels of each position.
         radius_jitter: Integer jitter of the radius.
-        x_jitter: Horizontal jitter of an object's centre around its half's centre.
-        y_step: Vertical centres are multiples of ``y_step`` pixels (8: on the patch grid).
-        min_dy: Minimum vertical gap between the two objects' centres when not level.
+        x_jitter: Horizontal jitter of the object's centre around its position's centre.
+        y_rows: Vertical centres the object is drawn at (uniform; a nuisance, not a task).
         color_jitter: Uniform per-object jitter of each RGB channel.
         texture_shade: Brightness factor of the texture's dark pixels.
         noise_std: Standard deviation of the (uniform, per channel) pixel noise of the base world.
@@ -131,9 +120,6 @@ class WorldConfig:
         shift_palette: RGB of each object colour under the ``palette`` shift.
         shift_background_palette: RGB of each background under the ``palette`` shift.
         shift_color_jitter: Colour jitter under the ``palette`` shift.
-        p_both: Probability that a caption describes both objects.
-        p_left_only: Probability that a caption describes only the left object.
-        p_side: Probability that a single described object gets its "on the left/right".
         caption_error: Probability that a mentioned value is replaced by a wrong one.
         mention: Per-attribute mention probability (a mapping; stored as sorted pairs).
     """
@@ -142,9 +128,9 @@ class WorldConfig:
     colors: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
     sizes: tuple[str, ...] = ("small", "medium", "large")
     textures: tuple[str, ...] = ("plain", "striped", "checkered", "dotted")
+    positions: tuple[str, ...] = ("left", "center", "right")
     backgrounds: tuple[str, ...] = ("black", "gray", "brown", "navy")
     counts: tuple[str, ...] = ("one", "two", "three", "four")
-    relations: tuple[str, ...] = ("higher", "lower", "level")
     palette: tuple[tuple[int, int, int], ...] = (
         (220, 40, 40),
         (40, 175, 60),
@@ -160,10 +146,10 @@ class WorldConfig:
         (20, 30, 85),
     )
     radii: tuple[int, ...] = (6, 9, 12)
+    x_centres: tuple[int, ...] = (16, 32, 48)
     radius_jitter: int = 0
     x_jitter: int = 0
-    y_step: int = 8
-    min_dy: int = 8
+    y_rows: tuple[int, ...] = (16, 24, 32, 40)
     color_jitter: int = 15
     texture_shade: float = 0.3
     noise_std: float = 6.0
@@ -183,9 +169,6 @@ class WorldConfig:
         (40, 70, 120),
     )
     shift_color_jitter: int = 35
-    p_both: float = 0.5
-    p_left_only: float = 0.25
-    p_side: float = 0.9
     caption_error: float = 0.0
     mention: Mapping[str, float] | tuple[tuple[str, float], ...] = field(
         default_factory=lambda: tuple(sorted(_DEFAULT_MENTION.items()))
@@ -214,30 +197,29 @@ class WorldConfig:
             raise ValueError("the renderer draws exactly 5 shapes and 4 textures (in this order)")
         if len(self.radii) != len(self.sizes):
             raise ValueError("radii must match sizes")
+        if len(self.x_centres) != len(self.positions):
+            raise ValueError("x_centres must match positions")
         if len(self.counts) > _STAR_SLOTS:
             raise ValueError(f"at most {_STAR_SLOTS} star counts")
-        if len(self.relations) != 3:
-            raise ValueError("relations must be three words (left higher, lower, level)")
-        if self.y_step < 1:
-            raise ValueError(f"y_step must be >= 1, got {self.y_step}")
-        if not 0 <= self.p_both + self.p_left_only <= 1:
-            raise ValueError("p_both + p_left_only must lie in [0, 1]")
+        reach = max(self.radii) + self.radius_jitter
+        if min(self.y_rows) - reach < 0 or max(self.y_rows) + reach >= _STRIP_TOP:
+            raise ValueError(f"y_rows {self.y_rows} put objects outside rows [0, {_STRIP_TOP})")
 
     @property
     def attributes(self) -> dict[str, tuple[str, ...]]:
-        """Attribute family → value words, in a fixed order (objects left, right, then scene)."""
-        per_object = {
+        """Attribute family → value words, in a fixed order (object, then scene)."""
+        return {
             "shape": self.shapes,
             "color": self.colors,
             "size": self.sizes,
             "texture": self.textures,
+            "position": self.positions,
+            "background": self.backgrounds,
+            "count": self.counts,
         }
-        out = {f"{side}_{a}": per_object[a] for side in SIDES for a in OBJECT_ATTRIBUTES}
-        out.update(background=self.backgrounds, count=self.counts, relation=self.relations)
-        return out
 
     def mention_prob(self, attribute: str) -> float:
-        """The configured mention probability of one attribute family (see class docstring)."""
+        """The configured mention probability of one attribute family."""
         return dict(self.mention)[attribute]
 
     def replace(self, **changes: object) -> WorldConfig:
@@ -251,30 +233,28 @@ DEFAULT_WORLD = WorldConfig()
 ATTRIBUTES: dict[str, tuple[str, ...]] = DEFAULT_WORLD.attributes
 """Attribute family → value words of the default world (class names of the tasks)."""
 
-_SHAPE_TPL = ("a {} on the %s", "a photo of a {} on the %s", "a picture with a {} on the %s")
-_OBJ_TPL = (
-    "a {} object on the %s",
-    "a photo of a {} object on the %s",
-    "a picture with a {} object on the %s",
-)
+_OBJ_TPL = ("a {} object", "a photo of a {} object", "a picture of a {} object")
 TEMPLATES: dict[str, tuple[str, ...]] = {
-    **{f"{s}_shape": tuple(t % s for t in _SHAPE_TPL) for s in SIDES},
-    **{f"{s}_{a}": tuple(t % s for t in _OBJ_TPL) for s in SIDES for a in OBJECT_ATTRIBUTES[1:]},
+    "shape": ("a {}", "a photo of a {}", "a picture of a {}"),
+    "color": _OBJ_TPL,
+    "size": _OBJ_TPL,
+    "texture": _OBJ_TPL,
+    "position": (
+        "a object at the {}",
+        "a photo of a object at the {}",
+        "a picture of a object at the {}",
+    ),
     "background": (
         "a photo on a {} background",
-        "objects on a {} background",
-        "a picture with a {} background",
+        "a object on a {} background",
+        "a picture on a {} background",
     ),
-    "count": ("a photo with {} stars", "a picture with {} stars", "objects with {} stars"),
-    "relation": (
-        "the left one is {}",
-        "a photo where the left object is {}",
-        "a picture where the left one is {}",
-    ),
-    # Reference task (the ImageNet analogue): class names are "<color> <shape>" of the left object.
-    "reference": ("a {} on the left", "a photo of a {} on the left", "a picture with a {}"),
+    "count": ("a photo with {} stars", "a picture with {} stars", "a object with {} stars"),
+    # Reference task (the ImageNet analogue): class names are "<color> <shape>".
+    "reference": ("a {}", "a photo of a {}", "a picture of a {}"),
 }
-"""Zero-shot prompt templates per task (lowercase vocabulary words, no punctuation)."""
+"""Zero-shot prompt templates per task (lowercase vocabulary words, no punctuation; the
+captions say "a" before every noun, so the prompts do too)."""
 
 
 @dataclass(frozen=True)
@@ -282,37 +262,29 @@ class Scenes:
     """A batch of scenes: one int array per attribute family plus the geometry to draw them.
 
     Attribute arrays hold value indices into ``config.attributes[family]``; ``count`` index ``k``
-    means ``k + 1`` stars; ``relation`` 0 means the left object is higher, 1 lower, 2 level.
-    Geometry arrays are in pixels. Use ``attributes()`` for the label table and
-    ``words(family)`` for value words.
+    means ``k + 1`` stars. Geometry arrays are in pixels. Use ``attributes()`` for the label
+    table and ``words(family)`` for value words.
     """
 
-    left_shape: np.ndarray
-    left_color: np.ndarray
-    left_size: np.ndarray
-    left_texture: np.ndarray
-    right_shape: np.ndarray
-    right_color: np.ndarray
-    right_size: np.ndarray
-    right_texture: np.ndarray
+    shape: np.ndarray
+    color: np.ndarray
+    size: np.ndarray
+    texture: np.ndarray
+    position: np.ndarray
     background: np.ndarray
     count: np.ndarray
-    relation: np.ndarray
-    left_x: np.ndarray
-    left_y: np.ndarray
-    left_r: np.ndarray
-    right_x: np.ndarray
-    right_y: np.ndarray
-    right_r: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    r: np.ndarray
     phase: np.ndarray
-    """(n, 2) texture phase of the left and right object."""
+    """(n,) texture phase of the object."""
     star_slots: np.ndarray
     """(n, 8) bool: which bottom-strip slots hold a star."""
     shift: str | None = None
     config: WorldConfig = DEFAULT_WORLD
 
     def __len__(self) -> int:
-        return int(self.left_shape.shape[0])
+        return int(self.shape.shape[0])
 
     def attributes(self) -> dict[str, np.ndarray]:
         """Attribute family → (n,) int64 value indices, in ``config.attributes`` order."""
@@ -350,7 +322,7 @@ def _check_shift(shift: str | None) -> None:
 def sample_scenes(
     n: int, seed: int, config: WorldConfig = DEFAULT_WORLD, shift: str | None = None
 ) -> Scenes:
-    """Sample ``n`` scenes: uniform attribute values and jittered geometry.
+    """Sample ``n`` scenes: uniform attribute values and geometry.
 
     Args:
         n: Number of scenes.
@@ -364,48 +336,17 @@ def sample_scenes(
     _check_shift(shift)
     rng = np.random.default_rng([seed, 0x5CE7E])
     attrs = {a: rng.integers(0, len(v), n) for a, v in config.attributes.items()}
-    radii = np.asarray(config.radii)
     j = config.radius_jitter
-    left_r = radii[attrs["left_size"]] + rng.integers(-j, j + 1, n)
-    right_r = radii[attrs["right_size"]] + rng.integers(-j, j + 1, n)
-    half = IMAGE_SIZE // 4
-    left_x = half + rng.integers(-config.x_jitter, config.x_jitter + 1, n)
-    right_x = 3 * half + rng.integers(-config.x_jitter, config.x_jitter + 1, n)
-    # Vertical centres on the grid of rows inside the object area above the star strip: for
-    # "higher"/"lower" a pair of rows at least min_dy apart (uniform over such pairs), for
-    # "level" one row for both.
-    y_min, y_max = 14, _STRIP_TOP - 15
-    rows = np.array([y for y in range(y_min, y_max + 1) if y % config.y_step == 0])
-    hi_rows, lo_rows = np.nonzero(rows[None, :] - rows[:, None] >= config.min_dy)
-    if hi_rows.size == 0:
-        raise ValueError(f"no two rows {config.min_dy} px apart with y_step {config.y_step}")
-    pair = rng.integers(0, hi_rows.size, n)
-    hi, lo = rows[hi_rows[pair]], rows[lo_rows[pair]]
-    same = rows[rng.integers(0, rows.size, n)]
-    relation = attrs["relation"]
-    left_y = np.where(relation == 0, hi, np.where(relation == 1, lo, same))
-    right_y = np.where(relation == 0, lo, np.where(relation == 1, hi, same))
-    phase = rng.integers(0, 8, (n, 2))
+    r = np.asarray(config.radii)[attrs["size"]] + rng.integers(-j, j + 1, n)
+    x = np.asarray(config.x_centres)[attrs["position"]]
+    x = x + rng.integers(-config.x_jitter, config.x_jitter + 1, n)
+    y = np.asarray(config.y_rows)[rng.integers(0, len(config.y_rows), n)]
+    phase = rng.integers(0, 8, n)
     order = np.argsort(rng.random((n, _STAR_SLOTS)), axis=1)
     ranks = np.argsort(order, axis=1)
     star_slots = ranks <= attrs["count"][:, None]
-    return Scenes(
-        **attrs,
-        left_x=left_x,
-        left_y=left_y,
-        left_r=left_r,
-        right_x=right_x,
-        right_y=right_y,
-        right_r=right_r,
-        phase=phase,
-        star_slots=star_slots,
-        shift=shift,
-        config=config,
-    )
-
-
-RELATION_MIRROR = (1, 0, 2)
-"""Relation index seen from the right object: higher <-> lower, level stays."""
+    return Scenes(**attrs, x=x, y=y, r=r, phase=phase, star_slots=star_slots, shift=shift,
+                  config=config)
 
 
 _YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32)
@@ -414,8 +355,7 @@ _YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32)
 def _shape_mask(shape: np.ndarray, cx: np.ndarray, cy: np.ndarray, r: np.ndarray) -> np.ndarray:
     """(n, H, W) bool mask of each object; shape indices follow ``WorldConfig.shapes`` order.
 
-    Every shape stays within ``|dx| <= r`` of its centre, so with the default jitter an object
-    never crosses the vertical midline: the left and right halves show one object each.
+    Every shape stays within ``|dx| <= r`` and ``|dy| <= r`` of its centre.
     """
     n = shape.shape[0]
     mask = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
@@ -493,8 +433,8 @@ _BLOCK_MAP = ((_YY // 8) * 8 + _XX // 8).astype(np.uint8)  # 8×8-pixel block id
 def _render_chunk(scenes: Scenes, rng: np.random.Generator) -> np.ndarray:
     """Draw a chunk through a per-pixel label map and a per-image colour table.
 
-    Labels: 0 background, 1/2 left object light/dark (texture), 3/4 right object, 5 star,
-    6 + b the clutter block b. One gather turns labels into colours; noise is added last.
+    Labels: 0 background, 1/2 object light/dark (texture), 3 star, 4 + b the clutter block b.
+    One gather turns labels into colours; noise is added last.
     """
     cfg, shift, n = scenes.config, scenes.shift, len(scenes)
     shape4 = (n, IMAGE_SIZE, IMAGE_SIZE, 3)
@@ -506,35 +446,28 @@ def _render_chunk(scenes: Scenes, rng: np.random.Generator) -> np.ndarray:
         cfg.shift_background_palette if shift == "palette" else cfg.background_palette, np.float32
     )
     jitter = cfg.shift_color_jitter if shift == "palette" else cfg.color_jitter
-    table = np.zeros((n, 6 + 64 * (shift == "clutter"), 3), np.float32)
+    table = np.zeros((n, 4 + 64 * (shift == "clutter"), 3), np.float32)
     if sketch:
         table[:, 0], table[:, 1:] = 235.0, 20.0
     else:
         table[:, 0] = bg_pal[scenes.background] + rng.uniform(-8, 8, (n, 1)).astype(np.float32)
-        table[:, 5] = 240.0
+        table[:, 3] = 240.0
     if shift == "clutter":  # 8×8-pixel blocks of random colour, half-blended with the background
         blocks = rng.integers(0, 256, (n, 64, 3)).astype(np.float32)
-        table[:, 6:] = 0.5 * blocks + 0.5 * table[:, :1]
-        labels = np.broadcast_to(_BLOCK_MAP + np.uint8(6), (n, IMAGE_SIZE, IMAGE_SIZE)).copy()
+        table[:, 4:] = 0.5 * blocks + 0.5 * table[:, :1]
+        labels = np.broadcast_to(_BLOCK_MAP + np.uint8(4), (n, IMAGE_SIZE, IMAGE_SIZE)).copy()
     else:
         labels = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
-    for k, side in enumerate(SIDES):
-        mask = _shape_mask(
-            getattr(scenes, f"{side}_shape"),
-            getattr(scenes, f"{side}_x"),
-            getattr(scenes, f"{side}_y"),
-            getattr(scenes, f"{side}_r"),
-        )
-        if sketch:
-            labels[_outline(mask)] = 1
-            continue
-        color = palette[getattr(scenes, f"{side}_color")]
-        color = color + rng.uniform(-jitter, jitter, (n, 3)).astype(np.float32)
-        table[:, 1 + 2 * k] = color
-        table[:, 2 + 2 * k] = color * np.float32(cfg.texture_shade)
-        pattern = _texture_mask(getattr(scenes, f"{side}_texture"), scenes.phase[:, k])
-        labels = np.where(mask, pattern.view(np.uint8) + np.uint8(1 + 2 * k), labels)
-    labels[_star_mask(scenes.star_slots)] = 5
+    mask = _shape_mask(scenes.shape, scenes.x, scenes.y, scenes.r)
+    if sketch:
+        labels[_outline(mask)] = 1
+    else:
+        color = palette[scenes.color] + rng.uniform(-jitter, jitter, (n, 3)).astype(np.float32)
+        table[:, 1] = color
+        table[:, 2] = color * np.float32(cfg.texture_shade)
+        pattern = _texture_mask(scenes.texture, scenes.phase)
+        labels = np.where(mask, pattern.view(np.uint8) + np.uint8(1), labels)
+    labels[_star_mask(scenes.star_slots)] = 3
     table = np.clip(np.rint(table), 0, 255).astype(np.uint8)
     flat = labels.astype(np.intp) + (np.arange(n) * table.shape[1])[:, None, None]
     img = table.reshape(-1, 3)[flat]
@@ -574,17 +507,8 @@ def render(scenes: Scenes, seed: int) -> np.ndarray:
 
 
 def mention_rates(config: WorldConfig = DEFAULT_WORLD) -> dict[str, float]:
-    """Per-caption probability that each attribute family is mentioned (before any error).
-
-    Object attributes: P(object described) × ``config.mention``; scene attributes: as configured.
-    """
-    p_side = {"left": config.p_both + config.p_left_only, "right": 1.0 - config.p_left_only}
-    out = {}
-    for attr in config.attributes:
-        side = attr.split("_")[0]
-        p = config.mention_prob(attr)
-        out[attr] = p * p_side[side] if side in p_side else p
-    return out
+    """Per-caption probability that each attribute family is mentioned (before any error)."""
+    return {attr: config.mention_prob(attr) for attr in config.attributes}
 
 
 def captions(
@@ -595,10 +519,10 @@ def captions(
 ) -> list[str] | tuple[list[str], dict[str, np.ndarray]]:
     """Templated captions that mention a random subset of each scene's attributes.
 
-    Grammar: object phrases ``a [size] [texture] [color] <shape|object>`` placed with
-    ``on the left/right`` or ``to the left/right of``, then optionally ``on a <bg> background``,
-    ``with <count> star(s)`` and ``and the <left|right> one is <higher|lower>``. Words are
-    lowercase vocabulary words separated by single spaces, no punctuation.
+    Grammar: an opening from ``PREFIXES``, the object phrase ``a [size] [texture] [color]
+    <shape|object>``, then optionally ``at the <position>``, ``on a <bg> background`` and
+    ``with <count> star(s)``. Words are lowercase vocabulary words separated by single spaces,
+    no punctuation.
 
     Args:
         scenes: The scenes.
@@ -614,58 +538,31 @@ def captions(
     vocab = cfg.attributes
     n = len(scenes)
     rng = np.random.default_rng([seed, 0xCA9])
-    u = rng.random(n)
-    described = {
-        "left": u < cfg.p_both + cfg.p_left_only,
-        "right": (u < cfg.p_both) | (u >= cfg.p_both + cfg.p_left_only),
-    }
-    mentions = {}
-    for attr in cfg.attributes:
-        side = attr.split("_")[0]
-        m = rng.random(n) < cfg.mention_prob(attr)
-        mentions[attr] = m & described[side] if side in described else m
-    form = rng.integers(0, 4, n)
-    side_said = rng.random(n) < cfg.p_side
-    rel_side = rng.integers(0, 2, n)
+    mentions = {attr: rng.random(n) < cfg.mention_prob(attr) for attr in cfg.attributes}
+    prefix = rng.integers(0, len(PREFIXES), n)
     values = {a: getattr(scenes, a).copy() for a in cfg.attributes}
     if cfg.caption_error > 0:
         for a, v in values.items():
             wrong = rng.random(n) < cfg.caption_error
             shift = rng.integers(1, len(vocab[a]), n)
             v[wrong] = (v[wrong] + shift[wrong]) % len(vocab[a])
-
-    def phrase(i: int, side: str) -> str:
-        words = ["a"]
-        for a in ("size", "texture", "color"):
-            if mentions[f"{side}_{a}"][i]:
-                words.append(vocab[f"{side}_{a}"][values[f"{side}_{a}"][i]])
-        shape = f"{side}_shape"
-        words.append(vocab[shape][values[shape][i]] if mentions[shape][i] else "object")
-        return " ".join(words)
+    words = {a: np.asarray(vocab[a], dtype=object)[values[a]] for a in cfg.attributes}
 
     out = []
     for i in range(n):
-        if described["left"][i] and described["right"][i]:
-            left, right = phrase(i, "left"), phrase(i, "right")
-            text = (
-                f"{left} on the left and {right} on the right",
-                f"{right} on the right and {left} on the left",
-                f"{left} to the left of {right}",
-                f"{right} to the right of {left}",
-            )[form[i]]
-        else:
-            side = "left" if described["left"][i] else "right"
-            text = phrase(i, side) + (f" on the {side}" if side_said[i] else "")
+        parts = [PREFIXES[prefix[i]] + "a"]
+        for a in ("size", "texture", "color"):
+            if mentions[a][i]:
+                parts.append(words[a][i])
+        parts.append(words["shape"][i] if mentions["shape"][i] else "object")
+        if mentions["position"][i]:
+            parts.append(f"at the {words['position'][i]}")
         if mentions["background"][i]:
-            text += f" on a {vocab['background'][values['background'][i]]} background"
+            parts.append(f"on a {words['background'][i]} background")
         if mentions["count"][i]:
-            k = values["count"][i]
-            text += f" with {vocab['count'][k]} {'star' if k == 0 else 'stars'}"
-        if mentions["relation"][i]:
-            said = SIDES[rel_side[i]]
-            r = values["relation"][i] if said == "left" else RELATION_MIRROR[values["relation"][i]]
-            text += f" and the {said} one is {vocab['relation'][r]}"
-        out.append(text)
+            noun = "star" if values["count"][i] == 0 else "stars"
+            parts.append(f"with {words['count'][i]} {noun}")
+        out.append(" ".join(parts))
     if return_mentions:
         return out, mentions
     return out
@@ -675,8 +572,8 @@ def attribute_table(config: WorldConfig = DEFAULT_WORLD) -> list[dict[str, objec
     """One row per attribute family: values, chance level and caption statistics.
 
     Rows hold ``attribute``, ``values`` (the class names), ``classes``, ``chance`` (1/K),
-    ``p_mention`` (configured, given the object is described) and ``caption_rate`` (per
-    caption, from ``mention_rates``), for model cards and chapter tables.
+    ``p_mention`` and ``caption_rate`` (both the per-caption mention probability; two names
+    kept for the tables of earlier versions), for model cards and chapter tables.
     """
     rates = mention_rates(config)
     return [
@@ -694,16 +591,15 @@ def attribute_table(config: WorldConfig = DEFAULT_WORLD) -> list[dict[str, objec
 
 def max_caption_words(config: WorldConfig = DEFAULT_WORLD) -> int:
     """Longest possible caption in words (for the text tower's context length)."""
-    obj = 5  # a size texture color shape
-    return 2 * obj + 6 + 4 + 3 + 6  # "on the left and ... on the right", bg, count, relation
+    opening = max(len(p.split()) for p in PREFIXES)
+    return opening + 5 + 3 + 4 + 3  # a size texture color shape, position, background, count
 
 
 def vocabulary(config: WorldConfig = DEFAULT_WORLD) -> list[str]:
     """Every word a caption, class name or prompt template can contain (sorted, unique)."""
-    words = {
-        "a", "on", "the", "left", "right", "and", "to", "of", "object", "background",
-        "with", "star", "stars", "one", "is",
-    }  # fmt: skip
+    words = {"a", "at", "the", "on", "object", "background", "with", "star", "stars"}
+    for p in PREFIXES:
+        words.update(p.split())
     for values in config.attributes.values():
         for v in values:
             words.update(v.split())
