@@ -81,7 +81,7 @@ from residual_core.plots_heads import (
     plot_task_card,
     styled,
 )
-from residual_core.plotting import figure_picker
+from residual_core.plotting import figure_picker, task_label
 from residual_core.tasks import TaskEncodings
 from residual_core.text_cache import embed_dictionary
 from residual_core.tutorial.world import mention_rates
@@ -242,7 +242,7 @@ plot_correlation(table, "align_carriers", "zs_lift", stats=stats["align_carriers
 plt.show()
 clear = table.zs_lift > 0.1
 print(f"tasks clearly above chance zero-shot (lift > 0.1): {int(clear.sum())} of {len(table)}")
-print(f"  {', '.join(t.removeprefix('world_') for t in table.task[clear])}")
+print(f"  {', '.join(task_label(t) for t in table.task[clear])}")
 for col, s in stats.items():
     if s["n"] < 3:
         continue

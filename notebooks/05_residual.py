@@ -108,7 +108,7 @@ from residual_core.plots_residual import (
     plot_lambda_pcs,
     plot_task_card,
 )
-from residual_core.plotting import figure_picker
+from residual_core.plotting import figure_picker, task_label
 from residual_core.residual import lambda_matrix, lambda_summary
 from residual_core.specialization import task_family
 from residual_core.store import DEFAULT_CACHE
@@ -174,8 +174,7 @@ chapter.write_results(table.drop(columns="history"), results_file, weights=weigh
 # %%
 columns = ["dataset", "variant", "accuracy", "val_acc", "params", "epochs", "best_epoch",
            "wall_time_s"]
-shown = table[columns].assign(
-    dataset=table.dataset.str.replace(r"^world[._]", "", regex=True))
+shown = table[columns].assign(dataset=table.dataset.map(task_label))
 print(shown.rename(columns={"wall_time_s": "time_s", "best_epoch": "best"})
       .to_string(index=False, float_format=lambda x: f"{x:.4g}"))
 
@@ -301,8 +300,7 @@ if explained:
     pcs = pd.concat([d.assign(task=t) for t, d in explained.items()], ignore_index=True)
     with pd.option_context("display.max_colwidth", 34):
         print(pcs[["task", "unit", "pc", "effect", "lambda", "evr", "cosine", "text"]]
-              .assign(task=pcs.task.str.replace(r"^world[._]", "", regex=True),
-                      effect=pcs.effect.str[:4])
+              .assign(task=pcs.task.map(task_label), effect=pcs.effect.str[:4])
               .to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     amp = pcs[pcs.effect == "amplified"]
     sup = pcs[pcs.effect == "suppressed"]

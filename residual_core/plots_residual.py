@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from jaxtyping import Float
 from torch import Tensor
+
+from residual_core.plotting import task_label
 
 __all__ = [
     "VARIANT_COLORS",
@@ -94,7 +95,7 @@ def plot_gains(gains: pd.DataFrame, *, ax=None):
     for i, variant in enumerate(gains.columns):
         ax.barh(y + (n / 2 - i - 0.5) * height, gains[variant], height, color=_color(variant),
                 label=variant)
-    ax.set_yticks(y, [re.sub(r"^world[._]", "", str(i)) for i in gains.index])
+    ax.set_yticks(y, [task_label(str(i)) for i in gains.index])
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel("test accuracy − zero-shot accuracy")
     ax.legend(fontsize=8, loc="best")

@@ -21,10 +21,20 @@ __all__ = [
     "plot_layer_head_heatmap",
     "plot_layer_units",
     "relative_error",
+    "task_label",
     "unit_norm_table",
 ]
 
 _LABEL = re.compile(r"^(?:embed|L(?P<layer>\d+)(?:\.(?P<mlp>mlp)|H(?P<head>\d+)))$")
+
+
+def task_label(task: str) -> str:
+    """A dataset name for tables and axes: the tutorial's ``world`` prefix dropped.
+
+    ``"world.color"`` → ``"color"``, ``"world_clutter.color"`` → ``"clutter.color"``; other
+    names (paper datasets) are returned unchanged.
+    """
+    return re.sub(r"^world[._]", "", task)
 
 
 def relative_error(

@@ -95,3 +95,13 @@ def test_figure_picker_is_linked_in_the_frontend(dec: Decomposition):
 def test_figure_picker_needs_figures():
     with pytest.raises(ValueError, match="at least one"):
         figure_picker({})
+
+
+def test_task_label_drops_only_the_world_prefix():
+    from residual_core.plotting import task_label
+
+    assert task_label("world.color") == "color"
+    assert task_label("world_clutter.color") == "clutter.color"
+    assert task_label("world.reference") == "reference"
+    assert task_label("eurosat") == "eurosat"
+    assert task_label("worldwide.x") == "worldwide.x"

@@ -350,7 +350,7 @@ def test_position_embeddings_start_scaled(tmp_path, monkeypatch):
             train_mod.train(args)
         seen[scale] = seen["model"].visual.positional_embedding.detach().clone()
     torch.testing.assert_close(seen[3.0], 3.0 * seen[1.0])
-    assert train_mod._pos_embed_scale({"command": "x --pos-embed-scale 8"}) == 8.0
+    assert train_mod._pos_embed_scale({"command": "x"}) == 1.0  # records before the flag
     assert train_mod._pos_embed_scale({"pos_embed_scale": 2.0, "command": ""}) == 2.0
 
 

@@ -420,13 +420,9 @@ def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     model = build_tiny_clip(model_cfg).to(device)
     with torch.no_grad():
-        # A sharp softmax from the start: easy in-batch negatives (another colour) stop
-        # dominating the gradient, so the one-word text negatives drive learning.
         model.logit_scale.fill_(math.log(args.init_logit_scale))
-        # open_clip draws position embeddings ~6x smaller than the patch embeddings, and a
-        # mean-like readout of patches cancels them out to first order: a tiny ViT then stays
-        # at chance on *where* the object is (measured: supervised position probe at chance
-        # after 150 steps; 0.92 with the embeddings ×3).
+        # Position embeddings start ~4x smaller than world patch embeddings; see the module
+        # docstring ("stronger position embeddings").
         model.visual.positional_embedding.mul_(args.pos_embed_scale)
     optimizer = torch.optim.AdamW(
         _param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98), eps=1e-6
@@ -585,13 +581,8 @@ def in_place_command(command: str) -> str:
 
 
 def _pos_embed_scale(meta: dict[str, Any]) -> float:
-    """The run's ``--pos-embed-scale`` (records written before it was stored: from the command)."""
-    if "pos_embed_scale" in meta:
-        return float(meta["pos_embed_scale"])
-    words = shlex.split(meta.get("command", ""))
-    if "--pos-embed-scale" in words:
-        return float(words[words.index("--pos-embed-scale") + 1])
-    return float(parse_args([]).pos_embed_scale)
+    """The run's ``--pos-embed-scale``; records from before the flag were trained with ×1."""
+    return float(meta.get("pos_embed_scale", 1.0))
 
 
 def write_model_card(path: Path = CHECKPOINT_PATH, probes: bool = True) -> Path:
