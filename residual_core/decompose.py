@@ -9,10 +9,20 @@ the per-sample scale ``σ(s)`` is fixed, so with ``C = I − 11ᵀ/d`` (mean rem
 
 exactly, where the constant β is split over the units (``N_u = 2L+1`` for the embedding and the
 MLPs, ``(2L+1)·H`` for a head: one share per residual write, an attention share split over its
-heads, like the out-projection bias). Mean removal is applied to each unit's own write, so no
-unit carries another unit's mean. See ``SPEC.md`` §1. A tower with a projection bias
-(``visual.proj_bias``, e.g. BLIP's ``vision_proj`` in :mod:`residual_core.hf_models`) gets it
-split in the same shares as ``β @ P``.
+heads, like the out-projection bias). A tower with a projection bias (``visual.proj_bias``, e.g.
+BLIP's ``vision_proj`` in :mod:`residual_core.hf_models`) gets it split in the same shares.
+
+The LayerNorm's mean removal can be distributed in two exact ways (``centering``):
+
+- ``"shared"`` (default, the paper authors' form, as in their tracer and in clip_text_span): the
+  whole stream's mean ``μ(s)`` is split evenly over the units like β,
+  ``γ ⊙ x_u / σ − (γ ⊙ μ / σ − β) / N_u``;
+- ``"per-unit"`` (TransformerLens's ``apply_ln_to_stack``): each unit's own write is centred,
+  ``γ ⊙ (x_u − mean(x_u)) / σ + β / N_u``, so no unit carries another unit's mean.
+
+Sums are identical; single units differ by ``(mean(x_u) − μ / N_u) / σ · (γ @ P)``, a per-sample
+multiple of one fixed direction, which moves per-unit statistics (norms, PCA, intrinsic
+dimension, TextSpan) by a few percent.
 
 The forward pass is re-run block by block from the model's own modules and weights (nothing is
 patched or hooked, so the model is never modified): every block computes exactly what open_clip
@@ -25,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -32,11 +43,14 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 __all__ = [
+    "CENTERINGS",
+    "Centering",
     "Decomposition",
     "RawUnits",
     "UnitLayout",
     "UnitProjector",
     "UnsupportedModelError",
+    "check_centering",
     "check_supported",
     "decompose",
     "decompose_raw",
@@ -47,6 +61,21 @@ __all__ = [
 
 class UnsupportedModelError(ValueError):
     """The model has a feature the exact decomposition does not cover."""
+
+
+Centering = Literal["shared", "per-unit"]
+CENTERINGS: tuple[str, ...] = get_args(Centering)
+
+
+def check_centering(centering: str) -> Centering:
+    """Return ``centering`` if it is a known choice.
+
+    Raises:
+        ValueError: Naming the bad value and the valid choices.
+    """
+    if centering not in CENTERINGS:
+        raise ValueError(f"centering={centering!r} is not one of {list(CENTERINGS)}")
+    return centering  # type: ignore[return-value]
 
 
 def unit_labels(n_layers: int, n_heads: int) -> list[str]:
@@ -117,20 +146,23 @@ class RawUnits:
     """Storage-friendly form: unit outputs before folding ``ln_post`` and projecting.
 
     Heads are kept as their ``d_head`` outputs (before the out-projection), the embedding and
-    MLPs as their residual-stream writes, plus the per-sample LayerNorm scale ``sigma``. A
-    :class:`UnitProjector` of the same model turns them into :class:`Decomposition` exactly.
+    MLPs as their residual-stream writes, plus the per-sample LayerNorm statistics ``sigma``
+    and ``mu``. A :class:`UnitProjector` of the same model turns them into
+    :class:`Decomposition` exactly.
 
     Attributes:
         embed: CLS embedding after ``ln_pre``.
         mlp: CLS output of every MLP (after LayerScale).
         heads: CLS-query attention output of every head (before the out-projection).
         sigma: ``sqrt(var(s) + eps)`` of the final CLS stream ``s``.
+        mu: ``mean(s)`` of the final CLS stream (over its ``d_model`` features).
     """
 
     embed: Float[Tensor, "batch d_model"]
     mlp: Float[Tensor, "batch layer d_model"]
     heads: Float[Tensor, "batch layer head d_head"]
     sigma: Float[Tensor, " batch"]
+    mu: Float[Tensor, " batch"]
 
     def __len__(self) -> int:
         return self.embed.shape[0]
@@ -139,9 +171,9 @@ class RawUnits:
         """Move or cast every field, like :meth:`torch.Tensor.to`."""
         return RawUnits(*(t.to(*args, **kwargs) for t in self.tensors()))
 
-    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The four fields in declaration order."""
-        return self.embed, self.mlp, self.heads, self.sigma
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The five fields in declaration order."""
+        return self.embed, self.mlp, self.heads, self.sigma, self.mu
 
     @staticmethod
     def cat(parts: Sequence[RawUnits]) -> RawUnits:
@@ -312,67 +344,83 @@ def decompose_raw(
             x, z_cls, m_cls = _block_forward(block, x, layout.n_heads, i == len(blocks) - 1)
             heads.append(z_cls)
             mlps.append(m_cls)
-        s = x[:, 0].float()
-        ln = visual.ln_post
-        sigma = torch.sqrt(s.var(-1, unbiased=False) + ln.eps)
-    return RawUnits(embed, torch.stack(mlps, 1), torch.stack(heads, 1), sigma)
+        # Statistics in at least float32 (fp16/bf16 streams), float64 for a float64 model.
+        s = x[:, 0].to(torch.promote_types(x.dtype, torch.float32))
+        sigma = torch.sqrt(s.var(-1, unbiased=False) + visual.ln_post.eps)
+    return RawUnits(embed, torch.stack(mlps, 1), torch.stack(heads, 1), sigma, s.mean(-1))
 
 
 class UnitProjector(nn.Module):
     """Folds ``ln_post`` and the projection into per-unit linear maps: raw form → units.
 
-    Built once per model from its weights; holds copies (float32), so it can be saved with an
-    encoding store and used without the model.
+    Built once per model from its weights; holds copies (float32, or float64 for a float64
+    model), so it can be saved with an encoding store and used without the model. The
+    ``centering`` (see the module docstring) is fixed at construction.
     """
 
     resid_map: Float[Tensor, "d_model d_out"]
     head_maps: Float[Tensor, "layer head d_head d_out"]
     head_bias: Float[Tensor, "layer d_out"]
     beta_out: Float[Tensor, " d_out"]
+    gamma_out: Float[Tensor, " d_out"]
 
-    def __init__(self, layout: UnitLayout):
+    def __init__(self, layout: UnitLayout, centering: Centering = "shared",
+                 dtype: torch.dtype = torch.float32):
         super().__init__()
         self.layout = layout
+        self.centering = check_centering(centering)
         n, h, dm, dh, do = (layout.n_layers, layout.n_heads, layout.d_model, layout.d_head,
                             layout.d_out)
-        self.register_buffer("resid_map", torch.zeros(dm, do))
-        self.register_buffer("head_maps", torch.zeros(n, h, dh, do))
-        self.register_buffer("head_bias", torch.zeros(n, do))
-        self.register_buffer("beta_out", torch.zeros(do))
+        self.register_buffer("resid_map", torch.zeros(dm, do, dtype=dtype))
+        self.register_buffer("head_maps", torch.zeros(n, h, dh, do, dtype=dtype))
+        self.register_buffer("head_bias", torch.zeros(n, do, dtype=dtype))
+        self.register_buffer("beta_out", torch.zeros(do, dtype=dtype))
+        self.register_buffer("gamma_out", torch.zeros(do, dtype=dtype))
 
     @classmethod
     @torch.no_grad()
-    def from_model(cls, model: nn.Module) -> UnitProjector:
-        """Build the projector of an open_clip ViT (see :func:`check_supported`)."""
+    def from_model(cls, model: nn.Module, centering: Centering = "shared") -> UnitProjector:
+        """Build the projector of an open_clip ViT (see :func:`check_supported`).
+
+        Args:
+            model: The model (or its vision tower).
+            centering: ``"shared"`` (the authors' form, default) or ``"per-unit"``.
+        """
+        check_centering(centering)
         layout = check_supported(model)
         visual = get_visual(model)
         dev = visual.conv1.weight.device
+        dtype = torch.float64 if visual.conv1.weight.dtype == torch.float64 else torch.float32
         dm, n_heads, dh = layout.d_model, layout.n_heads, layout.d_head
-        proj = torch.eye(dm, device=dev) if visual.proj is None else visual.proj.float()
-        gamma = _ln_param(visual.ln_post.weight, dm, 1.0, dev)
-        beta = _ln_param(visual.ln_post.bias, dm, 0.0, dev)
-        centre = torch.eye(dm, device=dev) - 1.0 / dm
-        resid_map = centre @ (gamma[:, None] * proj)  # x ↦ (C x) ⊙ γ @ P, as a matrix
+        eye = torch.eye(dm, device=dev, dtype=dtype)
+        proj = eye if visual.proj is None else visual.proj.to(dtype)
+        gamma = _ln_param(visual.ln_post.weight, dm, 1.0, dev, dtype)
+        beta = _ln_param(visual.ln_post.bias, dm, 0.0, dev, dtype)
+        gamma_proj = gamma[:, None] * proj  # x ↦ (x ⊙ γ) @ P, as a matrix
+        # Per-unit centring folds C = I − 11ᵀ/d into the map; shared centring subtracts the
+        # stream's mean as a constant share instead (see ``forward``).
+        resid_map = (eye - 1.0 / dm) @ gamma_proj if centering == "per-unit" else gamma_proj
 
         head_maps, head_bias = [], []
         for block in visual.transformer.resblocks:
-            ls = _layer_scale(block.ls_1, dm, dev)
-            w_o = block.attn.out_proj.weight.float() * ls[:, None]  # (d_model, d_model)
+            ls = _layer_scale(block.ls_1, dm, dev, dtype)
+            w_o = block.attn.out_proj.weight.to(dtype) * ls[:, None]  # (d_model, d_model)
             b_o = block.attn.out_proj.bias
-            b_o = torch.zeros(dm, device=dev) if b_o is None else b_o.float() * ls
+            b_o = torch.zeros(dm, device=dev, dtype=dtype) if b_o is None else b_o.to(dtype) * ls
             # Head h reads columns h*dh:(h+1)*dh of W_O; its map is W_O[:, h]ᵀ @ resid_map.
             w_heads = w_o.T.reshape(n_heads, dh, dm)
             head_maps.append(w_heads @ resid_map)
             head_bias.append((b_o / n_heads) @ resid_map)
 
-        projector = cls(layout).to(dev)
+        projector = cls(layout, centering, dtype).to(dev)
         projector.resid_map.copy_(resid_map)
         projector.head_maps.copy_(torch.stack(head_maps))
         projector.head_bias.copy_(torch.stack(head_bias))
         # A projection bias (HF BLIP's vision_proj) is a constant like β @ P: same shares.
         proj_bias = getattr(visual, "proj_bias", None)
-        beta_out = beta @ proj if proj_bias is None else beta @ proj + proj_bias.float()
+        beta_out = beta @ proj if proj_bias is None else beta @ proj + proj_bias.to(dtype)
         projector.beta_out.copy_(beta_out)
+        projector.gamma_out.copy_(gamma @ proj)
         return projector
 
     @property
@@ -380,11 +428,21 @@ class UnitProjector(nn.Module):
         """Unit labels in the fixed order."""
         return self.layout.labels
 
+    def _constant(
+        self, sigma: Float[Tensor, " batch"], mu: Float[Tensor, " batch"], n_terms: int
+    ) -> Float[Tensor, "batch d_out"]:
+        """One unit's share of the constants: ``(β @ P − [μ/σ] γ @ P) / n_terms``."""
+        const = self.beta_out.expand(sigma.shape[0], -1)
+        if self.centering == "shared":
+            const = const - (mu / sigma).to(self.beta_out.dtype)[:, None] * self.gamma_out
+        return const / n_terms
+
     def project_unit(
         self,
         label: str,
         x: Float[Tensor, "batch d_in"],
         sigma: Float[Tensor, " batch"],
+        mu: Float[Tensor, " batch"],
     ) -> Float[Tensor, "batch d_out"]:
         """Project one unit's raw output alone (``d_head`` for a head, ``d_model`` otherwise).
 
@@ -394,36 +452,41 @@ class UnitProjector(nn.Module):
         layout = self.layout
         layout.index(label)  # validates the label
         n_writes = 2 * layout.n_layers + 1
-        inv_sigma = (1.0 / sigma.float())[:, None]
+        dtype = self.resid_map.dtype
+        inv_sigma = (1.0 / sigma.to(dtype))[:, None]
         with torch.autocast(x.device.type, enabled=False):
             if label == "embed" or label.endswith(".mlp"):
-                return (x.float() @ self.resid_map) * inv_sigma + self.beta_out / n_writes
+                out = (x.to(dtype) @ self.resid_map) * inv_sigma
+                return out + self._constant(sigma, mu, n_writes)
             layer, head = (int(v) for v in label[1:].split("H"))
-            out = (x.float() @ self.head_maps[layer, head] + self.head_bias[layer]) * inv_sigma
-            return out + self.beta_out / (n_writes * layout.n_heads)
+            out = (x.to(dtype) @ self.head_maps[layer, head] + self.head_bias[layer]) * inv_sigma
+            return out + self._constant(sigma, mu, n_writes * layout.n_heads)
 
     def forward(self, raw: RawUnits) -> Decomposition:
-        """Project raw unit outputs to their contributions to the image embedding (float32)."""
+        """Project raw unit outputs to their contributions to the image embedding."""
         with torch.autocast(raw.embed.device.type, enabled=False):
             n_layers, n_heads = self.layout.n_layers, self.layout.n_heads
             n_writes = 2 * n_layers + 1
-            inv_sigma = (1.0 / raw.sigma.float())[:, None, None]
-            resid = torch.cat([raw.embed[:, None], raw.mlp], 1).float() @ self.resid_map
-            resid = resid * inv_sigma + self.beta_out / n_writes
-            heads = torch.einsum("blhk,lhko->blho", raw.heads.float(), self.head_maps)
+            dtype = self.resid_map.dtype
+            inv_sigma = (1.0 / raw.sigma.to(dtype))[:, None, None]
+            resid = torch.cat([raw.embed[:, None], raw.mlp], 1).to(dtype) @ self.resid_map
+            resid = resid * inv_sigma + self._constant(raw.sigma, raw.mu, n_writes)[:, None]
+            heads = torch.einsum("blhk,lhko->blho", raw.heads.to(dtype), self.head_maps)
             heads = (heads + self.head_bias[:, None]).flatten(1, 2) * inv_sigma
-            heads = heads + self.beta_out / (n_writes * n_heads)
+            heads = heads + self._constant(raw.sigma, raw.mu, n_writes * n_heads)[:, None]
             units = torch.cat([resid, heads], 1)
         return Decomposition(units, self.labels)
 
 
-def _ln_param(p: Tensor | None, dim: int, default: float, device: torch.device) -> Tensor:
-    return torch.full((dim,), default, device=device) if p is None else p.float()
+def _ln_param(
+    p: Tensor | None, dim: int, default: float, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    return torch.full((dim,), default, device=device, dtype=dtype) if p is None else p.to(dtype)
 
 
-def _layer_scale(ls: nn.Module, dim: int, device: torch.device) -> Tensor:
+def _layer_scale(ls: nn.Module, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     gamma = getattr(ls, "gamma", None)
-    return torch.ones(dim, device=device) if gamma is None else gamma.float()
+    return torch.ones(dim, device=device, dtype=dtype) if gamma is None else gamma.to(dtype)
 
 
 def decompose(
@@ -431,6 +494,7 @@ def decompose(
     images: Float[Tensor, "batch 3 height width"],
     *,
     projector: UnitProjector | None = None,
+    centering: Centering | None = None,
     requires_grad: bool = False,
 ) -> Decomposition:
     """Decompose the image embedding into the direct contributions of every unit.
@@ -442,16 +506,26 @@ def decompose(
         model: An open_clip CLIP model or its vision tower (see :func:`check_supported`).
         images: Preprocessed images on the model's device.
         projector: A prebuilt :class:`UnitProjector` (saves rebuilding it on every batch).
+        centering: How the final LayerNorm's mean is split over the units: ``"shared"`` (the
+            paper authors' form, the default) or ``"per-unit"`` (see the module docstring).
+            Default: the projector's, else ``"shared"``.
         requires_grad: Keep the autograd graph (default: run under ``torch.no_grad``).
 
     Returns:
-        Units ``(batch, unit, d_out)`` in float32 and their labels.
+        Units ``(batch, unit, d_out)`` in float32 (float64 for a float64 model) and their
+        labels.
 
     Example:
         >>> dec = decompose(model, images)
         >>> dec.select(["L11H3", "L11.mlp"]).shape  # (batch, 2, d_out)
     """
+    if projector is None:
+        projector = UnitProjector.from_model(model, centering or "shared")
+    elif centering is not None and check_centering(centering) != projector.centering:
+        raise ValueError(
+            f"centering={centering!r} differs from the given projector's "
+            f"({projector.centering!r}); pass one or the other"
+        )
     raw = decompose_raw(model, images, requires_grad=requires_grad)
-    projector = UnitProjector.from_model(model) if projector is None else projector
     with torch.set_grad_enabled(requires_grad and torch.is_grad_enabled()):
         return projector(raw)

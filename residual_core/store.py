@@ -4,11 +4,12 @@ A store is a directory holding the raw form of :func:`residual_core.decompose.de
 for every sample of one (model, dataset, split), the model's :class:`UnitProjector`, and a
 ``meta.json`` with the fingerprint. Samples are written in fixed-size chunks, in dataset order:
 
-    meta.json                 fingerprint, layout, chunk size, dtype, format version
+    meta.json                 fingerprint, layout, centring, chunk size, dtype, format version
     projector.safetensors     folds ln_post + projection (raw form → d_out)
     c000000.heads.npy         (layer·head, n, d_head)   unit-major, so one unit is one slice
     c000000.resid.npy         (1 + layer, n, d_model)   embed, then every MLP
     c000000.sigma.npy         (n,)                      LayerNorm scale of the final stream
+    c000000.mu.npy            (n,)                      mean of the final stream
     c000000.target.npy        (n,)                      dataset labels
     c000000.json              commit record: sample range, shapes, sha256 of every file
 
@@ -46,7 +47,9 @@ from tqdm.auto import tqdm
 from residual_core.decompose import (
     RawUnits,
     UnitLayout,
+    Centering,
     UnitProjector,
+    check_centering,
     check_supported,
     decompose_raw,
 )
@@ -60,8 +63,8 @@ __all__ = [
     "encode_dataset",
 ]
 
-FORMAT_VERSION = 1
-_FIELDS = ("heads", "resid", "sigma", "target")
+FORMAT_VERSION = 2
+_FIELDS = ("heads", "resid", "sigma", "mu", "target")
 _DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
@@ -182,6 +185,11 @@ class EncodingStore:
         return self.meta["fingerprint"]
 
     @property
+    def centering(self) -> Centering:
+        """How the final LayerNorm's mean is split over the units (see :mod:`decompose`)."""
+        return self.meta["centering"]
+
+    @property
     def projector(self) -> UnitProjector:
         """The model's projector, saved with the store."""
         if self._projector is None:
@@ -191,7 +199,7 @@ class EncodingStore:
             except Exception as err:  # safetensors raises several types on bad files
                 raise CorruptStoreError(f"cannot read {path} ({err}); "
                                         f"{_rebuild_hint(self.root)}") from err
-            projector = UnitProjector(self.layout)
+            projector = UnitProjector(self.layout, self.centering)
             projector.load_state_dict(tensors)
             self._projector = projector
         return self._projector
@@ -258,6 +266,10 @@ class EncodingStore:
         """Per-sample LayerNorm scale of the final stream."""
         return np.concatenate([self._load(i, "sigma") for i in range(self.n_chunks)])
 
+    def _stats(self, i: int, device: str | torch.device) -> tuple[Tensor, Tensor]:
+        return tuple(torch.from_numpy(np.array(self._load(i, f))).to(device)
+                     for f in ("sigma", "mu"))  # type: ignore[return-value]
+
     def _unit_slice(self, i: int, label: str) -> np.ndarray:
         pos = self.layout.index(label)
         n_resid = 1 + self.layout.n_layers
@@ -276,11 +288,11 @@ class EncodingStore:
         projector = self.projector.to(device)
         parts = []
         for i in range(self.n_chunks):
-            sigma = torch.from_numpy(np.array(self._load(i, "sigma"))).to(device)
+            sigma, mu = self._stats(i, device)
             cols = [
                 projector.project_unit(
                     label, torch.from_numpy(np.array(self._unit_slice(i, label))).to(device),
-                    sigma,
+                    sigma, mu,
                 )
                 for label in labels
             ]
@@ -298,6 +310,7 @@ class EncodingStore:
             mlp=resid[1:].transpose(0, 1),
             heads=heads.transpose(0, 1).reshape(n, lay.n_layers, lay.n_heads, lay.d_head),
             sigma=torch.from_numpy(np.array(self._load(chunk, "sigma"))),
+            mu=torch.from_numpy(np.array(self._load(chunk, "mu"))),
         )
 
     def iter_units(
@@ -329,6 +342,7 @@ def build_store(
     batch_size: int = 256,
     chunk_size: int = 4096,
     dtype: str = "float16",
+    centering: Centering = "shared",
     device: str | torch.device = "cpu",
     autocast_dtype: torch.dtype | None = None,
     num_workers: int = 0,
@@ -346,6 +360,8 @@ def build_store(
         batch_size: Images per forward pass.
         chunk_size: Samples per chunk file (a multiple of ``batch_size`` is most efficient).
         dtype: ``"float16"`` or ``"float32"`` storage of the raw form.
+        centering: The projector's split of the final LayerNorm's mean (``"shared"``, the
+            authors' form, or ``"per-unit"``); a store built with another is rebuilt/refused.
         device: Where the model runs.
         autocast_dtype: E.g. ``torch.float16`` on GPU; ``None`` runs in the model's dtype.
         num_workers: DataLoader workers.
@@ -361,6 +377,7 @@ def build_store(
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    check_centering(centering)
     root = Path(root)
     layout = check_supported(model)
     n = len(dataset)
@@ -368,6 +385,7 @@ def build_store(
         "format_version": FORMAT_VERSION,
         "fingerprint": json.loads(json.dumps(fingerprint)),
         "layout": asdict(layout),
+        "centering": centering,
         "chunk_size": chunk_size,
         "n_samples": n,
         "dtype": dtype,
@@ -375,12 +393,13 @@ def build_store(
     if (root / "meta.json").exists():
         try:
             store = EncodingStore.open(root, fingerprint, require_complete=False)
-            built = (store.chunk_size, store.n_samples, store.meta["dtype"])
-            if built != (chunk_size, n, dtype):
+            built = (store.chunk_size, store.n_samples, store.meta["dtype"], store.centering)
+            if built != (chunk_size, n, dtype, centering):
                 raise StaleStoreError(
                     f"{root} was built with chunk_size={store.chunk_size}, n={store.n_samples}, "
-                    f"dtype={store.meta['dtype']}; asked chunk_size={chunk_size}, n={n}, "
-                    f"dtype={dtype}; {_rebuild_hint(root)}"
+                    f"dtype={store.meta['dtype']}, centering={store.centering}; asked "
+                    f"chunk_size={chunk_size}, n={n}, dtype={dtype}, centering={centering}; "
+                    f"{_rebuild_hint(root)}"
                 )
         except (StaleStoreError, CorruptStoreError) as err:
             if not overwrite:
@@ -390,7 +409,7 @@ def build_store(
     if not (root / "meta.json").exists():
         root.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous().cpu() for k, v in
-                   UnitProjector.from_model(model).state_dict().items()},
+                   UnitProjector.from_model(model, centering).state_dict().items()},
                   str(root / "projector.safetensors"))
         _atomic_write_bytes(root / "meta.json", json.dumps(meta, indent=1).encode())
     store = EncodingStore(root, json.loads((root / "meta.json").read_text()))
@@ -424,10 +443,11 @@ def _write_chunk(store: EncodingStore, i: int, raw: RawUnits, target: Tensor, np
         "heads": raw.heads.reshape(n, lay.n_layers * lay.n_heads, lay.d_head).transpose(0, 1),
         "resid": torch.cat([raw.embed[:, None], raw.mlp], 1).transpose(0, 1),
         "sigma": raw.sigma,
+        "mu": raw.mu,
     }
-    arrays = {k: np.ascontiguousarray(v.float().numpy().astype(np_dtype if k != "sigma"
-                                                                 else np.float32))
-              for k, v in arrays.items()}
+    # LayerNorm statistics stay float32 whatever the storage dtype of the unit outputs.
+    arrays = {k: np.ascontiguousarray(v.float().numpy().astype(
+        np.float32 if k in ("sigma", "mu") else np_dtype)) for k, v in arrays.items()}
     arrays["target"] = target.numpy().astype(np.int64)
     record = {"chunk": i, "start": i * store.chunk_size, "n": n, "bytes": {}, "sha256": {}}
     for field, array in arrays.items():
@@ -461,6 +481,7 @@ def encode_dataset(
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 256,
     dtype: str = "float32",
+    centering: Centering = "shared",
     device: str | torch.device | None = None,
     autocast_dtype: torch.dtype | None = None,
     num_workers: int = 0,
@@ -480,6 +501,8 @@ def encode_dataset(
         cache_dir: Cache root (default :data:`DEFAULT_CACHE`).
         batch_size: Images per forward pass.
         dtype: Storage dtype of the raw form.
+        centering: Split of the final LayerNorm's mean over the units (``"shared"``, the
+            authors' form, or ``"per-unit"``); part of the fingerprint.
         device: Where to run (default: the model's device).
         autocast_dtype: E.g. ``torch.float16`` on GPU.
         num_workers: DataLoader workers.
@@ -500,13 +523,16 @@ def encode_dataset(
         "split": split,
         "size": len(dataset),
         "transform": repr(loaded.preprocess),
+        "centering": check_centering(centering),
     }
+    # The centring is in the path too, so both centrings of one dataset can stay cached.
+    suffix = "" if centering == "shared" else f"-{centering}"
     root = Path(cache_dir or DEFAULT_CACHE) / "encodings" / loaded.name / dataset_name / (
-        f"{split}-{len(dataset)}"
+        f"{split}-{len(dataset)}{suffix}"
     )
     with store_lock(root):
         return build_store(root, loaded.model, dataset, fingerprint, batch_size=batch_size,
-                           dtype=dtype, device=device or loaded.device,
+                           dtype=dtype, centering=centering, device=device or loaded.device,
                            chunk_size=batch_size * 16, autocast_dtype=autocast_dtype,
                            num_workers=num_workers, overwrite=True, progress=progress)
 

@@ -20,6 +20,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from residual_core.datasets import ClassificationDataset, load_dataset
+from residual_core.decompose import Centering, check_centering
 from residual_core.probes import probe_table
 from residual_core.store import EncodingStore, encode_dataset
 from residual_core.zeroshot import ZeroShotClassifier, build_classifier
@@ -41,6 +42,8 @@ class TaskEncodings:
         cache_dir: Root of the encoding stores (default: the store's default cache).
         keep: Unit tensors kept in memory at once (least recently used are dropped; one
             tensor serves every task sharing its images).
+        centering: Split of the final LayerNorm's mean over the units (``"shared"``, the
+            paper authors' form, or ``"per-unit"``; see :mod:`residual_core.decompose`).
         progress: Show progress bars while encoding.
     """
 
@@ -51,9 +54,11 @@ class TaskEncodings:
         *,
         cache_dir: str | os.PathLike | None = None,
         keep: int = 4,
+        centering: Centering = "shared",
         progress: bool = False,
     ) -> None:
         self.loaded = loaded
+        self.centering = check_centering(centering)
         self.sizes = dict(sizes or {})
         self.cache_dir = cache_dir
         self.keep = keep
@@ -82,7 +87,7 @@ class TaskEncodings:
         """The cached encoding store of a task split's images (built on first use)."""
         return encode_dataset(self.loaded, self.source(task, split), split,
                               size=self.sizes.get(split), cache_dir=self.cache_dir,
-                              progress=self.progress)
+                              centering=self.centering, progress=self.progress)
 
     def units(self, task: str, split: str) -> Float[Tensor, "n unit d_out"]:
         """Every unit's projected contribution for every sample of the split (float32, CPU)."""

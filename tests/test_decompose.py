@@ -47,48 +47,81 @@ def max_rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b).norm(dim=-1) / b.norm(dim=-1)).max())
 
 
+def _layer_norm(x: torch.Tensor, ln: nn.Module) -> torch.Tensor:
+    mu = x.mean(-1, keepdim=True)
+    var = ((x - mu) ** 2).mean(-1, keepdim=True)
+    return (x - mu) / torch.sqrt(var + ln.eps) * ln.weight.double() + ln.bias.double()
+
+
+def _gelu(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(block.mlp.gelu, open_clip.model.QuickGELU):
+        return x * torch.sigmoid(1.702 * x)
+    return 0.5 * x * (1 + torch.erf(x / 2**0.5))
+
+
 @torch.no_grad()
-def reference_units(visual: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
-    """Per-unit contributions by a second, naive route: hooks + explicit float64 attention."""
-    inputs, mlp_out = [], []
-    hooks = []
-    for block in visual.transformer.resblocks:
-        hooks.append(block.register_forward_pre_hook(lambda m, a: inputs.append(a[0].detach())))
-        hooks.append(block.mlp.register_forward_hook(lambda m, a, o: mlp_out.append(o.detach())))
-    try:
-        visual(x)
-    finally:
-        for h in hooks:
-            h.remove()
+def reference_units(
+    visual: VisionTransformer, x: torch.Tensor, centering: str = "shared"
+) -> torch.Tensor:
+    """Per-unit contributions recomputed in float64 from the weights alone (no model forward).
+
+    Patch embedding by unfolding, explicit LayerNorms, softmax attention of every head for every
+    token, MLPs with their activation: an independent route to every unit's residual write,
+    then the final LayerNorm folded with the given centring of its mean.
+    """
     d = visual.conv1.out_channels
-    n_layers = len(inputs)
-    n_heads = visual.transformer.resblocks[0].attn.num_heads
-    dh = d // n_heads
-    writes = [inputs[0][:, 0].double()]  # embed
-    head_writes = []
-    for block, xin, m in zip(visual.transformer.resblocks, inputs, mlp_out, strict=True):
+    p = visual.conv1.kernel_size[0]
+    x = x.double()
+    patches = torch.nn.functional.unfold(x, p, stride=p).transpose(1, 2)  # (b, n, 3·p·p)
+    tokens = patches @ visual.conv1.weight.double().reshape(d, -1).T
+    cls = visual.class_embedding.double().expand(x.shape[0], 1, d)
+    h = torch.cat([cls, tokens], 1) + visual.positional_embedding.double()
+    if not isinstance(visual.ln_pre, nn.Identity):
+        h = _layer_norm(h, visual.ln_pre)
+    writes, head_writes = [h[:, 0]], []
+    blocks = list(visual.transformer.resblocks)
+    for block in blocks:
+        n_heads = block.attn.num_heads
+        dh = d // n_heads
         ls1 = getattr(block.ls_1, "gamma", torch.ones(d)).double()
         ls2 = getattr(block.ls_2, "gamma", torch.ones(d)).double()
-        writes.append(m[:, 0].double() * ls2)
-        h = block.ln_1(xin).double()
+        a = _layer_norm(h, block.ln_1)
         w, b = block.attn.in_proj_weight.double(), block.attn.in_proj_bias.double()
-        q, k, v = (h @ w.T + b).split(d, dim=-1)
+        q, k, v = (a @ w.T + b).split(d, dim=-1)
         w_o, b_o = block.attn.out_proj.weight.double(), block.attn.out_proj.bias.double()
+        attn_out = 0
         for head in range(n_heads):
             sl = slice(head * dh, (head + 1) * dh)
-            att = torch.softmax(q[:, :1, sl] @ k[:, :, sl].transpose(1, 2) / dh**0.5, -1)
-            z = (att @ v[:, :, sl])[:, 0]
-            head_writes.append((z @ w_o[:, sl].T + b_o / n_heads) * ls1)
-    stream = torch.stack(writes + head_writes, 1)
+            att = torch.softmax(q[..., sl] @ k[..., sl].transpose(1, 2) / dh**0.5, -1)
+            out = ((att @ v[..., sl]) @ w_o[:, sl].T + b_o / n_heads) * ls1  # (b, tokens, d)
+            head_writes.append(out[:, 0])
+            attn_out = attn_out + out
+        h = h + attn_out
+        m = _layer_norm(h, block.ln_2) @ block.mlp.c_fc.weight.double().T
+        m = _gelu(block, m + block.mlp.c_fc.bias.double())
+        m = (m @ block.mlp.c_proj.weight.double().T + block.mlp.c_proj.bias.double()) * ls2
+        writes.append(m[:, 0])
+        h = h + m
+    n_layers, n_heads = len(blocks), blocks[0].attn.num_heads
+    stream = torch.stack(writes + head_writes, 1)  # embed, MLPs, heads (layer-major)
     s = stream.sum(1)
+    torch.testing.assert_close(s, h[:, 0])  # the oracle's own bookkeeping
     sigma = torch.sqrt(s.var(-1, unbiased=False) + visual.ln_post.eps)[:, None, None]
     gamma, beta = visual.ln_post.weight.double(), visual.ln_post.bias.double()
-    centred = stream - stream.mean(-1, keepdim=True)
     n_writes = 2 * n_layers + 1
     shares = torch.tensor([1 / n_writes] * (1 + n_layers) + [1 / (n_writes * n_heads)]
-                          * (n_layers * n_heads), dtype=torch.float64)
-    folded = centred * gamma / sigma + shares[:, None] * beta
+                          * (n_layers * n_heads), dtype=torch.float64)[:, None]
+    if centering == "shared":  # γ ⊙ x_u/σ − (γ ⊙ μ/σ − β)/N_u
+        mu = s.mean(-1)[:, None, None]
+        folded = gamma * stream / sigma - shares * (gamma * mu / sigma - beta)
+    else:  # γ ⊙ (x_u − mean(x_u))/σ + β/N_u
+        folded = gamma * (stream - stream.mean(-1, keepdim=True)) / sigma + shares * beta
     return folded @ visual.proj.double()
+
+
+def max_unit_err(units: torch.Tensor, ref: torch.Tensor) -> float:
+    """Largest per-unit error, relative to the norm of the sample's embedding."""
+    return float(((units.double() - ref).norm(dim=-1) / ref.sum(1).norm(dim=-1)[:, None]).max())
 
 
 def test_labels_order_and_count():
@@ -118,9 +151,52 @@ def test_tiny_configs_exact_sum_and_per_unit(overrides):
         y = visual(x)
     err = max_rel_err(dec.total(), y)
     assert err <= REL_TOL, f"sum of units vs encode_image: max rel err {err:.2e}"
-    ref = reference_units(visual, x)
-    per_unit = float((dec.units.double() - ref).abs().max() / ref.abs().max())
-    assert per_unit <= REL_TOL, f"per-unit vs naive reference: max rel diff {per_unit:.2e}"
+    for centering in ("shared", "per-unit"):
+        units = decompose(visual, x, centering=centering).units
+        err = max_unit_err(units, reference_units(visual, x, centering))
+        assert err <= REL_TOL, f"{centering}: per-unit vs float64 oracle: max rel err {err:.2e}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ViT-B-16", "ViT-M-16-alt"])
+@pytest.mark.parametrize("centering", ["shared", "per-unit"])
+def test_per_unit_against_float64_oracle(name, centering):
+    """Every unit against the weights-only oracle: 1e-6 of the embedding norm in float64."""
+    model = randomize_(open_clip.create_model(name), seed=4)
+    visual = model.visual
+    if name == "ViT-M-16-alt":
+        assert hasattr(visual.transformer.resblocks[0].ls_1, "gamma")  # LayerScale is real
+    x = images(2, visual.image_size[0], seed=5)
+    ref = reference_units(visual, x, centering)
+    err32 = max_unit_err(decompose(visual, x, centering=centering).units, ref)
+    assert err32 <= 1e-5, f"{name} float32 {centering}: max per-unit err {err32:.2e}"
+    units64 = decompose(visual.double(), x.double(), centering=centering).units
+    assert units64.dtype == torch.float64
+    err64 = max_unit_err(units64, ref)
+    assert err64 <= 1e-6, f"{name} float64 {centering}: max per-unit err {err64:.2e}"
+
+
+def test_centrings_differ_per_unit_by_one_direction():
+    """Same sum; per unit the difference is (mean(x_u) − μ/N_u)/σ times γ @ P."""
+    visual = tiny_vit().double()
+    x = images(4, 32).double()
+    shared = decompose(visual, x, centering="shared").units
+    per_unit = decompose(visual, x, centering="per-unit").units
+    torch.testing.assert_close(shared.sum(1), per_unit.sum(1), atol=1e-12, rtol=1e-12)
+    diff = shared - per_unit
+    assert float(diff.norm(dim=-1).max()) > 1e-3  # they really differ per unit
+    direction = (visual.ln_post.weight @ visual.proj).detach()
+    resid = diff - (diff @ direction)[..., None] * direction / direction.dot(direction)
+    assert float(resid.norm(dim=-1).max() / diff.norm(dim=-1).max()) < 1e-12
+
+
+def test_unknown_centering_is_refused():
+    visual = tiny_vit()
+    with pytest.raises(ValueError, match=r"centering='mean'.*\['shared', 'per-unit'\]"):
+        decompose(visual, images(1, 32), centering="mean")
+    projector = UnitProjector.from_model(visual, "per-unit")
+    with pytest.raises(ValueError, match="differs from the given projector"):
+        decompose(visual, images(1, 32), projector=projector, centering="shared")
 
 
 @pytest.mark.slow
@@ -149,7 +225,7 @@ def test_raw_form_round_trip_is_bit_exact():
     torch.save({"raw": raw.tensors(), "projector": projector.state_dict()}, buf)
     buf.seek(0)
     saved = torch.load(buf)
-    restored = UnitProjector(projector.layout)
+    restored = UnitProjector(projector.layout, projector.centering)
     restored.load_state_dict(saved["projector"])
     again = restored(RawUnits(*saved["raw"]))
     assert torch.equal(again.units, decompose(visual, x).units)
@@ -271,12 +347,13 @@ def test_project_unit_matches_full_projection():
     raw = decompose_raw(visual, x)
     projector = UnitProjector.from_model(visual)
     full = projector(raw)
-    torch.testing.assert_close(projector.project_unit("embed", raw.embed, raw.sigma), full["embed"])
+    stats = (raw.sigma, raw.mu)
+    torch.testing.assert_close(projector.project_unit("embed", raw.embed, *stats), full["embed"])
     torch.testing.assert_close(
-        projector.project_unit("L1.mlp", raw.mlp[:, 1], raw.sigma), full["L1.mlp"]
+        projector.project_unit("L1.mlp", raw.mlp[:, 1], *stats), full["L1.mlp"]
     )
     torch.testing.assert_close(
-        projector.project_unit("L1H2", raw.heads[:, 1, 2], raw.sigma), full["L1H2"]
+        projector.project_unit("L1H2", raw.heads[:, 1, 2], *stats), full["L1H2"]
     )
     with pytest.raises(KeyError, match="L5H0"):
-        projector.project_unit("L5H0", raw.heads[:, 0, 0], raw.sigma)
+        projector.project_unit("L5H0", raw.heads[:, 0, 0], *stats)

@@ -55,9 +55,9 @@ def build(root, dataset=None, fingerprint=FP, **kw):
     return build_store(root, make_model(), dataset or Images(), fingerprint, **kw)
 
 
-def reference():
+def reference(centering="shared"):
     images = torch.stack([Images()[i][0] for i in range(N)])
-    return decompose(make_model(), images)
+    return decompose(make_model(), images, centering=centering)
 
 
 def test_round_trip_matches_decompose(tmp_path):
@@ -71,6 +71,21 @@ def test_round_trip_matches_decompose(tmp_path):
     assert store.targets().tolist() == [i % 3 for i in range(N)]
     assert store.labels == ref.labels
     store.verify()
+
+
+def test_centering_is_kept_and_checked(tmp_path):
+    store = build(tmp_path / "s", centering="per-unit")
+    assert store.centering == "per-unit"
+    ref = reference("per-unit")
+    torch.testing.assert_close(store.units(["L1H1"])[:, 0], ref["L1H1"])
+    torch.testing.assert_close(torch.cat([u for u, _ in store.iter_units()]), ref.units)
+    assert not torch.allclose(ref["L1H1"], reference("shared")["L1H1"], atol=1e-4)
+    with pytest.raises(StaleStoreError, match="centering=per-unit.*centering=shared"):
+        build(tmp_path / "s", centering="shared")
+    rebuilt = build(tmp_path / "s", centering="shared", overwrite=True)
+    torch.testing.assert_close(rebuilt.units(["L1H1"])[:, 0], reference("shared")["L1H1"])
+    with pytest.raises(ValueError, match="centering='both'"):
+        build(tmp_path / "t", centering="both")
 
 
 def test_float16_storage_is_close(tmp_path):
