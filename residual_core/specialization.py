@@ -35,7 +35,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from residual_core.dictionary import TextDictionary
-from residual_core.textspan import TextExplanation, somp, textspan_from_covariance
+from residual_core.textspan import Span, TextExplanation, somp, textspan
 
 __all__ = [
     "NONE_FAMILY",
@@ -46,7 +46,6 @@ __all__ = [
     "explain_heads",
     "family_shares",
     "ground_truth_table",
-    "head_covariances",
     "names_family",
     "probe_lift",
     "probe_specialization",
@@ -266,12 +265,6 @@ def ground_truth_table(
     return pd.DataFrame(rows)
 
 
-def head_covariances(units: Float[Tensor, "n unit d_out"]) -> Float[Tensor, "unit d_out d_out"]:
-    """Covariance of every unit's outputs over the samples (float64), for TextSpan."""
-    x = units.double() - units.double().mean(0)
-    return torch.einsum("nud,nue->ude", x, x) / max(1, units.shape[0] - 1)
-
-
 def explain_heads(
     units: Float[Tensor, "n unit d_out"],
     labels: Sequence[str],
@@ -282,6 +275,7 @@ def explain_heads(
     method: str = "textspan",
     n_iters: int = 10,
     rank: int = 80,
+    span: Span = "uncentred",
 ) -> dict[str, TextExplanation]:
     """TextSpan (from each head's covariance) or SOMP (on its samples) for the given units.
 
@@ -293,7 +287,9 @@ def explain_heads(
         texts: One text per embedding.
         method: ``"textspan"`` or ``"somp"``.
         n_iters: Texts picked per unit.
-        rank: TextSpan's number of principal directions.
+        rank: TextSpan's number of singular directions.
+        span: TextSpan's span, ``"uncentred"`` (the authors') or ``"centred"`` (see
+            :func:`residual_core.textspan.textspan`).
 
     Returns:
         Unit label → explanation, in the order of ``heads``.
@@ -301,8 +297,8 @@ def explain_heads(
     idx = [list(labels).index(h) for h in heads]
     x = units[:, idx]
     if method == "textspan":
-        out = textspan_from_covariance(head_covariances(x), dictionary_embeddings, texts,
-                                       n_iters, rank, unit_names=heads)
+        out = textspan(x, dictionary_embeddings, texts, n_iters, rank, unit_names=heads,
+                       span=span)
     elif method == "somp":
         out = [somp(x[:, i], dictionary_embeddings, texts, n_iters, unit=h)[0]
                for i, h in enumerate(heads)]

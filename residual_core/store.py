@@ -45,9 +45,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from residual_core.decompose import (
+    Centering,
     RawUnits,
     UnitLayout,
-    Centering,
     UnitProjector,
     check_centering,
     check_supported,

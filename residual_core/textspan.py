@@ -3,11 +3,16 @@
 Both take a unit's outputs ``X`` (n × d_out) and a dictionary of L2-normalised text embeddings
 ``D`` (m × d_out) and greedily pick texts that explain the variance of ``X``.
 
-- **TextSpan** projects ``D`` on the top-``rank`` principal directions of centred ``X``, then
-  repeatedly picks the text ``t`` along which ``X`` has the largest variance ``tᵀ Σ t``, and
-  deflates both ``X`` and the remaining texts by ``t``. Everything it needs is the covariance
-  ``Σ`` of ``X``, so it runs from a :class:`~residual_core.spectral.PCAResult` (streamed, many
-  units at once) or from samples.
+- **TextSpan** projects ``D`` on the span of the top-``rank`` right singular vectors of ``X``,
+  then centres ``X`` and repeatedly picks the text ``t`` along which ``X`` has the largest
+  variance ``tᵀ Σ t``, deflating both ``X`` and the remaining texts by ``t``. The span is taken
+  from the *uncentred* ``X`` by default (``span="uncentred"``), as both of the paper authors'
+  implementations do (the SVD comes before the mean is removed); ``span="centred"`` takes the
+  top principal directions of the centred ``X`` instead. The two differ when ``X`` has a mean
+  offset (CLIP heads have one) and ``rank`` is below the width. Everything TextSpan needs is the
+  mean and covariance of ``X`` (the uncentred second moment is ``Σ·(n−1)/n + μμᵀ``), so it runs
+  from a :class:`~residual_core.spectral.PCAResult` (streamed, many units at once) or from
+  samples.
 - **SOMP** (simultaneous orthogonal matching pursuit) picks the atom maximising
   ``Σ_n |R_n · d_j|`` over the residual ``R``, refits all chosen atoms jointly by least squares
   and updates the residual, which stays orthogonal to every chosen atom.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 from jaxtyping import Float
@@ -26,7 +32,10 @@ from torch import Tensor
 
 from residual_core.spectral import PCAResult
 
-__all__ = ["TextExplanation", "somp", "textspan", "textspan_from_covariance"]
+__all__ = ["SPANS", "Span", "TextExplanation", "somp", "textspan", "textspan_from_covariance"]
+
+Span = Literal["uncentred", "centred"]
+SPANS: tuple[str, ...] = get_args(Span)
 
 
 @dataclass
@@ -68,17 +77,20 @@ def textspan_from_covariance(
     rank: int = 80,
     unit_names: Sequence[str] | None = None,
     unit_chunk: int = 16,
+    second_moment: Float[Tensor, "unit d d"] | None = None,
 ) -> list[TextExplanation]:
     """TextSpan for several units from their covariance matrices.
 
     Args:
-        cov: Covariance of each unit's outputs.
+        cov: Covariance of each unit's outputs (the greedy picks run on the centred outputs).
         dictionary: L2-normalised text embeddings (normalised again here).
         texts: One text per dictionary row.
         n_iters: Texts to pick per unit.
         rank: Principal directions the dictionary is projected on (80 in the paper).
         unit_names: Names for the results (default ``"0"``, ``"1"``, ...).
         unit_chunk: Units processed together (memory ``unit_chunk × m × d``).
+        second_moment: If given, the span is the top-``rank`` eigenvectors of this matrix
+            (the uncentred ``XᵀX / n``: the authors' span) instead of those of ``cov``.
 
     Returns:
         One :class:`TextExplanation` per unit.
@@ -92,10 +104,14 @@ def textspan_from_covariance(
         raise ValueError(f"n_iters={n_iters} exceeds the dictionary size {dictionary.shape[0]}")
     dictionary = torch.nn.functional.normalize(dictionary.double(), dim=-1).to(cov.device)
     out: list[TextExplanation] = []
+    if second_moment is not None and second_moment.shape != cov.shape:
+        raise ValueError(f"second_moment of shape {tuple(second_moment.shape)} for covariances "
+                         f"of shape {tuple(cov.shape)}")
     for start in range(0, n_units, unit_chunk):
         s = cov[start : start + unit_chunk].double()
         u = s.shape[0]
-        evecs = torch.linalg.eigh(s)[1].flip(-1)[..., : min(rank, d)]  # (u, d, r), top first
+        m = s if second_moment is None else second_moment[start : start + unit_chunk].double()
+        evecs = torch.linalg.eigh(m)[1].flip(-1)[..., : min(rank, d)]  # (u, d, r), top first
         span = evecs @ evecs.transpose(1, 2)
         t = dictionary @ span  # (u, m, d): texts projected on each unit's principal span
         total = s.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(torch.finfo(s.dtype).tiny)
@@ -125,36 +141,52 @@ def textspan_from_covariance(
 
 
 def textspan(
-    x: Float[Tensor, "n d"] | PCAResult,
+    x: Float[Tensor, "n d"] | Float[Tensor, "n unit d"] | PCAResult,
     dictionary: Float[Tensor, "m d"],
     texts: Sequence[str],
     n_iters: int = 10,
     rank: int = 80,
     units: Sequence[int] | None = None,
     unit_names: Sequence[str] | None = None,
+    span: Span = "uncentred",
 ) -> list[TextExplanation]:
-    """TextSpan on one unit's samples, or on several units of a :class:`PCAResult`.
+    """TextSpan on samples of one or several units, or on several units of a :class:`PCAResult`.
 
     Args:
-        x: Samples of one unit (n × d) or the per-unit PCA of many.
+        x: Samples of one unit ``(n, d)`` or of several ``(n, unit, d)``, or a per-unit PCA.
         dictionary: L2-normalised text embeddings.
         texts: One text per dictionary row.
         n_iters: Texts to pick per unit.
-        rank: Principal directions the dictionary is projected on.
-        units: With a PCAResult, which units (indices into it); default all.
+        rank: Singular directions the dictionary is projected on (80 in the paper).
+        units: Which units (indices along the unit axis); default all.
         unit_names: Names of the units in the output.
+        span: ``"uncentred"`` (the authors': right singular vectors of the raw samples) or
+            ``"centred"`` (principal directions of the centred samples).
 
     Returns:
         One :class:`TextExplanation` per unit.
     """
+    if span not in SPANS:
+        raise ValueError(f"span={span!r} is not one of {list(SPANS)}")
     if isinstance(x, PCAResult):
         idx = list(range(x.mean.shape[0])) if units is None else list(units)
-        comps, ev = x.components[idx], x.explained_variance[idx]
+        comps, ev = x.components[idx].double(), x.explained_variance[idx].double()
         cov = comps.transpose(1, 2) @ (ev[:, :, None] * comps)
+        mean, n = x.mean[idx].double(), x.n_samples
     else:
-        xc = x.double() - x.double().mean(0)
-        cov = (xc.T @ xc / max(1, x.shape[0] - 1))[None]
-    return textspan_from_covariance(cov, dictionary, texts, n_iters, rank, unit_names)
+        if x.ndim not in (2, 3):
+            raise ValueError(f"samples must be (n, d) or (n, unit, d), got {tuple(x.shape)}")
+        x = x.double() if x.ndim == 3 else x.double()[:, None]
+        if units is not None:
+            x = x[:, list(units)]
+        mean, n = x.mean(0), x.shape[0]
+        xc = x - mean
+        cov = torch.einsum("nud,nue->ude", xc, xc) / max(1, n - 1)
+    second = None
+    if span == "uncentred":  # XᵀX / n = Σ·(n−1)/n + μμᵀ: same eigenvectors as X's SVD
+        second = cov * ((n - 1) / n) + mean[:, :, None] * mean[:, None, :]
+    return textspan_from_covariance(cov, dictionary, texts, n_iters, rank, unit_names,
+                                    second_moment=second)
 
 
 def somp(

@@ -92,13 +92,15 @@ class TwoNNFit:
         dimension: The estimated intrinsic dimension (slope through the origin).
         log_mu: ``log(r2 / r1)`` at evenly spaced quantiles of the fitted points.
         neg_log_survival: ``−log(1 − F)`` at the same points.
-        n_points: Points used (after subsampling and dropping duplicates).
+        n_points: Points used (after removing duplicates and subsampling).
+        n_duplicates: Duplicate rows removed before the neighbour search.
     """
 
     dimension: float
     log_mu: np.ndarray
     neg_log_survival: np.ndarray
     n_points: int
+    n_duplicates: int = 0
 
 
 def twonn_fit(
@@ -123,10 +125,12 @@ def twonn_fit(
     Raises:
         ValueError: If fewer than 3 non-duplicate points remain.
     """
-    dimension, xs, ys, n = twonn_curve(x, fraction, max_points, seed)
+    curve = twonn_curve(x, fraction, max_points, seed)
+    xs, ys = curve.log_mu, curve.neg_log_survival
     m = xs.shape[0]
     pick = np.unique(np.linspace(0, m - 1, min(curve_points, m)).round().astype(int))
-    return TwoNNFit(dimension, xs.cpu().numpy()[pick], ys.cpu().numpy()[pick], n)
+    return TwoNNFit(curve.dimension, xs.cpu().numpy()[pick], ys.cpu().numpy()[pick],
+                    curve.n_points, curve.n_duplicates)
 
 
 def intrinsic_dimension_table(
@@ -152,11 +156,12 @@ def intrinsic_dimension_table(
     Returns:
         ``(table, fits)``: the table has one row per unit with the :func:`unit_index` columns and
         ``linear_id`` (components for ``threshold``), ``evr_pc1`` (first component's explained
-        variance ratio), ``twonn``, ``ratio`` (linear / TwoNN), ``rank_bound`` (the most
-        dimensions the unit can span: ``d_head + 1`` for a head, whose output is its ``d_head``
-        values plus the folded LayerNorm constant along one direction, else ``min(d_model,
-        d_out)``) and ``linear_frac`` (linear ID / ``d_out``); ``fits`` maps unit → its
-        :class:`TwoNNFit`.
+        variance ratio), ``twonn``, ``twonn_duplicates`` (rows removed before the TwoNN
+        search), ``ratio`` (linear / TwoNN), ``rank_bound`` (the most dimensions the unit can
+        span: for a head its ``d_head`` values, plus its share of the out-projection bias
+        scaled by ``1/σ`` along one direction, plus with shared centring its share of the
+        stream mean ``μ/σ`` along ``γ @ P``; else ``min(d_model, d_out)``) and ``linear_frac``
+        (linear ID / ``d_out``); ``fits`` maps unit → its :class:`TwoNNFit`.
     """
     labels = store.labels
     lay = store.layout
@@ -172,8 +177,10 @@ def intrinsic_dimension_table(
             fits[label] = twonn_fit(units[:, j], max_points=max_points, seed=seed)
         del units
     table["twonn"] = [fits[label].dimension for label in labels]
+    table["twonn_duplicates"] = [fits[label].n_duplicates for label in labels]
     table["ratio"] = table.linear_id / table.twonn
-    table["rank_bound"] = np.where(table.kind == "head", lay.d_head + 1,
+    head_bound = lay.d_head + (2 if store.centering == "shared" else 1)
+    table["rank_bound"] = np.where(table.kind == "head", head_bound,
                                    min(lay.d_model, lay.d_out))
     table["linear_frac"] = table.linear_id / lay.d_out
     return table, fits

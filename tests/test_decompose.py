@@ -190,6 +190,16 @@ def test_centrings_differ_per_unit_by_one_direction():
     assert float(resid.norm(dim=-1).max() / diff.norm(dim=-1).max()) < 1e-12
 
 
+@pytest.mark.parametrize(("centering", "extra"), [("shared", 2), ("per-unit", 1)])
+def test_head_outputs_span_d_head_plus_the_constants_directions(centering, extra):
+    """A head spans its d_head values, its bias share scaled by 1/σ and, with shared centring,
+    its share of μ/σ along γ @ P: the `rank_bound` of the intrinsic-dimension table."""
+    visual = tiny_vit()  # d_head 16, d_out 24
+    units = decompose(visual.double(), images(200, 32).double(), centering=centering)["L1H2"]
+    s = torch.linalg.svdvals(units - units.mean(0))
+    assert int((s > 1e-9 * s[0]).sum()) == 16 + extra
+
+
 def test_unknown_centering_is_refused():
     visual = tiny_vit()
     with pytest.raises(ValueError, match=r"centering='mean'.*\['shared', 'per-unit'\]"):

@@ -344,14 +344,15 @@ def test_end_to_end_from_a_real_decomposition():
         target = visual(images)
     pca = make_pca(dec.units)
     heads = [i for i, label in enumerate(dec.labels) if is_head(label)]
-    # A head's output spans its d_head value directions plus the out-projection bias / σ one.
+    # A head's output spans its d_head value directions plus the out-projection bias / σ and
+    # (shared centring) the μ / σ ones.
     ranks = [make_basis(pca, dec.labels, [dec.labels[i]], "rank").sizes[0] for i in heads]
-    assert max(ranks) <= layout.d_head + 1
+    assert max(ranks) <= layout.d_head + 2
     clf = classifier(d_out=layout.d_out)
     full = build_variant("residual-full", clf, labels=dec.labels, pca=pca, layout=layout)
     exact = build_variant("residual-full", clf, labels=dec.labels, pca=pca, layout=layout,
                           keep_residue=True)
     assert rel_err(embed_of(exact, dec.units), target) < TOL
-    # Truncating heads at d_head PCs loses only the (small) bias direction.
+    # Truncating heads at d_head PCs loses only the (small) bias and mean directions.
     err = rel_err(embed_of(full, dec.units), target)
     assert 0 < err < 0.05, err

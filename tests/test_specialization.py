@@ -146,13 +146,6 @@ def test_explain_heads_rejects_unknown_method():
         spec.explain_heads(units, labels, ["L0H0"], emb, TEXTS, method="pca")
 
 
-def test_head_covariances_match_torch_cov():
-    x = torch.randn(50, 3, 4, generator=torch.Generator().manual_seed(1))
-    cov = spec.head_covariances(x)
-    for u in range(3):
-        torch.testing.assert_close(cov[u], torch.cov(x[:, u].double().T))
-
-
 def test_classifier_alignment_inside_and_orthogonal():
     g = torch.Generator().manual_seed(2)
     c = torch.eye(6)[:, :2]  # class directions e0, e1

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from residual_core.intrinsic_dim import linear_id, twonn
+from residual_core.intrinsic_dim import linear_id, twonn, twonn_curve, unique_rows
 from residual_core.spectral import (
     StreamingPCA,
     n_components_for,
@@ -101,18 +101,27 @@ def test_twonn_recovers_swiss_roll_dimension():
     assert abs(est - 2) / 2 < 0.1, f"estimated {est:.2f} for a swiss roll"
 
 
-def test_twonn_drops_duplicates():
-    pts = torch.randn(2000, 4, generator=gen(5), dtype=torch.float64)
-    with_dups = torch.cat([pts, pts[:300]])  # 300 exact duplicates
-    est = twonn(with_dups)
-    assert math.isfinite(est) and abs(est - 4) / 4 < 0.2
-    # Both copies of a duplicated point have r1 = 0 and are dropped from the fit (they still
-    # serve as neighbours of the others): exactly what the brute-force reference does.
-    assert est == pytest.approx(numpy_twonn(with_dups.numpy()), rel=1e-9)
+@pytest.mark.parametrize("seed", [5, 6, 7])
+def test_twonn_with_duplicated_rows_keeps_the_dimension(seed):
+    """A 5-d Gaussian in 20-d with 300 of its 2,000 rows duplicated still reads 5 (within 10%):
+    duplicates are removed before the neighbour search, and counted."""
+    pts = embed(torch.randn(2000, 5, generator=gen(seed), dtype=torch.float64), 20, seed=seed)
+    fit = twonn_curve(pts)
+    dup = twonn_curve(torch.cat([pts, pts[:300]])[torch.randperm(2300, generator=gen(seed))])
+    assert abs(fit.dimension - 5) / 5 < 0.1 and abs(dup.dimension - 5) / 5 < 0.1
+    assert (fit.n_duplicates, dup.n_duplicates) == (0, 300)
+    assert dup.n_points == 2000
+    assert dup.dimension == pytest.approx(numpy_twonn(pts.numpy()), rel=1e-9)
+
+
+def test_unique_rows_keeps_first_occurrences_in_order():
+    x = torch.tensor([[1.0, 2], [3, 4], [1, 2], [0, 0], [3, 4]])
+    assert unique_rows(x).tolist() == [[1.0, 2], [3, 4], [0, 0]]
 
 
 def numpy_twonn(x: np.ndarray, fraction: float = 0.9) -> float:
     """An independent reference: brute force distances, numpy least squares."""
+    x = np.unique(x, axis=0)  # duplicates removed first
     d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
     np.fill_diagonal(d, np.inf)
     d.sort(axis=1)

@@ -39,7 +39,7 @@ def test_textspan_returns_planted_atoms_in_order_of_variance():
 
 
 def naive_textspan(x, atoms, n_iters, rank):
-    """Gandelsman et al.'s procedure on samples: project texts, pick max std, deflate."""
+    """The procedure with a centred span: centre, project texts, pick max std, deflate."""
     x = x - x.mean(0)
     vh = torch.linalg.svd(x, full_matrices=False)[2][:rank]
     t = atoms @ vh.T @ vh
@@ -61,25 +61,85 @@ def naive_textspan(x, atoms, n_iters, rank):
 def test_textspan_matches_naive_sample_route():
     atoms, texts = dictionary(m=40, d=16, seed=3)
     x = torch.randn(500, 16, generator=gen(4), dtype=torch.float64) * torch.linspace(3, 0.1, 16)
-    (res,) = textspan(x, atoms, texts, n_iters=6, rank=8)
+    (res,) = textspan(x, atoms, texts, n_iters=6, rank=8, span="centred")
     picks, evs = naive_textspan(x, atoms, 6, 8)
     assert res.indices == picks
     assert res.explained_variance == pytest.approx(evs, abs=1e-9)
 
 
-def test_textspan_from_streamed_pca_equals_per_unit_samples():
+def authors_textspan(x, atoms, n_iters, rank):
+    """A float64 port of the authors' TextSpan: SVD of the raw samples, project the texts on its
+    top-``rank`` right singular vectors, then centre, pick the text of largest projected std,
+    deflate samples and texts by it (chosen texts are not masked: deflation zeroes them)."""
+    atoms = torch.nn.functional.normalize(atoms, dim=-1)
+    vh = torch.linalg.svd(x, full_matrices=False)[2][:rank]
+    texts = (vh.T @ torch.linalg.inv(vh @ vh.T) @ vh @ atoms.T).T
+    x = x - x.mean(0, keepdim=True)
+    picks = []
+    for _ in range(n_iters):
+        cross = x @ texts.T
+        j = int(cross.std(0).argmax())
+        picks.append(j)
+        norm2 = texts[j].norm() ** 2
+        x = x - torch.outer(cross[:, j] / norm2, texts[j])
+        texts = texts - torch.outer((texts @ texts.T)[:, j] / norm2, texts[j])
+    return picks
+
+
+def offset_problem(seed: int):
+    """Samples with a large mean offset, and a correlated dictionary (texts share directions)."""
+    d, m = 32, 120
+    g = gen(seed)
+    shared = torch.randn(4, d, generator=g, dtype=torch.float64)
+    mix = torch.randn(m, 4, generator=g, dtype=torch.float64)
+    atoms = torch.randn(m, d, generator=g, dtype=torch.float64) + mix @ shared
+    atoms = torch.nn.functional.normalize(atoms, dim=-1)
+    scale = torch.logspace(0.5, -1.5, d, dtype=torch.float64)
+    basis = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0]
+    x = (torch.randn(800, d, generator=g, dtype=torch.float64) * scale) @ basis.T
+    offset = 6.0 * torch.nn.functional.normalize(torch.randn(d, generator=g,
+                                                             dtype=torch.float64), dim=0)
+    return x + offset, atoms, [f"text {i}" for i in range(m)]
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_textspan_default_is_the_authors_algorithm(seed):
+    x, atoms, texts = offset_problem(seed)
+    (res,) = textspan(x, atoms, texts, n_iters=10, rank=12)
+    assert res.indices == authors_textspan(x, atoms, 10, 12)
+
+
+def test_the_span_matters_with_a_mean_offset():
+    """On these problems the centred span picks other texts: the option is not a no-op."""
+    differ = 0
+    for seed in (11, 12, 13):
+        x, atoms, texts = offset_problem(seed)
+        (authors,) = textspan(x, atoms, texts, n_iters=10, rank=12)
+        (centred,) = textspan(x, atoms, texts, n_iters=10, rank=12, span="centred")
+        differ += authors.indices != centred.indices
+    assert differ >= 2
+    with pytest.raises(ValueError, match=r"span='raw' is not one of \['uncentred', 'centred'\]"):
+        textspan(x, atoms, texts, span="raw")
+
+
+@pytest.mark.parametrize("span", ["uncentred", "centred"])
+def test_textspan_from_streamed_pca_equals_per_unit_samples(span):
     atoms, texts = dictionary(m=30, d=12, seed=5)
     scale = torch.linspace(2, 0.2, 12)
-    units = torch.randn(400, 3, 12, generator=gen(6), dtype=torch.float64) * scale
+    offset = torch.randn(3, 12, generator=gen(7), dtype=torch.float64) * 2
+    units = torch.randn(400, 3, 12, generator=gen(6), dtype=torch.float64) * scale + offset
     pca = StreamingPCA()
     for part in units.split(100):
         pca.update(part)
-    many = textspan(pca.compute(), atoms, texts, n_iters=5, rank=6, unit_names=["a", "b", "c"])
+    many = textspan(pca.compute(), atoms, texts, n_iters=5, rank=6, unit_names=["a", "b", "c"],
+                    span=span)
     for u, res in enumerate(many):
-        (single,) = textspan(units[:, u], atoms, texts, n_iters=5, rank=6)
+        (single,) = textspan(units[:, u], atoms, texts, n_iters=5, rank=6, span=span)
         assert res.indices == single.indices
         assert res.explained_variance == pytest.approx(single.explained_variance, abs=1e-9)
     assert [r.unit for r in many] == ["a", "b", "c"]
+    stacked = textspan(units, atoms, texts, n_iters=5, rank=6, units=[2, 0], span=span)
+    assert [r.indices for r in stacked] == [many[2].indices, many[0].indices]
 
 
 def test_somp_recovers_planted_support_and_residual_is_orthogonal():

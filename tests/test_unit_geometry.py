@@ -47,6 +47,7 @@ class FakeStore:
     def __init__(self, units: torch.Tensor, layout: UnitLayout, chunk: int = 300):
         self.data, self.layout, self.chunk = units, layout, chunk
         self.labels = layout.labels
+        self.centering = "shared"
 
     def units(self, labels, device="cpu"):
         labels = [labels] if isinstance(labels, str) else list(labels)
@@ -102,7 +103,8 @@ def test_intrinsic_dimension_table_on_known_subspaces(known_store: FakeStore):
         assert row.twonn == pytest.approx(rank, rel=0.25), label
         assert row.ratio == pytest.approx(row.linear_id / row.twonn)
         assert row.linear_frac == pytest.approx(rank / LAYOUT.d_out)
-    assert (by_unit.loc[["L0H0", "L1H1"], "rank_bound"] == LAYOUT.d_head + 1).all()
+    # Shared centring: d_head values, the bias / σ direction and the μ / σ direction.
+    assert (by_unit.loc[["L0H0", "L1H1"], "rank_bound"] == LAYOUT.d_head + 2).all()
     assert by_unit.loc["L0.mlp", "rank_bound"] == min(LAYOUT.d_model, LAYOUT.d_out)
 
 
@@ -137,7 +139,9 @@ def test_runs_on_a_real_store(tmp_path):
     table, _ = intrinsic_dimension_table(store, pca)
     assert table.unit.tolist() == store.labels
     assert (table.linear_id <= table.rank_bound).all()
-    assert table.set_index("unit").loc["embed", "linear_id"] == 1  # CLS embed: one direction
+    # The CLS embedding is the same vector e for every image: with shared centring its unit
+    # varies only as e/σ and μ/σ along γ @ P, two directions (one with per-unit centring).
+    assert table.set_index("unit").loc["embed", "linear_id"] == 2
 
 
 def constructed_table(values: dict[tuple[int, int], float], mlp: dict[int, float]):
