@@ -51,6 +51,9 @@
 model = "tutorial"  # a key of residual_core.models.list_models(), e.g. "openclip_b"
 images_from = "world.reference"  # a dataset of residual_core.datasets, or "noise"
 n_images = 8
+centering = "shared"  # final LayerNorm mean split over units: "shared" (the authors') or "per-unit"
+compare_images = 2000  # images for the comparison of the two centrings (0: skip it)
+dictionary = "tutorial"  # texts for that comparison's TextSpan ("general" for natural images)
 seed = 0
 device = "cpu"
 weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.synthetic)
@@ -63,8 +66,10 @@ import torch
 from IPython.display import display
 
 from residual_core import chapter, decompose
+from residual_core.conventions import compare_centerings
 from residual_core.datasets import load_dataset
 from residual_core.decompose import check_supported
+from residual_core.dictionary import load_dictionary
 from residual_core.plotting import (
     figure_picker,
     layer_head_grid,
@@ -73,6 +78,7 @@ from residual_core.plotting import (
     relative_error,
     unit_norm_table,
 )
+from residual_core.text_cache import embed_dictionary
 
 _ = torch.manual_seed(seed)
 
@@ -112,7 +118,7 @@ else:
     images = torch.stack([data[i][0] for i in range(n_images)])
 images = images.to(device)
 
-dec = decompose(net, images)
+dec = decompose(net, images, centering=centering)
 print("units:", tuple(dec.units.shape), "(batch, unit, d_out)")
 first_head = layout.n_layers + 1
 print("labels:", dec.labels[:3], "...", dec.labels[first_head : first_head + 2], "...",
@@ -166,6 +172,49 @@ figures = {
     for layer in range(layout.n_layers)
 }
 display(figure_picker(figures, "Layer", default=f"layer {layout.n_layers - 1}"))
+
+# %% [markdown]
+# ## Two exact ways to split the LayerNorm's mean
+#
+# The final LayerNorm subtracts the mean $\mu$ of the whole stream before scaling. Split over the
+# units, that subtraction can be written two ways, both exact:
+#
+# - **shared** (the default, and what the paper's authors' code does): every unit gets an equal
+#   share of the whole stream's mean, like the LayerNorm bias $\beta$,
+#   $c_u = \big(\gamma \odot x_u/\sigma - (\gamma \odot \mu/\sigma - \beta)/N_u\big) P$;
+# - **per-unit** (TransformerLens's convention): every unit is centred on its own mean,
+#   $c_u = \big(\gamma \odot (x_u - \bar x_u)/\sigma + \beta/N_u\big) P$, so no unit carries
+#   another unit's mean.
+#
+# Here $N_u$ is the number of units sharing a constant ($2L+1$ residual writes, each attention
+# write split over its $H$ heads). The sums are identical; single units differ by a multiple of
+# one fixed direction $\gamma P$, so every per-unit statistic of the later chapters can move a
+# little. The comparison below decomposes `compare_images` images once and projects them both
+# ways (the parameter `centering` of every chapter picks one).
+
+# %%
+if compare_images:
+    words = load_dictionary(dictionary)
+    if images_from == "noise":
+        generator = torch.Generator().manual_seed(seed + 1)
+        batches = (torch.rand(256, 3, *net.visual.image_size, generator=generator).to(device)
+                   * 2 - 1 for _ in range(-(-compare_images // 256)))
+    else:
+        data = load_dataset(images_from, "train", loaded.preprocess, size=compare_images)
+        batches = (x.to(device) for x, _ in torch.utils.data.DataLoader(data, batch_size=256))
+    cmp = compare_centerings(net, batches, words.texts, embed_dictionary(loaded, words),
+                             n_texts=3, seed=seed)
+    display(cmp.summary().style.format({"median_rel_diff": "{:.1%}", "max_rel_diff": "{:.1%}",
+                                        "median_twonn_change": "{:.2f}"}))
+    display(cmp.texts.set_index("unit"))
+
+# %% [markdown]
+# The first table gives, per kind of unit, the size of the difference (its norm over the norm
+# of the shared unit: the median over units of each unit's median over images, and the largest
+# over all), how many units' linear ID (PCA-99) changes, and the median change of their TwoNN
+# ID. The second lists the first three TextSpan texts of each head of the last layer under both
+# centrings, and how many they share. The book uses the authors' convention everywhere, so its
+# numbers are comparable with the paper's.
 
 # %% [markdown]
 # ## Summary

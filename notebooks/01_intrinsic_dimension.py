@@ -49,6 +49,7 @@ linear_threshold = 0.99  # explained variance defining the linear ID
 twonn_points = 50000  # TwoNN subsample (the paper's 50k; fewer images: all of them)
 seed = 0  # seed of the TwoNN subsample
 batch_size = 256
+centering = "shared"  # final LayerNorm mean split over units: "shared" (the authors') or "per-unit"
 device = "cpu"
 weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.synthetic)
 results_file = None  # CSV of the key results (the runner sets it next to the notebook)
@@ -84,6 +85,7 @@ pd.options.display.float_format = "{:.3g}".format
 # %%
 loaded = chapter.load_model(model, weights, device)
 store = encode_dataset(loaded, reference, split, size=size, batch_size=batch_size,
+                       centering=centering,
                        device=device, progress=False)
 layout = store.layout
 print(f"{model}: {store.n_samples} images of {reference}/{split}, {len(store.labels)} units, "
@@ -96,17 +98,21 @@ print(f"{model}: {store.n_samples} images of {reference}/{split}, {len(store.lab
 # on the unit's outputs for the same (seeded) subsample of images for every unit.
 #
 # One bound is worth keeping in mind: a head writes its $d_\text{head}$ values through a fixed
-# matrix, plus the folded LayerNorm constant along one fixed direction, so its outputs span at
-# most $d_\text{head} + 1$ dimensions (the column `rank_bound`). Part of "low relative to
-# $d_\text{out}$" is therefore architecture, not learning; how far *below* that bound a head
-# stays is the learned part.
+# matrix, plus its share of the out-projection bias (scaled by the per-image $1/\sigma$) along
+# one fixed direction and, with the authors' shared centring, its share of the stream mean
+# $\mu/\sigma$ along $\gamma P$; so its outputs span at most $d_\text{head} + 2$ dimensions
+# ($d_\text{head} + 1$ with per-unit centring; the column `rank_bound`). Part of "low relative
+# to $d_\text{out}$" is therefore architecture, not learning; how far *below* that bound a head
+# stays is the learned part. TwoNN removes duplicate images' rows before its neighbour search
+# (`twonn_duplicates` counts them).
 
 # %%
 pca = store_pca(store, device=device)
 table, fits = intrinsic_dimension_table(store, pca, threshold=linear_threshold,
                                         max_points=twonn_points, seed=seed, device=device)
 n_used = {fit.n_points for fit in fits.values()}
-print(f"TwoNN used {min(n_used)}–{max(n_used)} points per unit (after dropping duplicates)")
+print(f"TwoNN used {min(n_used)}–{max(n_used)} points per unit; "
+      f"{table.twonn_duplicates.max()} duplicate rows removed at most")
 display(table.set_index("unit").drop(columns=["kind"]))
 chapter.write_results(table, results_file, model=loaded.name, reference=reference)
 
@@ -187,7 +193,7 @@ display(figure_picker(layer_figures, "Layer", default=f"layer {layout.n_layers -
 findings = id_findings(table, layout.d_out)
 heads = table[table.kind == "head"]
 print(f"Heads: linear ID {heads.linear_id.min()}–{heads.linear_id.max()} "
-      f"(median {heads.linear_id.median():.0f}) of at most {layout.d_head + 1};\n"
+      f"(median {heads.linear_id.median():.0f}) of at most {heads.rank_bound.max()};\n"
       f"       TwoNN {heads.twonn.min():.1f}–{heads.twonn.max():.1f} "
       f"(median {heads.twonn.median():.1f}); EVR of PC1 median {heads.evr_pc1.median():.2f}.")
 mlps = table[table.kind == "mlp"]

@@ -52,6 +52,7 @@ threshold = 0.9  # explained variance at which the bases are cut (the paper's 90
 weighted = True  # weight directions by their variance (the paper's choice)
 seed = 0  # seed of the random bases of the chance level
 batch_size = 256
+centering = "shared"  # final LayerNorm mean split over units: "shared" (the authors') or "per-unit"
 device = "cpu"
 weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.synthetic)
 results_file = None  # CSV of the key results (the runner sets it next to the notebook)
@@ -94,6 +95,7 @@ pd.options.display.precision = 2
 # %%
 loaded = chapter.load_model(model, weights, device)
 ref_store = encode_dataset(loaded, reference, reference_split, size=reference_size,
+                           centering=centering,
                            batch_size=batch_size, device=device, progress=False)
 labels = ref_store.labels
 units = unit_index(labels)
@@ -101,6 +103,7 @@ ref_pca = store_pca(ref_store, device=device)
 pcas = {}
 for name, dataset in datasets.items():
     store = encode_dataset(loaded, dataset, split, size=size, batch_size=batch_size,
+                           centering=centering,
                            device=device, progress=False)
     assert store.labels == labels, f"{dataset}: units differ from the reference's"
     pcas[name] = store_pca(store, device=device)

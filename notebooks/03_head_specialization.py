@@ -48,10 +48,12 @@ train_size = 2000
 test_size = 2000
 reference_size = 5000
 n_texts = 8  # TextSpan / SOMP picks per head
-rank = 80  # TextSpan: principal directions the dictionary is projected on
+rank = 80  # TextSpan: singular directions the dictionary is projected on
+span = "uncentred"  # TextSpan span: "uncentred" (the authors' SVD of raw outputs) or "centred"
 last_layers = 2  # layers whose heads get the full text tables
 n_best_heads = 2  # best heads per attribute in the ground-truth table
 seed = 0
+centering = "shared"  # final LayerNorm mean split over units: "shared" (the authors') or "per-unit"
 device = "cpu"
 weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.synthetic)
 results_file = None  # CSV of the key results (the runner sets it next to the notebook)
@@ -91,8 +93,8 @@ pd.set_option("display.max_colwidth", 80)
 
 # %%
 loaded = chapter.load_model(model, weights, device)
-enc = TaskEncodings(loaded, {"train": train_size, "test": test_size})
-ref = TaskEncodings(loaded, {"train": reference_size})
+enc = TaskEncodings(loaded, {"train": train_size, "test": test_size}, centering=centering)
+ref = TaskEncodings(loaded, {"train": reference_size}, centering=centering)
 ref_units = ref.units(reference, "train")
 labels = ref.labels(reference, "train")
 heads = head_labels(labels)
@@ -110,13 +112,18 @@ print(f"families: {', '.join(words.family_names())}")
 # %% [markdown]
 # ## TextSpan and SOMP on the last layers' heads
 #
-# TextSpan runs on every head's covariance over the reference images (the paper uses ImageNet).
+# TextSpan runs on every head's outputs over the reference images (the paper uses ImageNet). As
+# in the authors' code (`span = "uncentred"`), the dictionary is first projected on the top
+# `rank` right singular vectors of the head's *raw* outputs, and only then are the outputs
+# centred for the greedy picks; `span = "centred"` takes the principal directions of the
+# centred outputs instead (the two differ when a head has a mean offset and `rank` is below
+# the embedding width).
 # The table lists, for the heads of the last layers, the texts in the order they were picked and
 # the share of the head's variance each one explains; "explained" is the total after all picks.
 
 # %%
 textspan = spec.explain_heads(ref_units, labels, heads, text_embeddings, words.texts,
-                              n_iters=n_texts, rank=rank)
+                              n_iters=n_texts, rank=rank, span=span)
 somp = spec.explain_heads(ref_units, labels, late_heads, text_embeddings, words.texts,
                           method="somp", n_iters=n_texts)
 display(Markdown("**TextSpan**"))

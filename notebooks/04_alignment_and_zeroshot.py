@@ -53,10 +53,12 @@ test_size = 2000  # everything reported is on test
 reference_size = 5000
 n_texts = 8
 rank = 80
+span = "uncentred"  # TextSpan span: "uncentred" (the authors' SVD of raw outputs) or "centred"
 random_seeds = 10  # seeds of the random ranking R
 k_carriers = 2  # "heads a task relies on": its best heads by probe
 default_task = "world_clutter.color"
 seed = 0
+centering = "shared"  # final LayerNorm mean split over units: "shared" (the authors') or "per-unit"
 device = "cpu"
 weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.synthetic)
 results_file = None  # CSV of the key results (the runner sets it next to the notebook)
@@ -97,8 +99,9 @@ _ = torch.manual_seed(seed)
 
 # %%
 loaded = chapter.load_model(model, weights, device)
-enc = TaskEncodings(loaded, {"train": train_size, "val": val_size, "test": test_size})
-ref = TaskEncodings(loaded, {"train": reference_size})
+enc = TaskEncodings(loaded, {"train": train_size, "val": val_size, "test": test_size},
+                    centering=centering)
+ref = TaskEncodings(loaded, {"train": reference_size}, centering=centering)
 ref_units = ref.units(reference, "train")
 labels = ref.labels(reference, "train")
 means = ref_units.mean(0)
@@ -124,7 +127,7 @@ results = {
 }
 words = load_dictionary(dictionary)
 textspan = spec.explain_heads(ref_units, labels, heads, embed_dictionary(loaded, words),
-                              words.texts, n_iters=n_texts, rank=rank)
+                              words.texts, n_iters=n_texts, rank=rank, span=span)
 shares = spec.family_shares(list(textspan.values()), words, ignore=modifier_families)
 families = {t: spec.task_family(t, words.family_names(), task_families) for t in tasks}
 table = task_table(list(results.values()), shares, families, k_carriers=k_carriers)

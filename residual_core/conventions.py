@@ -42,6 +42,25 @@ class CenteringComparison:
     units: pd.DataFrame
     texts: pd.DataFrame
 
+    def summary(self) -> pd.DataFrame:
+        """Per kind of unit (embed, MLP, head): how much the units and their IDs move.
+
+        Returns:
+            Indexed by kind: ``units``, ``median_rel_diff`` (median over units of each unit's
+            median relative difference), ``max_rel_diff``, ``linear_id_changed`` (units whose
+            linear ID differs) and ``median_twonn_change`` (median absolute TwoNN change).
+        """
+        t = self.units
+        kind = ["embed" if u == "embed" else "MLP" if u.endswith(".mlp") else "head"
+                for u in t.unit]
+        t = t.assign(kind=kind,
+                     id_changed=t["linear_id_shared"] != t["linear_id_per-unit"],
+                     twonn_change=(t["twonn_shared"] - t["twonn_per-unit"]).abs())
+        return t.groupby("kind", sort=False).agg(
+            units=("unit", "size"), median_rel_diff=("rel_diff_median", "median"),
+            max_rel_diff=("rel_diff_max", "max"), linear_id_changed=("id_changed", "sum"),
+            median_twonn_change=("twonn_change", "median"))
+
 
 @torch.no_grad()
 def compare_centerings(

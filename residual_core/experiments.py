@@ -37,7 +37,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from residual_core.decompose import UnitLayout
+from residual_core.decompose import Centering, UnitLayout
 from residual_core.residual import (
     VARIANTS,
     FrozenClassifier,
@@ -65,6 +65,7 @@ __all__ = [
     "reference_pcas",
     "run_experiments",
     "run_task",
+    "settings_table",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -72,7 +73,7 @@ CACHED = tuple(v for v in VARIANTS if v != "fine-tune")
 """Variants trained on cached inputs (the lean engine); fine-tuning trains on images."""
 
 
-_CACHED_ONLY = ("max_epochs", "evr", "add_mean", "init")
+_CACHED_ONLY = ("max_epochs", "evr", "add_mean", "init", "centering")
 _FINETUNE_ONLY = ("finetune_epochs", "finetune_train_size")
 
 
@@ -88,6 +89,8 @@ class ExperimentConfig:
         evr: Explained-variance ratio of ``residual-fine``'s PCs (0.9).
         add_mean: Add the reference means back in the ResiDual variants.
         init: λ init, ``"ones"`` or ``"normal"``.
+        centering: The unit decomposition's centring (``"shared"`` or ``"per-unit"``); it must
+            match the encodings' (fine-tuning, on images, does not depend on it).
         lrs: Learning rate per variant where it differs from the variant's default.
         finetune_epochs: Epoch cap of ``fine-tune`` (the expensive one; patience still applies).
         finetune_train_size: Train on the first this many training images (``None``: all).
@@ -103,6 +106,7 @@ class ExperimentConfig:
     evr: float = 0.9
     add_mean: bool = True
     init: Literal["ones", "normal"] = "ones"
+    centering: Centering = "shared"
     lrs: Mapping[str, float] = field(default_factory=dict)
     finetune_epochs: int = 30
     finetune_train_size: int | None = None
@@ -447,6 +451,9 @@ def run_experiments(
     labels = layout = None
     for task in tasks:
         store = enc.store(task, "test")
+        if store.centering != config.centering:
+            raise ValueError(f"the encodings of {task!r} use centering={store.centering!r} but "
+                             f"config.centering={config.centering!r}; make them agree")
         labels, layout = store.labels, store.layout
         zs = enc.classifier(task)
         targets = [enc.targets(task, s) for s in SPLITS]
@@ -504,6 +511,35 @@ def gain_table(
     gains.loc["mean"] = gains.mean()
     gains.columns.name = f"gain over {base}"
     return gains
+
+
+def settings_table(
+    default: pd.DataFrame, other: pd.DataFrame, names: tuple[str, str] = ("book", "authors"),
+) -> pd.DataFrame:
+    """The same variants on the same tasks under two settings, side by side.
+
+    Args:
+        default: Results (``dataset``, ``variant``, ``accuracy``, ``epochs``) of the default
+            settings.
+        other: Results of the other settings; only variants and tasks in both are compared.
+        names: Column prefixes of the two settings.
+
+    Returns:
+        One row per variant: mean test accuracy and mean epochs under each setting, the mean
+        accuracy difference (default − other) and on how many tasks each setting is ahead by
+        more than half a point.
+    """
+    a, b = names
+    both = default.merge(other, on=["dataset", "variant"], suffixes=(f"_{a}", f"_{b}"))
+    diff = both[f"accuracy_{a}"] - both[f"accuracy_{b}"]
+    both = both.assign(diff=diff, a_ahead=diff > 0.005, b_ahead=diff < -0.005)
+    out = both.groupby("variant", sort=False).agg(**{
+        f"accuracy_{a}": (f"accuracy_{a}", "mean"), f"accuracy_{b}": (f"accuracy_{b}", "mean"),
+        f"epochs_{a}": (f"epochs_{a}", "mean"), f"epochs_{b}": (f"epochs_{b}", "mean"),
+        "difference": ("diff", "mean"), f"{a}_ahead": ("a_ahead", "sum"),
+        f"{b}_ahead": ("b_ahead", "sum"), "tasks": ("dataset", "size"),
+    })
+    return out
 
 
 def headroom_table(

@@ -109,7 +109,7 @@ RUNS: dict[str, dict[str, dict[str, Any]]] = {
     "00_units": {
         "tutorial": {},
         "paper": {"model": "openclip_b", "images_from": "imagenet", "n_images": 64,
-                  "device": "cuda"},
+                  "dictionary": "general", "device": "cuda"},
     },
     "01_intrinsic_dimension": {
         "tutorial": {},

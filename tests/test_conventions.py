@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from open_clip.transformer import VisionTransformer
 
@@ -45,6 +46,11 @@ def test_differences_match_direct_decompositions():
                                rtol=1e-4, atol=1e-6)
     assert (table.rel_diff_max > 1e-3).all()  # on a random model every unit moves
     assert cmp.texts.unit.tolist() == ["L1H0", "L1H1"]
+    summary = cmp.summary()
+    assert summary.index.tolist() == ["embed", "MLP", "head"]
+    assert summary.units.tolist() == [1, 2, 4]
+    heads = rel[:, 3:].double()
+    assert summary.loc["head", "max_rel_diff"] == pytest.approx(float(heads.max()), rel=1e-4)
     assert all(len(t) == 2 for t in cmp.texts.shared)
 
 

@@ -52,6 +52,16 @@ def test_config_key_tracks_settings_not_device():
     assert ex.ExperimentConfig(evr=0.5).key("fine-tune") == ex.ExperimentConfig().key("fine-tune")
     assert ex.ExperimentConfig(evr=0.5).key("coarse") != ex.ExperimentConfig().key("coarse")
     assert a.key("coarse") != a.key("residual-full")
+    per_unit = ex.ExperimentConfig(lrs=a.lrs, centering="per-unit")
+    assert per_unit.key("coarse") != a.key("coarse")  # other encodings, other result
+    assert per_unit.key("fine-tune") == a.key("fine-tune")  # images: no centring
+
+
+def test_encodings_of_another_centering_are_refused(loaded, cache, tmp_path):
+    enc, pcas = setup(loaded, cache)
+    with pytest.raises(ValueError, match="centering='shared' but config.centering='per-unit'"):
+        ex.run_experiments(loaded, TASKS[:1], ["zero-shot"], enc, pcas,
+                           config(loaded, centering="per-unit"), tmp_path)
 
 
 def test_result_log_survives_a_torn_line_and_last_wins(tmp_path):
@@ -264,3 +274,20 @@ def test_headroom_table():
     assert h.loc["a", "coarse"] == pytest.approx(0.5)  # half of 0.5 → 0.7 closed
     assert np.isnan(h.loc["b", "coarse"])  # headroom 0.005: nothing to close
     assert h.loc["mean", "headroom"] == pytest.approx((0.2 + 0.005) / 2)
+
+
+def test_settings_table_compares_the_same_tasks():
+    def rows(accs, epochs):
+        pairs = [("t1", "f"), ("t2", "f"), ("t1", "g")]
+        return pd.DataFrame([{"dataset": t, "variant": v, "accuracy": a, "epochs": e}
+                             for (t, v), a, e in zip(pairs, accs, epochs, strict=True)])
+
+    book = rows([0.8, 0.6, 0.5], [3, 5, 2])
+    authors = rows([0.7, 0.61, 0.5], [4, 6, 2])
+    out = ex.settings_table(book, authors.iloc[:2])  # g missing on the authors' side
+    assert out.index.tolist() == ["f"]
+    row = out.loc["f"]
+    assert row.accuracy_book == pytest.approx(0.7) and row.accuracy_authors == pytest.approx(0.655)
+    assert row.epochs_book == 4 and row.epochs_authors == 5
+    assert row.difference == pytest.approx(0.045)
+    assert (row.book_ahead, row.authors_ahead, row.tasks) == (1, 1, 2)
