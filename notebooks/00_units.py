@@ -206,7 +206,8 @@ if compare_images:
                              n_texts=3, seed=seed)
     display(cmp.summary().style.format({"median_rel_diff": "{:.1%}", "max_rel_diff": "{:.1%}",
                                         "median_twonn_change": "{:.2f}"}))
-    display(cmp.texts.set_index("unit"))
+    texts = cmp.texts.set_index("unit")
+    display(texts.assign(**{c: texts[c].str.join(" · ") for c in ("shared", "per-unit")}))
 
 # %% [markdown]
 # The first table gives, per kind of unit, the size of the difference (its norm over the norm

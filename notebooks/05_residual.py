@@ -217,7 +217,9 @@ if authors_settings:
     authors_cfg = dataclasses.replace(config, add_mean=False, init="normal")
     authors_run = ex.run_experiments(loaded, tasks, authors_settings, enc, pcas, authors_cfg,
                                      out_dir, stream_units=stream_units)
-    display(ex.settings_table(table, authors_run.table).style.format(precision=3))
+    display(ex.settings_table(table, authors_run.table).style.format(
+        {"accuracy_book": "{:.3f}", "accuracy_authors": "{:.3f}", "epochs_book": "{:.1f}",
+         "epochs_authors": "{:.1f}", "difference": "{:+.3f}"}))
 
 # %% [markdown]
 # ## Gain over zero-shot
