@@ -144,9 +144,10 @@ chapter.write_results(similarity.assign(chance=chance[similarity.unit].to_numpy(
                       results_file, model=loaded.name, reference=reference)
 
 # %% [markdown]
-# The embedding unit scores 1 on every dataset by construction: for the CLS token it is the
-# same vector for every image, scaled only by the final LayerNorm, so it always spans the same
-# single direction.
+# The embedding unit scores (almost) 1 on every dataset by construction: for the CLS token it is
+# the same vector for every image, changed only by the final LayerNorm's per-image scale and
+# (with the shared centring) its share of the stream mean, so it always spans the same two
+# fixed directions, nearly all of its variance along the first.
 #
 # Per dataset, every unit as a layer × head grid (MLPs in the last column, the embedding in the
 # title), on a common 0–1 scale. Choose the dataset with the dropdown.
