@@ -1060,7 +1060,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                  "the tables with the same command plus --merge (or submit it again: only "
                  "unfinished pairs are submitted)")
             return 0
-        final, _ = sw.wait(sweep, todo, jobs)
+        try:
+            final, _ = sw.wait(sweep, todo, jobs)
+        except KeyboardInterrupt:  # the array lives on in SLURM: say how to pick it up
+            raise RunnerError(f"stopped waiting; the array runs on (squeue --name "
+                              f"{sweep.job_name}); once it has ended, the same command with "
+                              "--merge merges the tables") from None
         return 0 if len(final.done) == len(pairs) else 1
     gpus = None if args.gpus is None else (
         [] if args.gpus == "none" else [g for g in args.gpus.split(",") if g])
