@@ -339,7 +339,8 @@ def format_plan(p: Plan) -> str:
                      f"{_gb(d['download_gb'])}{src}{manual}")
     lines.append(f"total download ≈ {_gb(p.download_gb)}; disk needed ≈ {_gb(p.disk_gb)} "
                  "(downloads + encoding stores + fine-tune checkpoints)")
-    lines.append(f"GPU memory ≈ {_gb(p.gpu_gb)} per worker (an estimate: float32 weights + one "
-                 "decomposition batch, or fine-tuning with Adam; measure on the device)")
+    lines.append(f"GPU memory ≈ {_gb(p.gpu_gb)} per job (a run, or one pair of a sweep; an "
+                 "estimate: float32 weights + one decomposition batch, or fine-tuning with Adam; "
+                 "measure on the device)")
     lines += [f"note: {n}" for n in p.notes]
     return "\n".join(lines)

@@ -1,60 +1,73 @@
-"""Sweeps: one chapter over a grid of parameters, resumable, on several GPUs or machines.
+"""Sweeps: one chapter over a grid of parameters, resumable, on local GPUs or a SLURM array.
 
 A sweep is a chapter, a base parameter set (a preset of :data:`residual_core.runner.RUNS` plus
-overrides) and *axes*, e.g. ``model`` × ``tasks``. Every point of the grid is a **pair**, executed
-as one papermill job by :func:`residual_core.runner.execute` into ``{out}/{stem}/``; its
-completion record (``*.results.json``, written atomically after the whole notebook succeeded)
-is what makes it finished, so a crash never leaves a finished-looking pair.
+overrides) and *axes*, e.g. ``model`` × ``tasks``. Every point of the grid is a **pair**, run as
+one papermill job by :func:`run_pair` (the job function of every executor) into
+``{out}/{stem}/``. Its completion record (``*.results.json``, written atomically after the whole
+notebook succeeded) is what makes it finished, so a crashed, killed or cancelled job never
+leaves a finished-looking pair and a second sweep runs only what is unfinished.
 
-Workers claim pairs through lock files on the (shared) output folder: a claim is created with
-``os.open(..., O_CREAT | O_EXCL)``, so exactly one worker gets it, on one machine or on several
-sharing the folder over NFS or similar. A worker refreshes its claim's mtime every
-``heartbeat`` seconds while the job runs; a claim is stale when its process is gone (same host)
-or its mtime is older than ``stale_after`` (any host), and is then broken under a second
-``O_EXCL`` lock so that only one worker takes it over (machines must have distinct host
-names: the pid check trusts a claim's host). A pair that fails is marked with the
-sweep session that failed it and is not retried in that session; the next sweep retries it.
+Two executors hand the pending pairs to :func:`run_pair`:
 
-``workers`` processes run on one box, each with its own ``CUDA_VISIBLE_DEVICES`` (one GPU per
-worker) and, by default, its own encoding cache (``$RESIDUAL_CACHE/sweep-w{slot}``: stores are
-written by one process at a time). The same command started on several machines with the same
-``--out`` shares the work. At the end the results tables of all finished pairs are merged, with
-one column per axis, into ``{out}/{stem}-{run}.sweep.csv``.
+- :func:`run_local`: worker processes on this machine, one per GPU (``CUDA_VISIBLE_DEVICES``),
+  fed with pairs by the parent process through queues; nothing on disk coordinates them.
+- :func:`submit`: one job array through submitit, one task per pending pair; with
+  :func:`slurm_executor` on a SLURM cluster (:func:`sbatch_script` is the script it submits),
+  with ``submitit.LocalExecutor`` as local processes (what the tests run).
+
+Any other scheduler can call :func:`run_pair` on the JSON-able tasks of :func:`tasks` (or run
+``python -m residual_core.runner sweep ... --pair I`` for pair ``I``). :func:`merge` joins the
+results tables of the finished pairs, with one column per axis, into
+``{out}/{stem}-{run}.sweep.csv``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
+import queue
 import re
+import shlex
+import shutil
 import socket
-import threading
+import subprocess
+import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from residual_core import runner
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import submitit
 
 __all__ = [
     "SWEEPS",
     "Pair",
+    "SlurmOptions",
     "Sweep",
     "SweepStatus",
-    "break_stale",
-    "claim",
-    "claim_is_stale",
     "expand",
+    "failure_path",
+    "finish",
+    "live_jobs",
+    "make_task",
     "merge",
     "parse_axes",
-    "run_sweep",
+    "run_local",
+    "run_pair",
+    "sbatch_script",
+    "slurm_executor",
     "status",
-    "work",
+    "submit",
+    "tasks",
+    "wait",
 ]
 
 SWEEPS: dict[str, dict[str, dict[str, list[Any]]]] = {
@@ -73,11 +86,14 @@ SWEEPS: dict[str, dict[str, dict[str, list[Any]]]] = {
 """Default grids per chapter and preset: ``{stem: {preset: {parameter: values}}}``. Chapter 05's
 paper grid is every model × every dataset (each job trains every variant)."""
 
-HOST = socket.gethostname()
-
 
 def _log(message: str) -> None:
     print(f"[sweep] {message}", flush=True)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,8 +140,20 @@ class Sweep:
 
     @property
     def folder(self) -> Path:
-        """Where the executed notebooks, results, claims and failure marks go."""
+        """Where the executed notebooks, results tables, records and failure notes go."""
         return self.out / self.stem
+
+    @property
+    def log_folder(self) -> Path:
+        """Where submitit writes: a sub-folder per task (pickles, logs, the sbatch script)."""
+        return self.folder / "submitit"
+
+    @property
+    def job_name(self) -> str:
+        """The array's name on the cluster: chapter, preset and a hash of the whole sweep."""
+        key = json.dumps([str(self.source), self.base, self.axes, str(self.out)],
+                         sort_keys=True, default=str)
+        return f"sweep-{self.stem}-{_slug(self.run)}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
     def pairs(self) -> list[Pair]:
         """Every pair of the grid, in axis order."""
@@ -135,27 +163,18 @@ class Sweep:
         """The completion record of a pair."""
         return runner.results_paths(self.folder, self.stem, pair.id)[1]
 
-    def claim_path(self, pair: Pair) -> Path:
-        """The pair's claim file."""
-        return self.folder / "claims" / f"{pair.id}.claim"
-
     def failure_path(self, pair: Pair) -> Path:
-        """The pair's failure mark."""
-        return self.folder / "claims" / f"{pair.id}.failed.json"
+        """The note a failed job leaves (removed when the pair succeeds)."""
+        return failure_path(self.folder, pair.id)
 
     def merged_path(self) -> Path:
         """The merged results table."""
         return self.out / f"{self.stem}-{self.run}.sweep.csv"
 
-    def to_json(self) -> dict[str, Any]:
-        """A picklable, JSON-able form (what worker processes receive)."""
-        return {"source": str(self.source), "run": self.run, "base": self.base,
-                "axes": self.axes, "out": str(self.out)}
 
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> Sweep:
-        """Inverse of :meth:`to_json`."""
-        return cls(Path(d["source"]), d["run"], dict(d["base"]), dict(d["axes"]), Path(d["out"]))
+def failure_path(folder: Path, pair_id: str) -> Path:
+    """The failure note of pair ``pair_id`` in a sweep's folder."""
+    return folder / f"{pair_id}.failed.json"
 
 
 def _slug(value: Any) -> str:
@@ -222,17 +241,7 @@ def parse_axes(items: Sequence[str]) -> dict[str, list[Any]]:
 
 
 # --------------------------------------------------------------------------------------------
-# Claims
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+# State of a sweep
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -243,103 +252,24 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def claim(path: Path, info: Mapping[str, Any]) -> bool:
-    """Create the claim file atomically; ``False`` if someone holds it already."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(dict(info)))
-        f.flush()
-        os.fsync(f.fileno())
-    return True
-
-
-def claim_is_stale(path: Path, stale_after: float, now: float | None = None) -> bool:
-    """Whether a claim's holder is gone: a dead pid on this host, or no heartbeat for long.
-
-    A claim that vanished meanwhile is not stale (there is nothing to break).
-    """
-    try:
-        age = (now or time.time()) - path.stat().st_mtime
-    except FileNotFoundError:
-        return False
-    if age > stale_after:
-        return True
-    info = _read_json(path)
-    if info and info.get("host") == HOST and isinstance(info.get("pid"), int):
-        return not _pid_alive(info["pid"])
-    return False
-
-
-def break_stale(path: Path, stale_after: float) -> bool:
-    """Remove a stale claim, under a breaker lock so that one worker does it, once.
-
-    Returns:
-        Whether this call removed it.
-    """
-    breaker = path.with_name(path.name + ".break")
-    with contextlib.suppress(FileNotFoundError):  # a breaker that died mid-way
-        if time.time() - breaker.stat().st_mtime > 60:
-            breaker.unlink()
-    if not claim(breaker, {"host": HOST, "pid": os.getpid()}):
-        return False
-    try:
-        if not claim_is_stale(path, stale_after):  # re-checked under the lock
-            return False
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-            return True
-        return False
-    finally:
-        breaker.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _heartbeat(path: Path, every: float) -> Iterator[None]:
-    """Touch the claim every ``every`` seconds while the job runs."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(every):
-            with contextlib.suppress(FileNotFoundError):
-                os.utime(path)
-
-    thread = threading.Thread(target=beat, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-# --------------------------------------------------------------------------------------------
-# State of a sweep
-
-
 @dataclass
 class SweepStatus:
-    """Where every pair stands.
+    """Where every pair stands, read from the sweep's folder.
 
     Attributes:
-        done: Pairs with a complete record.
-        running: Pairs claimed (pair id → claim info).
-        failed: Pairs with a failure mark (pair id → mark).
-        pending: The rest.
+        done: Pairs with a complete completion record.
+        pending: The rest, in grid order (what a sweep runs or submits).
+        failed: Pending pairs whose last job failed (pair id → its failure note).
     """
 
     done: list[Pair] = field(default_factory=list)
-    running: dict[str, dict[str, Any]] = field(default_factory=dict)
-    failed: dict[str, dict[str, Any]] = field(default_factory=dict)
     pending: list[Pair] = field(default_factory=list)
+    failed: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def line(self, total: int) -> str:
         """One progress line."""
-        return (f"{len(self.done)}/{total} done, {len(self.running)} running, "
-                f"{len(self.failed)} failed, {len(self.pending)} pending")
+        return (f"{len(self.done)}/{total} done, {len(self.pending)} to run "
+                f"({len(self.failed)} of them failed before)")
 
 
 def status(sweep: Sweep, pairs: Sequence[Pair] | None = None) -> SweepStatus:
@@ -349,119 +279,85 @@ def status(sweep: Sweep, pairs: Sequence[Pair] | None = None) -> SweepStatus:
         if runner.read_record(sweep.record(pair)) is not None:
             out.done.append(pair)
             continue
-        held = sweep.claim_path(pair)
-        if held.exists():
-            out.running[pair.id] = _read_json(held) or {}
-        elif (mark := _read_json(sweep.failure_path(pair))) is not None:
-            out.failed[pair.id] = mark
-            out.pending.append(pair)  # retried by another session
-        else:
-            out.pending.append(pair)
+        out.pending.append(pair)
+        if (note := _read_json(sweep.failure_path(pair))) is not None:
+            out.failed[pair.id] = note
     return out
 
 
 # --------------------------------------------------------------------------------------------
-# Workers
+# The job function
 
 
-@dataclass
-class WorkerStats:
-    """What one worker did: pair ids run, finished and failed."""
-
-    ran: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-
-
-def _run_pair(sweep: Sweep, pair: Pair, session: str, heartbeat: float, tag: str,
-              stats: WorkerStats, timeout: int | None) -> None:
-    started = time.perf_counter()
-    _log(f"{tag} start {pair.id}")
-    stats.ran.append(pair.id)
-    try:
-        with _heartbeat(sweep.claim_path(pair), heartbeat):
-            runner.execute(sweep.source, pair.id, pair.overrides, out_dir=sweep.folder,
-                           timeout=timeout)
-    except (runner.RunnerError, OSError) as err:
-        stats.failed.append(pair.id)
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        runner.atomic_write_text(sweep.failure_path(pair), json.dumps(
-            {"session": session, "host": HOST, "pid": os.getpid(), "error": str(err)}) + "\n")
-        _log(f"{tag} FAILED {pair.id} after {time.perf_counter() - started:.0f} s: {first}")
-        return
-    sweep.failure_path(pair).unlink(missing_ok=True)
-    _log(f"{tag} done {pair.id} in {time.perf_counter() - started:.0f} s")
-
-
-def work(sweep: Sweep, *, slot: int = 0, session: str = "", stale_after: float = 600.0,
-         heartbeat: float = 30.0, poll: float = 2.0, timeout: int | None = None) -> WorkerStats:
-    """Claim and run pairs until none is left to run (the loop of one worker).
-
-    A worker waits while other workers' claims are live, so that a claim that turns stale
-    (its worker or machine died) is taken over; it returns when every pair is done or failed in
-    this session.
+def make_task(sweep: Sweep, pair: Pair, timeout: int | None = None) -> dict[str, Any]:
+    """What :func:`run_pair` needs to run one pair: a JSON-able dict.
 
     Args:
         sweep: The sweep.
-        slot: This worker's number (for the log).
-        session: Identifies the sweep invocation (failures are not retried within it).
-        stale_after: Seconds without a heartbeat after which a claim is stale.
-        heartbeat: Seconds between refreshes of a held claim.
-        poll: Seconds between looks at the folder while waiting on others.
-        timeout: Per-cell timeout of the notebooks.
+        pair: One of its pairs.
+        timeout: Per-cell timeout of the notebook in seconds (``None``: no limit).
+    """
+    return {"chapter": str(sweep.source), "pair": pair.id, "axes": pair.axes,
+            "overrides": pair.overrides, "folder": str(sweep.folder), "timeout": timeout}
+
+
+def tasks(sweep: Sweep, pairs: Sequence[Pair] | None = None,
+          timeout: int | None = None) -> list[dict[str, Any]]:
+    """The tasks of the unfinished pairs (all of ``pairs`` if given), in grid order."""
+    todo = status(sweep).pending if pairs is None else pairs
+    return [make_task(sweep, p, timeout) for p in todo]
+
+
+def run_pair(task: Mapping[str, Any]) -> str:
+    """Run one pair of a sweep: the job function of every executor (local pool, SLURM, ...).
+
+    The chapter is executed by :func:`residual_core.runner.execute` (papermill run, results
+    table, completion record). A pair that already has a complete record is not run again. A
+    job that raises leaves a failure note ``{folder}/{pair}.failed.json`` (the executed
+    notebook holds the traceback) and re-raises, so the scheduler sees it fail; a job that is
+    killed leaves no complete record, so the next sweep runs the pair again.
+
+    Args:
+        task: One item of :func:`tasks`: ``chapter``, ``pair``, ``overrides``, ``folder``,
+            ``timeout``.
 
     Returns:
-        The pairs this worker ran and those that failed.
+        The path of the pair's completion record.
     """
-    tag = f"{HOST}/w{slot}"
-    stats = WorkerStats()
-    pairs = sweep.pairs()
-    while True:
-        state = status(sweep, pairs)
-        todo = [p for p in state.pending
-                if state.failed.get(p.id, {}).get("session") != session]
-        progressed = False
-        for pair in todo:
-            info = {"host": HOST, "pid": os.getpid(), "slot": slot, "session": session,
-                    "started": time.time()}
-            if not claim(sweep.claim_path(pair), info):
-                continue  # another worker was faster
-            try:
-                if runner.read_record(sweep.record(pair)) is None:  # finished meanwhile?
-                    _run_pair(sweep, pair, session, heartbeat, tag, stats, timeout)
-                    progressed = True
-            finally:
-                sweep.claim_path(pair).unlink(missing_ok=True)
-            break  # re-read the state after each job
-        if progressed:
-            continue
-        stale = [pid for pid in state.running
-                 if claim_is_stale(sweep.folder / "claims" / f"{pid}.claim", stale_after)]
-        for pair_id in stale:
-            if break_stale(sweep.folder / "claims" / f"{pair_id}.claim", stale_after):
-                _log(f"{tag} took over the stale claim of {pair_id}")
-        if not todo and not state.running:
-            return stats
-        if not stale:
-            time.sleep(poll)
-
-
-def _worker_main(spec: dict[str, Any], slot: int, env: dict[str, str],
-                 options: dict[str, Any]) -> None:
-    os.environ.update(env)  # before any kernel starts: it inherits CUDA_VISIBLE_DEVICES
-    stats = work(Sweep.from_json(spec), slot=slot, **options)
-    if stats.failed:
-        raise SystemExit(1)
+    folder, pair_id = Path(task["folder"]), str(task["pair"])
+    stem = Path(task["chapter"]).stem
+    record = runner.results_paths(folder, stem, pair_id)[1]
+    if runner.read_record(record) is not None:
+        _log(f"{pair_id}: finished before, skipped")
+        return str(record)
+    note = failure_path(folder, pair_id)
+    started = time.perf_counter()
+    _log(f"start {pair_id} on {socket.gethostname()} (pid {os.getpid()}, "
+         f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+    try:
+        runner.execute(task["chapter"], pair_id, task["overrides"], out_dir=folder,
+                       timeout=task.get("timeout"))
+    except Exception as err:
+        runner.atomic_write_text(note, json.dumps(
+            {"pair": pair_id, "host": socket.gethostname(), "pid": os.getpid(),
+             "seconds": round(time.perf_counter() - started, 1), "error": str(err)}) + "\n")
+        _log(f"FAILED {pair_id} after {time.perf_counter() - started:.0f} s: "
+             f"{_first_line(err)}")
+        raise
+    note.unlink(missing_ok=True)
+    _log(f"done {pair_id} in {time.perf_counter() - started:.0f} s")
+    return str(record)
 
 
 # --------------------------------------------------------------------------------------------
-# The whole sweep
+# Merging
 
 
-def merge(sweep: Sweep, pairs: Sequence[Pair] | None = None):
+def merge(sweep: Sweep, pairs: Sequence[Pair] | None = None) -> pd.DataFrame:
     """Merge the results tables of every finished pair, one column per axis (atomically).
 
     Returns:
-        The merged ``pandas.DataFrame`` (empty if nothing is finished), also written to
+        The merged table (empty if nothing is finished), also written to
         :meth:`Sweep.merged_path`.
     """
     import pandas as pd
@@ -482,26 +378,52 @@ def merge(sweep: Sweep, pairs: Sequence[Pair] | None = None):
     return merged
 
 
+def finish(sweep: Sweep, pairs: Sequence[Pair] | None = None) -> tuple[SweepStatus, pd.DataFrame]:
+    """Read the final status, merge the finished pairs' tables and log both (and failures)."""
+    pairs = sweep.pairs() if pairs is None else pairs
+    final = status(sweep, pairs)
+    merged = merge(sweep, pairs)
+    _log(f"finished: {final.line(len(pairs))}; merged {len(merged)} rows of {len(final.done)} "
+         f"pairs → {sweep.merged_path()}")
+    for pair_id, note in final.failed.items():
+        _log(f"failed: {pair_id}: {str(note.get('error', '?')).strip().splitlines()[:1]}")
+    return final, merged
+
+
+# --------------------------------------------------------------------------------------------
+# Executor 1: a pool of worker processes on this machine
+
+
+def _worker(slot: int, env: dict[str, str], inbox: Any, outbox: Any) -> None:
+    os.environ.update(env)  # before any kernel starts: it inherits CUDA_VISIBLE_DEVICES
+    while (item := inbox.get()) is not None:
+        try:
+            run_pair(item)
+        except Exception as err:  # reported; the worker goes on with the next pair
+            outbox.put((slot, item["pair"], _first_line(err)))
+        else:
+            outbox.put((slot, item["pair"], None))
+
+
 def _visible_gpus() -> list[str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [g for g in visible.split(",") if g.strip()]
-    return []
+    return [g for g in visible.split(",") if g.strip()] if visible is not None else []
 
 
-def run_sweep(
+def run_local(
     sweep: Sweep,
     *,
     workers: int = 1,
     gpus: Sequence[str] | None = None,
     isolate_cache: bool | None = None,
-    stale_after: float = 600.0,
-    heartbeat: float = 30.0,
-    poll: float = 2.0,
     timeout: int | None = None,
     progress_every: float = 10.0,
-) -> tuple[SweepStatus, Any]:
-    """Run a sweep with ``workers`` processes on this machine, then merge the results.
+) -> tuple[SweepStatus, pd.DataFrame]:
+    """Run the unfinished pairs with ``workers`` processes on this machine, then merge.
+
+    The parent hands out one pair at a time to each worker (one queue per worker) and collects
+    their reports, so no files coordinate the workers. A worker that dies takes only its
+    current pair with it (no record: the next sweep redoes it).
 
     Args:
         sweep: The sweep.
@@ -510,65 +432,273 @@ def run_sweep(
             visible ones (``$CUDA_VISIBLE_DEVICES``, else ``0..workers-1``) when ``workers > 1``,
             untouched with one worker; ``[]``: never set.
         isolate_cache: Give each worker its own ``$RESIDUAL_CACHE/sweep-w{slot}`` (default:
-            when ``workers > 1``).
-        stale_after: Seconds without a heartbeat after which a claim is stale.
-        heartbeat: Seconds between refreshes of a held claim.
-        poll: Seconds between looks at the folder.
+            when ``workers > 1``; shared, each store is built under ``store.store_lock``).
         timeout: Per-cell timeout of the notebooks.
         progress_every: Seconds between progress lines (also printed on every change).
 
     Returns:
         The final status and the merged table.
+
+    Raises:
+        runner.ParameterError: If ``workers < 1``.
     """
+    if workers < 1:
+        raise runner.ParameterError(f"workers must be at least 1, got {workers}")
     pairs = sweep.pairs()
     sweep.folder.mkdir(parents=True, exist_ok=True)
-    session = f"{HOST}-{os.getpid()}-{int(time.time())}"
+    before = status(sweep, pairs)
+    todo = tasks(sweep, before.pending, timeout)
     if gpus is None:
         gpus = (_visible_gpus() or [str(i) for i in range(workers)]) if workers > 1 else []
     isolate = workers > 1 if isolate_cache is None else isolate_cache
     from residual_core.store import DEFAULT_CACHE
 
     cache = Path(os.environ.get("RESIDUAL_CACHE", DEFAULT_CACHE))
-    before = status(sweep, pairs)
+    n_procs = min(workers, len(todo))
     _log(f"{sweep.stem} [{sweep.run}]: {len(pairs)} pairs over {', '.join(sweep.axes)}; "
-         f"{before.line(len(pairs))}; {workers} worker(s) on {HOST}; output {sweep.folder}")
-    options = {"session": session, "stale_after": stale_after, "heartbeat": heartbeat,
-               "poll": poll, "timeout": timeout}
+         f"{before.line(len(pairs))}; {n_procs} worker(s) on {socket.gethostname()}; "
+         f"output {sweep.folder}")
     ctx = multiprocessing.get_context("spawn")
-    procs = []
-    for slot in range(workers):
+    outbox = ctx.Queue()
+    procs: dict[int, Any] = {}
+    inboxes: dict[int, Any] = {}
+    holding: dict[int, str | None] = {}
+    queued = list(reversed(todo))
+    ok, failed = 0, {}
+
+    def hand_out(slot: int) -> None:
+        item = queued.pop() if queued else None
+        holding[slot] = None if item is None else item["pair"]
+        inboxes[slot].put(item)
+
+    for slot in range(n_procs):
         env = {}
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(gpus[slot % len(gpus)])
         if isolate:
             env["RESIDUAL_CACHE"] = str(cache / f"sweep-w{slot}")
-        proc = ctx.Process(target=_worker_main, args=(sweep.to_json(), slot, env, options),
-                           name=f"sweep-w{slot}")
-        proc.start()
-        procs.append(proc)
+        inboxes[slot] = ctx.Queue()
+        procs[slot] = ctx.Process(target=_worker, args=(slot, env, inboxes[slot], outbox),
+                                  name=f"sweep-w{slot}", daemon=True)
+        procs[slot].start()
+        hand_out(slot)
     started, last_line, last_time = time.time(), "", 0.0
     try:
-        while any(p.is_alive() for p in procs):
-            time.sleep(min(poll, 1.0))
-            state = status(sweep, pairs)
-            line = state.line(len(pairs))
+        while any(holding.get(s) is not None for s in procs):
+            try:
+                slot, pair_id, error = outbox.get(timeout=1.0)
+            except queue.Empty:
+                for s, proc in procs.items():
+                    if holding.get(s) is not None and not proc.is_alive():
+                        failed[holding[s]] = f"worker {s} died (exit code {proc.exitcode})"
+                        _log(f"worker {s} died (exit code {proc.exitcode}) while running "
+                             f"{holding[s]}")
+                        holding[s] = None
+            else:
+                if error is None:
+                    ok += 1
+                else:
+                    failed[pair_id] = error
+                hand_out(slot)
+            left = len(queued) + sum(h is not None for h in holding.values())
+            line = (f"{len(before.done) + ok}/{len(pairs)} done, {len(failed)} failed, "
+                    f"{left} left")
             if line != last_line or time.time() - last_time > progress_every:
-                new = len(state.done) - len(before.done)
-                elapsed = time.time() - started
-                eta = ""
-                if new > 0 and state.pending:
-                    left = elapsed / new * (len(state.pending) + len(state.running))
-                    eta = f", ~{left / 60:.0f} min left"
+                elapsed, ended = time.time() - started, ok + len(failed)
+                eta = f", ~{elapsed / ended * left / 60:.0f} min left" if ended and left else ""
                 _log(f"{line}; {elapsed / 60:.1f} min{eta}")
                 last_line, last_time = line, time.time()
     finally:
-        for p in procs:
-            p.join()
-    final = status(sweep, pairs)
-    merged = merge(sweep, pairs)
-    _log(f"finished: {final.line(len(pairs))}; merged {len(merged)} rows of {len(final.done)} "
-         f"pairs → {sweep.merged_path()}")
-    for pair_id, mark in final.failed.items():
-        first = str(mark.get("error", "")).splitlines()[:1]
-        _log(f"failed: {pair_id}: {first[0] if first else '?'}")
-    return final, merged
+        for s, proc in procs.items():
+            if holding.get(s) is None:
+                proc.join(timeout=30)  # it got its stop sign
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+    return finish(sweep, pairs)
+
+
+# --------------------------------------------------------------------------------------------
+# Executor 2: a job array through submitit (SLURM on a cluster)
+
+
+@dataclass
+class SlurmOptions:
+    """Resources of every task of a SLURM array (what ``runner sweep --executor slurm`` takes).
+
+    Attributes:
+        partition: SLURM partition (``None``: the cluster's default).
+        gpus_per_task: GPUs per task (one pair per task; 0: none).
+        cpus_per_task: CPU cores per task (data loading, ``num_workers``).
+        mem_gb: Host memory per task in GB.
+        time_min: Time limit per task in minutes; a task past it is killed and redone by the
+            next submission.
+        array_parallelism: Tasks running at once (``None``: submitit's default, 256).
+        sbatch: Extra ``#SBATCH`` options, e.g. ``{"account": "proj", "qos": "high"}``;
+            ``True`` writes a flag without value. They override the options above.
+        setup: Shell lines run before each task (``module load ...``, ``export ...``).
+    """
+
+    partition: str | None = None
+    gpus_per_task: int = 1
+    cpus_per_task: int = 8
+    mem_gb: float = 64.0
+    time_min: int = 1440
+    array_parallelism: int | None = None
+    sbatch: dict[str, Any] = field(default_factory=dict)
+    setup: list[str] = field(default_factory=list)
+
+    def parameters(self, job_name: str) -> dict[str, Any]:
+        """The keyword arguments of ``submitit.SlurmExecutor.update_parameters``.
+
+        Tasks start in the repository root (``--chdir``), where the chapters run.
+
+        Raises:
+            runner.ParameterError: For a non-positive count, memory or time.
+        """
+        from submitit.slurm.slurm import _convert_mem
+
+        for name in ("cpus_per_task", "time_min", "array_parallelism"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise runner.ParameterError(f"{name} must be at least 1, got {value}")
+        if self.gpus_per_task < 0 or self.mem_gb <= 0:
+            raise runner.ParameterError(
+                f"gpus_per_task must be >= 0 and mem_gb > 0, got {self.gpus_per_task} and "
+                f"{self.mem_gb}")
+        params: dict[str, Any] = {
+            "job_name": job_name, "time": int(self.time_min), "cpus_per_task": self.cpus_per_task,
+            "mem": _convert_mem(self.mem_gb), "stderr_to_stdout": True,
+            # the sbatch options of the user override ours, whatever their spelling
+            "additional_parameters": {"chdir": str(runner.ROOT),
+                                      **{k.replace("-", "_"): v for k, v in self.sbatch.items()}},
+        }
+        if self.partition:
+            params["partition"] = self.partition
+        if self.gpus_per_task:
+            params["gpus_per_node"] = self.gpus_per_task  # one task per job: per node = per task
+        if self.array_parallelism is not None:
+            params["array_parallelism"] = self.array_parallelism
+        if self.setup:
+            params["setup"] = list(self.setup)
+        return params
+
+
+def slurm_executor(sweep: Sweep, options: SlurmOptions) -> submitit.SlurmExecutor:
+    """A submitit executor that submits the sweep's tasks to SLURM with ``options``.
+
+    Raises:
+        runner.RunnerError: If SLURM's ``srun`` is not on the ``PATH`` (not on a cluster).
+    """
+    import submitit
+
+    params = options.parameters(sweep.job_name)
+    if shutil.which("srun") is None or shutil.which("sbatch") is None:
+        raise runner.RunnerError(
+            "--executor slurm submits with SLURM's sbatch and srun, which are not on the PATH "
+            "here: run this on the cluster's login node (--dry-run shows the script without "
+            "them; --executor local runs on this machine)")
+    executor = submitit.SlurmExecutor(folder=sweep.log_folder / "%j")
+    executor.update_parameters(**params)
+    return executor
+
+
+def sbatch_script(sweep: Sweep, options: SlurmOptions, n_tasks: int) -> str:
+    """The sbatch script :func:`submit` hands to SLURM for ``n_tasks`` pending pairs.
+
+    Built with the function submitit itself writes it with, from the same parameters, so it is
+    the script a submission would write (one task is a plain job, more are an array).
+    """
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    folder = (sweep.log_folder / "%j").expanduser().absolute()
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit",
+                        shlex.quote(str(folder))])
+    return _make_sbatch_string(command=command, folder=folder,
+                               map_count=n_tasks if n_tasks > 1 else None,
+                               **options.parameters(sweep.job_name))
+
+
+def live_jobs(job_name: str) -> list[str]:
+    """Ids of SLURM jobs named ``job_name`` still queued or running (``squeue``), if any."""
+    squeue = shutil.which("squeue")
+    if squeue is None:
+        return []
+    out = subprocess.run([squeue, "--noheader", "--name", job_name, "--format", "%i"],
+                         capture_output=True, text=True, check=False)
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def submit(sweep: Sweep, executor: submitit.Executor, *,
+           timeout: int | None = None) -> tuple[list[dict[str, Any]], list[submitit.Job]]:
+    """Submit the unfinished pairs as one job array: one task per pair, :func:`run_pair` each.
+
+    The task ↔ pair table is written to ``{log_folder}/{first job id}.tasks.json``; each task's
+    log is in its sub-folder of :attr:`Sweep.log_folder`.
+
+    Args:
+        sweep: The sweep.
+        executor: A submitit executor: :func:`slurm_executor`, or ``submitit.LocalExecutor``
+            (local processes, the same job function and records).
+        timeout: Per-cell timeout of the notebooks.
+
+    Returns:
+        The submitted tasks and their jobs (both empty when every pair is finished).
+
+    Raises:
+        runner.RunnerError: If SLURM still runs an array of this sweep (its pairs would run
+            twice).
+    """
+    pairs = sweep.pairs()
+    before = status(sweep, pairs)
+    _log(f"{sweep.stem} [{sweep.run}]: {len(pairs)} pairs over {', '.join(sweep.axes)}; "
+         f"{before.line(len(pairs))}; output {sweep.folder}")
+    todo = tasks(sweep, before.pending, timeout)
+    if not todo:
+        return [], []
+    import submitit
+
+    if isinstance(executor, submitit.SlurmExecutor) and (live := live_jobs(sweep.job_name)):
+        raise runner.RunnerError(
+            f"SLURM still has job(s) {', '.join(live)} of this sweep ({sweep.job_name}) queued "
+            "or running; their pairs would run twice. Wait for them (squeue --name "
+            f"{sweep.job_name}) or cancel them (scancel --name {sweep.job_name}), then submit "
+            "again: only unfinished pairs are submitted.")
+    sweep.log_folder.mkdir(parents=True, exist_ok=True)
+    jobs = executor.map_array(run_pair, todo)
+    table = [{"job": job.job_id, "pair": t["pair"], "log": str(job.paths.stdout)}
+             for job, t in zip(jobs, todo, strict=True)]
+    table_path = sweep.log_folder / f"{jobs[0].job_id}.tasks.json"
+    runner.atomic_write_text(table_path, json.dumps(table, indent=1) + "\n")
+    _log(f"submitted {len(jobs)} task(s) as {jobs[0].job_id.split('_')[0]} ({sweep.job_name}); "
+         f"task ↔ pair table: {table_path}")
+    return todo, jobs
+
+
+def wait(sweep: Sweep, todo: Sequence[Mapping[str, Any]], jobs: Sequence[submitit.Job], *,
+         poll: float = 30.0) -> tuple[SweepStatus, pd.DataFrame]:
+    """Block until every job has ended (finished, failed, killed or cancelled), then merge.
+
+    Args:
+        sweep: The sweep.
+        todo: The submitted tasks (as :func:`submit` returned them).
+        jobs: Their jobs.
+        poll: Seconds between looks at the jobs' states.
+
+    Returns:
+        The final status (read from the records, not from the scheduler) and the merged table.
+    """
+    from submitit.helpers import as_completed
+
+    pair_of = {job.job_id: t["pair"] for job, t in zip(jobs, todo, strict=True)}
+    started, ended = time.time(), 0
+    for job in as_completed(list(jobs), poll_frequency=poll):
+        ended += 1
+        try:
+            job.result()
+            outcome = "done"
+        except Exception as err:  # a failed, killed or cancelled task: no record, redone later
+            outcome = f"FAILED ({_first_line(err)}; log {job.paths.stdout})"
+        _log(f"{ended}/{len(jobs)} ended after {(time.time() - started) / 60:.1f} min: "
+             f"{pair_of[job.job_id]} {outcome}")
+    return finish(sweep, sweep.pairs())

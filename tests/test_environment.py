@@ -45,7 +45,9 @@ def test_installed_versions_match_exact_pins():
 
 
 def test_pyproject_runtime_dependencies_are_in_requirements():
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project.get("optional-dependencies", {})
+    deps = [*project["dependencies"], *(dep for group in extras.values() for dep in group)]
     pins = _requirements()
     for dep in deps:
         name = re.match(r"[A-Za-z0-9_.\-]+", dep).group().lower().replace("_", "-")
