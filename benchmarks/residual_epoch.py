@@ -33,22 +33,53 @@ from residual_core.training import (
 )
 
 N_LAYERS, N_HEADS, D_HEAD, D_OUT = 24, 16, 64, 768
+VIT_L14 = (N_LAYERS, N_HEADS, D_HEAD, D_OUT)
+"""ViT-L/14's (layers, heads, d_head, d_out): the sizes of the timed problem."""
 
 
-def residual_full(classifier: FrozenClassifier, device: torch.device) -> ResiDual:
-    """ResiDual-full for ViT-L/14 with random orthonormal-ish bases (timing only)."""
-    labels = unit_labels(N_LAYERS, N_HEADS)
+def residual_full(classifier: FrozenClassifier, device: torch.device,
+                  shape: tuple[int, int, int, int] = VIT_L14) -> ResiDual:
+    """ResiDual-full for a tower of ``shape`` with random orthonormal-ish bases (timing only)."""
+    n_layers, n_heads, d_head, d_out = shape
+    labels = unit_labels(n_layers, n_heads)
     selected = labels[1:]  # MLPs and heads; the embedding is kept as is
-    sizes = [D_OUT if label.endswith(".mlp") else D_HEAD for label in selected]
+    sizes = [d_out if label.endswith(".mlp") else d_head for label in selected]
     gen = torch.Generator(device=device).manual_seed(0)
-    comps = torch.randn(sum(sizes), D_OUT, generator=gen, device=device) / D_OUT**0.5
+    comps = torch.randn(sum(sizes), d_out, generator=gen, device=device) / d_out**0.5
     basis = StackedBasis(
         labels=selected, sizes=sizes, components=comps,
-        mean=torch.zeros(len(selected), D_OUT, device=device), other_labels=["embed"],
-        other_mean=torch.zeros(1, D_OUT, device=device),
+        mean=torch.zeros(len(selected), d_out, device=device), other_labels=["embed"],
+        other_mean=torch.zeros(1, d_out, device=device),
         discarded=torch.zeros(len(selected)),
     )
     return ResiDual(classifier, basis, labels, rest="keep", name="residual-full").to(device)
+
+
+def make_problem(n: int, n_classes: int, device: torch.device, seed: int = 1,
+                 shape: tuple[int, int, int, int] = VIT_L14) -> dict:
+    """ResiDual-full and the linear adapter with random cached data of ``n`` samples.
+
+    ``shape`` is the tower's (layers, heads, d_head, d_out); ViT-L/14's gives 43,008 λ.
+
+    Returns:
+        ``residual``/``linear`` (the variants) and ``residual_data``/``linear_data`` (their
+        cached inputs and targets, on ``device``).
+    """
+    gen = torch.Generator(device=device).manual_seed(seed)
+    d_out = shape[-1]
+    clf_w = torch.nn.functional.normalize(
+        torch.randn(d_out, n_classes, generator=gen, device=device), dim=0)
+    classifier = FrozenClassifier(clf_w)
+    residual = residual_full(classifier, device, shape)
+    coords = torch.randn(n, residual.n_trainable, generator=gen, device=device)
+    rest = torch.randn(n, d_out, generator=gen, device=device)
+    targets = torch.randint(0, n_classes, (n,), generator=gen, device=device)
+    return {
+        "residual": residual,
+        "residual_data": TensorData((coords, rest), targets),
+        "linear": LinearAdapter(classifier).to(device),
+        "linear_data": TensorData((rest.clone(),), targets),
+    }
 
 
 def sync(device: torch.device) -> None:
@@ -120,20 +151,11 @@ def main() -> None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    gen = torch.Generator(device=device).manual_seed(1)
     n = args.n_samples
-
-    clf_w = torch.nn.functional.normalize(
-        torch.randn(D_OUT, args.n_classes, generator=gen, device=device), dim=0)
-    classifier = FrozenClassifier(clf_w)
-    residual = residual_full(classifier, device)
-    k_total = residual.n_trainable
-    coords = torch.randn(n, k_total, generator=gen, device=device)
-    rest = torch.randn(n, D_OUT, generator=gen, device=device)
-    targets = torch.randint(0, args.n_classes, (n,), generator=gen, device=device)
-    residual_data = TensorData((coords, rest), targets)
-    linear = LinearAdapter(classifier).to(device)
-    linear_data = TensorData((rest.clone(),), targets)
+    problem = make_problem(n, args.n_classes, device)
+    residual, residual_data = problem["residual"], problem["residual_data"]
+    linear, linear_data = problem["linear"], problem["linear_data"]
+    k_total, coords = residual.n_trainable, residual_data.inputs[0]
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name} ({device}), torch {torch.__version__}, threads "

@@ -47,10 +47,10 @@ class NoiseImages(Dataset):
 
 def make_model(name: str, device: str) -> torch.nn.Module:
     """An open_clip architecture with random weights, or ``tiny`` (a 4-layer 64-px ViT)."""
+    torch.manual_seed(0)
     if name == "tiny":
         from open_clip.transformer import VisionTransformer
 
-        torch.manual_seed(0)
         model = VisionTransformer(image_size=64, patch_size=8, width=192, layers=4, heads=6,
                                   mlp_ratio=4.0, output_dim=128)
     else:

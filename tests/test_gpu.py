@@ -1,0 +1,216 @@
+"""Device-specific paths: autocast decomposition, stores to and from the GPU, training, zero-shot.
+
+Every test compares the device route with the CPU route (float64 where the maths allows).
+Skipped without CUDA; ``RESIDUAL_GPU_TESTS_ON_CPU=1`` runs them on the CPU instead, which the
+GPU suite's smoke run does so that they cannot rot between GPU runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+
+import pytest
+import torch
+from open_clip.transformer import VisionTransformer
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from residual_core import experiments as ex
+from residual_core.decompose import UnitProjector, decompose
+from residual_core.models import LoadedModel
+from residual_core.residual import FrozenClassifier, build_variant, cache_inputs
+from residual_core.spectral import StreamingPCA
+from residual_core.store import build_store
+from residual_core.training import (
+    TensorBatcher,
+    TensorData,
+    fit_variant,
+    make_optimizer,
+    train_epoch,
+)
+from residual_core.tutorial import world
+from residual_core.zeroshot import build_classifier, encode_images
+
+pytestmark = pytest.mark.gpu
+
+AUTOCAST = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    """Per-unit error bound relative to the embedding norm: a few roundings of ``dtype``.
+
+    float32 measures ~2e-7 here, fp16 autocast ~0.6 eps and bf16 ~0.6 eps on this 4-layer
+    tower: 4 eps leaves room for the GPU's other kernels without hiding a real error.
+    """
+    return 1e-5 if dtype == torch.float32 else 4 * torch.finfo(dtype).eps
+
+
+@pytest.fixture(scope="module")
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if os.environ.get("RESIDUAL_GPU_TESTS_ON_CPU") == "1":
+        return torch.device("cpu")
+    pytest.skip("needs CUDA (RESIDUAL_GPU_TESTS_ON_CPU=1 runs these tests on the CPU)")
+
+
+def make_tower(seed: int = 0) -> VisionTransformer:
+    """A 4-layer 32-px ViT with every weight and bias away from its init (so nothing is 0)."""
+    torch.manual_seed(seed)
+    model = VisionTransformer(image_size=32, patch_size=8, width=64, layers=4, heads=4,
+                              mlp_ratio=4.0, output_dim=32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+class Images(Dataset):
+    """Deterministic 32-px images with labels ``i % 3``."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(i)), i % 3
+
+
+def stacked(dataset: Dataset) -> torch.Tensor:
+    return torch.stack([dataset[i][0] for i in range(len(dataset))])
+
+
+def float64_units(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The reference: the decomposition of a float64 CPU copy."""
+    with torch.inference_mode():
+        return decompose(copy.deepcopy(model).cpu().double(), images.cpu().double()).units
+
+
+def relative_error(units: torch.Tensor, ref: torch.Tensor) -> float:
+    """Max over samples and units of ``‖u − u_ref‖ / ‖embedding_ref‖``."""
+    norm = ref.sum(1).norm(dim=-1)[:, None]
+    return float(((units.detach().cpu().double() - ref).norm(dim=-1) / norm).max())
+
+
+@pytest.mark.parametrize("dtype", AUTOCAST, ids=lambda d: str(d).removeprefix("torch."))
+def test_decompose_under_autocast_matches_float64_cpu(device, dtype):
+    model = make_tower()
+    x = stacked(Images(4))
+    ref = float64_units(model, x)
+    model = model.to(device)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype,
+                                                enabled=dtype != torch.float32):
+        dec = decompose(model, x.to(device))
+        plain = model(x.to(device)).float()
+    assert dec.units.device.type == device.type and dec.units.dtype == torch.float32
+    err = relative_error(dec.units, ref)
+    assert err < tolerance(dtype), f"{dtype} on {device}: max per-unit error {err:.2e}"
+    sum_err = float(((dec.units.sum(1) - plain).norm(dim=-1) / plain.norm(dim=-1)).max())
+    assert sum_err < tolerance(dtype), f"{dtype}: units.sum(1) vs the forward {sum_err:.2e}"
+
+
+def test_projector_built_on_the_device_matches_the_cpu_one(device):
+    model = make_tower()
+    cpu = UnitProjector.from_model(model).state_dict()
+    on_device = UnitProjector.from_model(copy.deepcopy(model).to(device)).state_dict()
+    for key, value in cpu.items():
+        assert on_device[key].device.type == device.type, key
+        torch.testing.assert_close(on_device[key].cpu(), value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_store_built_on_the_device_streams_back_to_it(device, tmp_path):
+    model = make_tower()
+    data = Images(21)  # chunks of 8, 8, 5
+    ref = float64_units(model, stacked(data))
+    store = build_store(tmp_path / "s", model.to(device), data, {"model": "tower"},
+                        batch_size=4, chunk_size=8, dtype="float16", device=device,
+                        autocast_dtype=torch.float16, progress=False)
+    chunks = list(store.iter_units(device))
+    assert [len(u) for u, _ in chunks] == [8, 8, 5]
+    assert all(u.device.type == device.type for u, _ in chunks)
+    units = torch.cat([u for u, _ in chunks])
+    targets = torch.cat([t for _, t in chunks])
+    assert targets.tolist() == [i % 3 for i in range(21)]
+    # fp16 autocast, then fp16 storage of the raw form: two fp16 roundings.
+    err = relative_error(units, ref)
+    assert err < 2 * tolerance(torch.float16), f"store on {device}: per-unit error {err:.2e}"
+    picked = store.units(["L3H1", "embed"], device)
+    assert picked.device.type == device.type
+    idx = store.labels.index("L3H1"), store.labels.index("embed")
+    torch.testing.assert_close(picked, units[:, list(idx)], rtol=1e-5, atol=1e-6)
+    # The reference PCA streamed on the device is the CPU one.
+    on_device, _ = ex.reference_pcas(u for u, _ in store.iter_units(device))
+    on_cpu, _ = ex.reference_pcas(u for u, _ in store.iter_units("cpu"))
+    torch.testing.assert_close(on_device.explained_variance.cpu(), on_cpu.explained_variance,
+                               rtol=1e-3, atol=1e-6)
+
+
+def residual_task(dev: torch.device):
+    """ResiDual-full on the synthetic task of ``test_training`` (solvable only by reweighting)."""
+    from test_training import LABELS, LAYOUT, classifier, synthetic_units
+
+    splits = {name: synthetic_units(n, seed)
+              for name, n, seed in [("train", 1024, 0), ("val", 512, 1), ("test", 512, 2)]}
+    pca = StreamingPCA().update(splits["train"][0]).compute()
+    module = build_variant("residual-full", classifier(), labels=LABELS, pca=pca, layout=LAYOUT)
+    module = module.to(dev)
+    data = {}
+    for name, (units, y) in splits.items():
+        inputs, _ = cache_inputs(module, units.to(dev))
+        data[name] = TensorData(inputs, y.to(dev))
+    return module, data
+
+
+def test_residual_trains_on_the_device_as_on_the_cpu(device, tmp_path):
+    lams = {}
+    for dev in (torch.device("cpu"), device):
+        module, data = residual_task(dev)
+        torch.manual_seed(0)
+        opt = make_optimizer(module, module.default_lr)
+        loss = train_epoch(module, opt, TensorBatcher(data["train"], 64, shuffle=True), 0)
+        assert loss.device.type == dev.type and torch.isfinite(loss)
+        lams[dev.type] = module.lam.detach().cpu()
+    # One epoch (16 Schedule-Free steps at lr 0.8): float32 reductions in another order only.
+    torch.testing.assert_close(lams[device.type], lams["cpu"], rtol=1e-3, atol=1e-4)
+    module, data = residual_task(device)
+    result = fit_variant(module, data["train"], data["val"], data["test"], seed=0,
+                         max_epochs=15, device=device, ckpt_dir=tmp_path, progress=False)
+    assert result.row["engine"] == "lean"
+    assert result.variant.lam.device.type == device.type
+    assert result.row["test_acc"] > 0.95, result.row
+
+
+def test_fine_tune_runs_on_the_device_through_lightning(device, tmp_path):
+    torch.manual_seed(0)
+    visual = VisionTransformer(image_size=16, patch_size=8, width=32, layers=1, heads=2,
+                               mlp_ratio=2.0, output_dim=8)
+    weights = torch.nn.functional.normalize(torch.randn(8, 3), dim=0)
+    module = build_variant("fine-tune", FrozenClassifier(weights), visual=visual)
+    images, y = torch.randn(96, 3, 16, 16), torch.randint(0, 3, (96,))
+    loaders = [DataLoader(TensorDataset(images[i::3], y[i::3]), batch_size=16) for i in range(3)]
+    before = copy.deepcopy(visual.state_dict())
+    result = fit_variant(module, *loaders, seed=0, max_epochs=1, device=device,
+                         ckpt_dir=tmp_path, progress=False, lr=1e-3)
+    assert result.row["engine"] == "lightning" and result.row["epochs"] == 1
+    assert next(result.variant.parameters()).device.type == device.type
+    after = {k: v.cpu() for k, v in visual.state_dict().items()}
+    assert any(not torch.equal(before[k], v) for k, v in after.items())
+
+
+def test_zero_shot_on_the_device_matches_the_cpu(loaded: LoadedModel, device):
+    on_device = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model).to(device))
+    classnames, templates = world.ATTRIBUTES["color"], world.TEMPLATES["color"]
+    clf_cpu = build_classifier(loaded, classnames, templates)
+    clf_dev = build_classifier(on_device, classnames, templates)
+    assert clf_dev.weights.device.type == device.type
+    torch.testing.assert_close(clf_dev.weights.cpu(), clf_cpu.weights, rtol=1e-4, atol=1e-5)
+    gen = torch.Generator().manual_seed(0)
+    images = [(torch.randn(3, 64, 64, generator=gen), i % 2) for i in range(12)]
+    feats_cpu, y_cpu = encode_images(loaded, images, batch_size=5, progress=False)
+    feats_dev, y_dev = encode_images(on_device, images, batch_size=5, progress=False)
+    assert torch.equal(y_cpu, y_dev)
+    torch.testing.assert_close(feats_dev, feats_cpu, rtol=1e-4, atol=1e-5)
+    assert torch.equal(clf_dev.predict(feats_dev.to(device)).cpu(), clf_cpu.predict(feats_cpu))
