@@ -1,5 +1,4 @@
-"""What each of the book's convention choices changes, measured: the numbers of the README's
-"Conventions" section.
+"""What each of the book's convention choices changes, measured (the README's "Conventions").
 
 1. Centring of the final LayerNorm's mean (``shared``, the authors', vs ``per-unit``): the
    per-unit difference on a random ViT-B-16 (LayerNorm and biases perturbed) and on the
@@ -22,14 +21,13 @@ import argparse
 import open_clip
 import torch
 
-from residual_core.conventions import compare_centerings
-from residual_core.datasets import load_dataset
-from residual_core.decompose import decompose
-from residual_core.dictionary import load_dictionary
-from residual_core.intrinsic_dim import two_nearest_neighbours, twonn
+from residual_core.analysis.conventions import compare_centerings
+from residual_core.core.decompose import decompose
+from residual_core.core.intrinsic_dim import two_nearest_neighbours, twonn
+from residual_core.core.textspan import textspan
+from residual_core.data.dictionaries import load_dictionary
+from residual_core.data.registry import load_dataset
 from residual_core.models import load_model
-from residual_core.text_cache import embed_dictionary
-from residual_core.textspan import textspan
 
 
 def random_vit_b16(seed: int) -> torch.nn.Module:
@@ -58,7 +56,7 @@ def centring(images: int, seed: int) -> None:
     data = load_dataset("world.reference", "train", loaded.preprocess, size=2000)
     batches = (b for b, _ in torch.utils.data.DataLoader(data, batch_size=256))
     cmp = compare_centerings(loaded.model, batches, words.texts,
-                             embed_dictionary(loaded, words), seed=seed)
+                             words.embed(loaded).embeddings, seed=seed)
     print("\n## 1b. Centring, tutorial CLIP, 2,000 world.reference train images")
     print(cmp.summary().to_string(float_format=lambda v: f"{v:.4f}"))
     common = cmp.texts.common

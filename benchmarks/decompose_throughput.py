@@ -20,7 +20,7 @@ import open_clip
 import torch
 from torch import Tensor
 
-from residual_core.decompose import UnitProjector, decompose, get_visual
+from residual_core.core.decompose import UnitProjector, decompose, get_visual
 
 
 def _sync(device: torch.device) -> None:

@@ -3,7 +3,7 @@
 Random cached data shaped like ViT-L/14 (24 layers × 16 heads, d_head 64, d_out 768): every
 head keeps 64 PCs and every MLP 768, so λ has 43,008 entries and each cached sample 43,008
 coordinates plus the kept embedding (768). The linear adapter trains on the 768-d embedding.
-Both use the lean engine (:func:`residual_core.training.train_epoch`: data on the device,
+Both use the lean engine (:func:`residual_core.core.training.train_epoch`: data on the device,
 index-permutation batches, Schedule-Free AdamW); ``--lightning`` also times the same epoch
 through Lightning to show its per-step overhead.
 
@@ -21,9 +21,8 @@ import time
 import lightning as L
 import torch
 
-from residual_core.decompose import unit_labels
-from residual_core.residual import FrozenClassifier, LinearAdapter, ResiDual, StackedBasis
-from residual_core.training import (
+from residual_core.core.residual import FrozenClassifier, LinearAdapter, ResiDual, StackedBasis
+from residual_core.core.training import (
     TensorBatcher,
     TensorData,
     VariantTask,
@@ -31,6 +30,7 @@ from residual_core.training import (
     quiet_lightning,
     train_epoch,
 )
+from residual_core.core.units import unit_labels
 
 N_LAYERS, N_HEADS, D_HEAD, D_OUT = 24, 16, 64, 768
 VIT_L14 = (N_LAYERS, N_HEADS, D_HEAD, D_OUT)

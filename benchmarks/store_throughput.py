@@ -28,7 +28,7 @@ import open_clip
 import torch
 from torch.utils.data import Dataset
 
-from residual_core.store import build_store
+from residual_core.core.store import build_store
 
 
 class NoiseImages(Dataset):
@@ -98,7 +98,7 @@ def peak_rss_child(n: int, args) -> dict:
         "import sys, json, resource, tempfile, pathlib;"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r});"
         "from store_throughput import NoiseImages, make_model;"
-        "from residual_core.store import build_store;"
+        "from residual_core.core.store import build_store;"
         f"m = make_model({args.model!r}, {args.device!r});"
         "v = getattr(m, 'visual', m);"
         "s = v.image_size[0] if isinstance(v.image_size, tuple) else v.image_size;"

@@ -49,14 +49,14 @@
 
 # %% tags=["parameters"]
 model = "tutorial"  # a key of residual_core.models.list_models(), e.g. "openclip_b"
-images_from = "world.reference"  # a dataset of residual_core.datasets, or "noise"
+images_from = "world.reference"  # a dataset of residual_core.data.registry, or "noise"
 n_images = 8
 centering = "shared"  # final LayerNorm mean split over units: "shared" (the authors') or "per-unit"
 compare_images = 2000  # images for the comparison of the two centrings (0: skip it)
 dictionary = "tutorial"  # texts for that comparison's TextSpan ("general" for natural images)
 seed = 0
 device = "cpu"
-weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.synthetic)
+weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.data.synthetic)
 results_file = None  # CSV of the key results (the runner sets it next to the notebook)
 
 # %%
@@ -65,20 +65,15 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from residual_core import chapter, decompose
-from residual_core.conventions import compare_centerings
-from residual_core.datasets import load_dataset
-from residual_core.decompose import check_supported
-from residual_core.dictionary import load_dictionary
-from residual_core.plotting import (
-    figure_picker,
-    layer_head_grid,
-    plot_layer_head_heatmap,
-    plot_layer_units,
-    relative_error,
-    unit_norm_table,
-)
-from residual_core.text_cache import embed_dictionary
+from residual_core.analysis.conventions import compare_centerings
+from residual_core.analysis.decomposition import relative_error, unit_norm_table
+from residual_core.core.decompose import check_supported, decompose
+from residual_core.data.dictionaries import load_dictionary
+from residual_core.data.registry import load_dataset
+from residual_core.models import load_model
+from residual_core.plots.common import figure_picker
+from residual_core.plots.units import layer_head_grid, plot_layer_head_heatmap, plot_layer_units
+from residual_core.runner.records import write_results
 
 _ = torch.manual_seed(seed)
 
@@ -94,7 +89,7 @@ _ = torch.manual_seed(seed)
 
 # %%
 # The one line that picks the model; everything below reads its sizes from the model object.
-loaded = chapter.load_model(model, weights, device)
+loaded = load_model(model, device=device, weights=weights)
 net = loaded.model
 layout = check_supported(net)
 display(pd.DataFrame([vars(layout) | {"units": layout.n_units}], index=[model]))
@@ -152,7 +147,7 @@ assert error < 1e-5, f"decomposition is not exact: relative error {error:.2e}"
 
 # %%
 table = unit_norm_table(dec)
-chapter.write_results(table, results_file, model=loaded.name, max_rel_error=error)
+write_results(table, results_file, model=loaded.name, max_rel_error=error)
 embed_norm = table.loc[table.kind == "embed", "norm"].mean()
 plot_layer_head_heatmap(layer_head_grid(table), embed_norm)
 plt.show()
@@ -202,7 +197,7 @@ if compare_images:
     else:
         data = load_dataset(images_from, "train", loaded.preprocess, size=compare_images)
         batches = (x.to(device) for x, _ in torch.utils.data.DataLoader(data, batch_size=256))
-    cmp = compare_centerings(net, batches, words.texts, embed_dictionary(loaded, words),
+    cmp = compare_centerings(net, batches, words.texts, words.embed(loaded).embeddings,
                              n_texts=3, seed=seed)
     display(cmp.summary().style.format({"median_rel_diff": "{:.1%}", "max_rel_diff": "{:.1%}",
                                         "median_twonn_change": "{:.2f}"}))

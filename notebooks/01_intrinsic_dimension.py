@@ -51,7 +51,7 @@ seed = 0  # seed of the TwoNN subsample
 batch_size = 256
 centering = "shared"  # final LayerNorm mean split over units: "shared" (the authors') or "per-unit"
 device = "cpu"
-weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.synthetic)
+weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.data.synthetic)
 results_file = None  # CSV of the key results (the runner sets it next to the notebook)
 
 # %%
@@ -60,17 +60,18 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from residual_core import chapter
-from residual_core.plots_geometry import plot_depth_profiles, plot_layer_spectra, plot_unit_grid
-from residual_core.plotting import figure_picker
-from residual_core.store import encode_dataset
-from residual_core.unit_geometry import (
+from residual_core.analysis.geometry import (
     depth_profile,
     id_findings,
     intrinsic_dimension_table,
     layer_grid,
     store_pca,
 )
+from residual_core.data.encodings import encode_dataset
+from residual_core.models import load_model
+from residual_core.plots.common import figure_picker
+from residual_core.plots.geometry import plot_depth_profiles, plot_layer_spectra, plot_unit_grid
+from residual_core.runner.records import write_results
 
 _ = torch.manual_seed(seed)
 pd.options.display.float_format = "{:.3g}".format
@@ -83,7 +84,7 @@ pd.options.display.float_format = "{:.3g}".format
 # from this one store.
 
 # %%
-loaded = chapter.load_model(model, weights, device)
+loaded = load_model(model, device=device, weights=weights)
 store = encode_dataset(loaded, reference, split, size=size, batch_size=batch_size,
                        centering=centering,
                        device=device, progress=False)
@@ -114,7 +115,7 @@ n_used = {fit.n_points for fit in fits.values()}
 print(f"TwoNN used {min(n_used)}–{max(n_used)} points per unit; "
       f"{table.twonn_duplicates.max()} duplicate rows removed at most")
 display(table.set_index("unit").drop(columns=["kind"]))
-chapter.write_results(table, results_file, model=loaded.name, reference=reference)
+write_results(table, results_file, model=loaded.name, reference=reference)
 
 # %% [markdown]
 # How much of this is estimator noise? TwoNN again on two random halves of the images (other

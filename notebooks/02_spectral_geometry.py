@@ -54,7 +54,7 @@ seed = 0  # seed of the random bases of the chance level
 batch_size = 256
 centering = "shared"  # final LayerNorm mean split over units: "shared" (the authors') or "per-unit"
 device = "cpu"
-weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.synthetic)
+weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.data.synthetic)
 results_file = None  # CSV of the key results (the runner sets it next to the notebook)
 
 # %%
@@ -64,15 +64,7 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from residual_core import chapter
-from residual_core.plots_geometry import (
-    plot_similarity_matrix,
-    plot_similarity_summary,
-    plot_unit_grid,
-)
-from residual_core.plotting import figure_picker
-from residual_core.store import encode_dataset
-from residual_core.unit_geometry import (
+from residual_core.analysis.geometry import (
     layer_grid,
     random_subspace_similarity,
     stability_findings,
@@ -81,6 +73,15 @@ from residual_core.unit_geometry import (
     unit_index,
     unit_similarity_matrix,
 )
+from residual_core.data.encodings import encode_dataset
+from residual_core.models import load_model
+from residual_core.plots.common import figure_picker
+from residual_core.plots.geometry import (
+    plot_similarity_matrix,
+    plot_similarity_summary,
+    plot_unit_grid,
+)
+from residual_core.runner.records import write_results
 
 _ = torch.manual_seed(seed)
 pd.options.display.precision = 2
@@ -93,7 +94,7 @@ pd.options.display.precision = 2
 # a first sign of whether a distribution changes the units' geometry.
 
 # %%
-loaded = chapter.load_model(model, weights, device)
+loaded = load_model(model, device=device, weights=weights)
 ref_store = encode_dataset(loaded, reference, reference_split, size=reference_size,
                            centering=centering,
                            batch_size=batch_size, device=device, progress=False)
@@ -140,7 +141,7 @@ names = {"head": "heads: median", "head_min": "heads: min", "mlp": "MLPs: median
          "embed": "embed"}
 display(summary[list(names)].rename(columns=names))
 print(f"chance level (heads): median {head_chance.median():.2f}, max {head_chance.max():.2f}")
-chapter.write_results(similarity.assign(chance=chance[similarity.unit].to_numpy()),
+write_results(similarity.assign(chance=chance[similarity.unit].to_numpy()),
                       results_file, model=loaded.name, reference=reference)
 
 # %% [markdown]

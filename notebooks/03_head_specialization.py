@@ -55,7 +55,7 @@ n_best_heads = 2  # best heads per attribute in the ground-truth table
 seed = 0
 centering = "shared"  # final LayerNorm mean split over units: "shared" (the authors') or "per-unit"
 device = "cpu"
-weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.synthetic)
+weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.data.synthetic)
 results_file = None  # CSV of the key results (the runner sets it next to the notebook)
 
 # %%
@@ -64,12 +64,14 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from residual_core import chapter
-from residual_core import specialization as spec
-from residual_core.ablation import head_labels
-from residual_core.alignment import layer_of
-from residual_core.dictionary import load_dictionary
-from residual_core.plots_heads import (
+from residual_core.analysis import specialization as spec
+from residual_core.analysis.alignment import layer_of
+from residual_core.core.ablation import head_labels
+from residual_core.data.dictionaries import load_dictionary
+from residual_core.data.encodings import TaskEncodings
+from residual_core.models import load_model
+from residual_core.plots.common import figure_picker
+from residual_core.plots.heads import (
     plot_explained_variance,
     plot_family_shares,
     plot_head_card,
@@ -77,9 +79,7 @@ from residual_core.plots_heads import (
     styled,
     truth_table_view,
 )
-from residual_core.plotting import figure_picker
-from residual_core.tasks import TaskEncodings
-from residual_core.text_cache import embed_dictionary
+from residual_core.runner.records import write_results
 
 _ = torch.manual_seed(seed)
 pd.set_option("display.max_colwidth", 80)
@@ -87,12 +87,12 @@ pd.set_option("display.max_colwidth", 80)
 # %% [markdown]
 # ## Model, images and dictionary
 #
-# The model's units are encoded once per image set and cached on disk (`residual_core.store`);
+# The model's units are encoded once per image set and cached on disk (`residual_core.core.store`);
 # all tutorial tasks of a split share the same images, so one encoding serves every attribute.
 # The dictionary's texts are embedded once per model and cached as well.
 
 # %%
-loaded = chapter.load_model(model, weights, device)
+loaded = load_model(model, device=device, weights=weights)
 enc = TaskEncodings(loaded, {"train": train_size, "test": test_size}, centering=centering)
 ref = TaskEncodings(loaded, {"train": reference_size}, centering=centering)
 ref_units = ref.units(reference, "train")
@@ -102,7 +102,7 @@ n_layers = 1 + max(layer_of(h) for h in heads)
 late_heads = [h for h in heads if layer_of(h) >= n_layers - last_layers]
 
 words = load_dictionary(dictionary)
-text_embeddings = embed_dictionary(loaded, words)
+text_embeddings = words.embed(loaded).embeddings
 print(f"model {loaded.name} ({loaded.fingerprint})")
 print(f"{len(labels)} units, {len(heads)} heads in {n_layers} layers, d_out {ref_units.shape[-1]}")
 print(f"reference {reference}: {ref_units.shape[0]} images")
@@ -177,7 +177,7 @@ truth = spec.ground_truth_table(probes, textspan, words, families, chance, n_hea
                                 n_texts=3, ignore=modifier_families)
 truth["attribute"] = truth.attribute.map(short)
 display(truth_table_view(truth))
-chapter.write_results(truth, results_file, model=loaded.name, dictionary=dictionary)
+write_results(truth, results_file, model=loaded.name, dictionary=dictionary)
 
 best = truth[truth["rank"] == 1]
 checked = best[best.names_family != "–"]

@@ -60,7 +60,7 @@ default_task = "world_clutter.color"
 seed = 0
 centering = "shared"  # final LayerNorm mean split over units: "shared" (the authors') or "per-unit"
 device = "cpu"
-weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.synthetic)
+weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.data.synthetic)
 results_file = None  # CSV of the key results (the runner sets it next to the notebook)
 
 # %%
@@ -71,21 +71,21 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from residual_core import chapter
-from residual_core import specialization as spec
-from residual_core.ablation import head_labels
-from residual_core.alignment import analyze_task, selected_on_val, task_table
-from residual_core.dictionary import load_dictionary
-from residual_core.plots_heads import (
+from residual_core.analysis import specialization as spec
+from residual_core.analysis.alignment import analyze_task, selected_on_val, task_table
+from residual_core.core.ablation import head_labels
+from residual_core.data.dictionaries import load_dictionary
+from residual_core.data.encodings import TaskEncodings
+from residual_core.models import load_model
+from residual_core.plots.common import figure_picker, task_label
+from residual_core.plots.heads import (
     plot_correlation,
     plot_headroom,
     plot_layer_ablation,
     plot_task_card,
     styled,
 )
-from residual_core.plotting import figure_picker, task_label
-from residual_core.tasks import TaskEncodings
-from residual_core.text_cache import embed_dictionary
+from residual_core.runner.records import write_results
 from residual_core.tutorial.world import mention_rates
 
 _ = torch.manual_seed(seed)
@@ -98,7 +98,7 @@ _ = torch.manual_seed(seed)
 # usual prompt ensemble over its templates, with cosine logits.
 
 # %%
-loaded = chapter.load_model(model, weights, device)
+loaded = load_model(model, device=device, weights=weights)
 enc = TaskEncodings(loaded, {"train": train_size, "val": val_size, "test": test_size},
                     centering=centering)
 ref = TaskEncodings(loaded, {"train": reference_size}, centering=centering)
@@ -126,12 +126,12 @@ results = {
     for t in tasks
 }
 words = load_dictionary(dictionary)
-textspan = spec.explain_heads(ref_units, labels, heads, embed_dictionary(loaded, words),
+textspan = spec.explain_heads(ref_units, labels, heads, words.embed(loaded).embeddings,
                               words.texts, n_iters=n_texts, rank=rank, span=span)
 shares = spec.family_shares(list(textspan.values()), words, ignore=modifier_families)
 families = {t: spec.task_family(t, words.family_names(), task_families) for t in tasks}
 table = task_table(list(results.values()), shares, families, k_carriers=k_carriers)
-chapter.write_results(table, results_file, model=loaded.name)
+write_results(table, results_file, model=loaded.name)
 
 # %% [markdown]
 # ## 1. Zero-shot accuracy and its headroom

@@ -90,7 +90,7 @@ device = "cpu"
 threads = 1  # torch CPU threads (None: torch's default); 1 is fastest on a shared machine
 seed = 0
 centering = "shared"  # final LayerNorm mean split over units: "shared" (the authors') or "per-unit"
-weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.synthetic)
+weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.data.synthetic)
 results_file = None  # CSV of the key results (the runner sets it next to the notebook)
 
 # %%
@@ -103,22 +103,22 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from residual_core import chapter
-from residual_core import experiments as ex
-from residual_core.dictionary import load_dictionary
-from residual_core.plots_residual import (
+from residual_core.analysis import experiments as ex
+from residual_core.analysis.specialization import task_family
+from residual_core.core.io import DEFAULT_CACHE
+from residual_core.core.residual import lambda_matrix, lambda_summary
+from residual_core.data.dictionaries import load_dictionary
+from residual_core.data.encodings import TaskEncodings
+from residual_core.models import load_model
+from residual_core.plots.common import figure_picker, task_label
+from residual_core.plots.residual import (
     plot_accuracy_vs_params,
     plot_gains,
     plot_lambda_grid,
     plot_lambda_pcs,
     plot_task_card,
 )
-from residual_core.plotting import figure_picker, task_label
-from residual_core.residual import lambda_matrix, lambda_summary
-from residual_core.specialization import task_family
-from residual_core.store import DEFAULT_CACHE
-from residual_core.tasks import TaskEncodings
-from residual_core.text_cache import embed_dictionary
+from residual_core.runner.records import write_results
 
 _ = torch.manual_seed(seed)
 if threads is not None:
@@ -132,7 +132,7 @@ if threads is not None:
 # every unit's principal basis and the basis of the summed output (for the spectral adapter).
 
 # %%
-loaded = chapter.load_model(model, weights, device)
+loaded = load_model(model, device=device, weights=weights)
 enc = TaskEncodings(loaded, {"train": train_size, "val": val_size, "test": test_size},
                     centering=centering)
 ref_store = TaskEncodings(loaded, {"train": reference_size},
@@ -170,7 +170,7 @@ elapsed = time.perf_counter() - start
 table = res.table
 print(f"{len(table)} results ({len(tasks)} tasks × {len(variants)} variants) in {elapsed:.0f} s "
       f"this run; training time recorded per result: {table.wall_time_s.sum():.0f} s")
-chapter.write_results(table.drop(columns="history"), results_file, weights=weights)
+write_results(table.drop(columns="history"), results_file, weights=weights)
 
 # %% [markdown]
 # ## Accuracy and trainable parameters
@@ -315,7 +315,7 @@ if shown is not None:
 
 # %%
 words = load_dictionary(dictionary)
-text_emb = embed_dictionary(loaded, words)
+text_emb = words.embed(loaded).embeddings
 explained = {t: ex.pc_texts(v, res.pca, res.labels, words.texts, text_emb,
                             families=words.families, units=3, top=1)
              for t, v in trained.items()}

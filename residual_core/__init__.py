@@ -1,15 +1,14 @@
 """ResiDual Book core: unit decomposition, spectral tools and ResiDual for open_clip ViTs."""
 
-from residual_core.decompose import (
+from residual_core.core.decompose import (
     Decomposition,
     RawUnits,
-    UnitLayout,
     UnitProjector,
     UnsupportedModelError,
     decompose,
     decompose_raw,
-    unit_labels,
 )
+from residual_core.core.units import UnitLayout, unit_labels
 
 __version__ = "0.1.0"
 

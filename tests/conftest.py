@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from residual_core.models import LoadedModel, weights_fingerprint
+from residual_core.core.model import LoadedModel, weights_fingerprint
 from residual_core.tutorial import world
 from residual_core.tutorial.model import build_tiny_clip, preprocess_transform, tiny_clip_config
 from residual_core.tutorial.tokenizer import WordTokenizer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from residual_core.ablation import (
+from residual_core.core.ablation import (
     ablate,
     accuracy,
     coarse_selection,
@@ -13,7 +13,7 @@ from residual_core.ablation import (
     k_values,
     rank_heads,
 )
-from residual_core.decompose import unit_labels
+from residual_core.core.units import unit_labels
 
 LABELS = unit_labels(2, 4)  # embed, 2 MLPs, 8 heads
 SIGNAL = "L1H2"

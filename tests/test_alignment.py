@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from residual_core.alignment import (
+from residual_core.analysis.alignment import (
     ABLATION_KINDS,
     analyze_task,
     layer_ablation,
@@ -16,7 +16,7 @@ from residual_core.alignment import (
     task_table,
     units_of_layer,
 )
-from residual_core.zeroshot import ZeroShotClassifier
+from residual_core.core.zeroshot import ZeroShotClassifier
 
 LABELS = ["embed", "L0.mlp", "L1.mlp", "L0H0", "L0H1", "L1H0", "L1H1"]
 D, K = 8, 3

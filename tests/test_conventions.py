@@ -6,8 +6,8 @@ import pytest
 import torch
 from open_clip.transformer import VisionTransformer
 
-from residual_core.conventions import compare_centerings
-from residual_core.decompose import decompose
+from residual_core.analysis.conventions import compare_centerings
+from residual_core.core.decompose import decompose
 
 
 def tiny(seed: int = 0) -> VisionTransformer:

@@ -5,7 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from residual_core import datasets as D
+from residual_core import data as D
+from residual_core.data import registry
+from residual_core.data import world as WD
 from residual_core.tutorial import world as W
 
 SIZE = 300  # small splits keep the tests fast; the defaults are SPLIT_SIZES
@@ -18,15 +20,15 @@ def _hashes(images: np.ndarray) -> set[bytes]:
 def test_registry_lists_every_distribution_task_and_the_reference():
     names = D.list_datasets()
     assert names == sorted(names)
-    expected = {f"{d}.{t}" for d in D.DISTRIBUTIONS for t in W.ATTRIBUTES} | {"world.reference"}
-    from residual_core.paper_datasets import paper_names
+    expected = {f"{d}.{t}" for d in WD.DISTRIBUTIONS for t in W.ATTRIBUTES} | {"world.reference"}
+    from residual_core.data.paper import paper_names
 
     # the paper's datasets register lazily; other modules may add more (e.g. ``synthetic``)
     assert expected | set(paper_names()) <= set(names)
     assert {"world", "world_noise", "world_palette", "world_clutter", "world_sketch"} <= set(
-        D.DISTRIBUTIONS
+        WD.DISTRIBUTIONS
     )
-    assert "world_random" in D.DISTRIBUTIONS
+    assert "world_random" in WD.DISTRIBUTIONS
 
 
 def test_unknown_name_or_split_lists_valid_choices():
@@ -57,8 +59,8 @@ def test_register_dataset_is_the_extension_point():
         with pytest.raises(ValueError, match="valid splits: train, test"):
             D.load_dataset("toy", "val")
     finally:
-        del D._REGISTRY["toy"]
-        D._CACHE.clear()
+        del registry._REGISTRY["toy"]
+        registry._CACHE.clear()
 
 
 def test_world_task_dataset_interface():
@@ -115,23 +117,23 @@ def test_splits_are_disjoint_and_deterministic():
 
 def test_smaller_size_is_a_prefix():
     small = D.load_dataset("world.background", "train", size=120)
-    large = D.load_dataset("world.background", "train", size=D.BLOCK + 50)
+    large = D.load_dataset("world.background", "train", size=WD.BLOCK + 50)
     np.testing.assert_array_equal(small.images, large.images[:120])
     np.testing.assert_array_equal(small.labels, large.labels[:120])
 
 
 def test_default_sizes():
-    assert D.SPLIT_SIZES == {"train": 2000, "val": 1000, "test": 2000}
+    assert WD.SPLIT_SIZES == {"train": 2000, "val": 1000, "test": 2000}
     ds = D.load_dataset("world.texture", "val")
-    assert len(ds) == D.SPLIT_SIZES["val"]
+    assert len(ds) == WD.SPLIT_SIZES["val"]
 
 
 def test_shifted_distributions_differ_from_the_base_one():
     base = D.load_dataset("world.shape", "test", size=SIZE).images.astype(float)
     stats = {}
-    for dist in D.DISTRIBUTIONS:
+    for dist in WD.DISTRIBUTIONS:
         ds = D.load_dataset(f"{dist}.shape", "test", size=SIZE)
-        assert ds.scenes.shift == D.DISTRIBUTIONS[dist]
+        assert ds.scenes.shift == WD.DISTRIBUTIONS[dist]
         stats[dist] = ds.images.astype(float)
         if dist != "world":
             assert not _hashes(ds.images) & _hashes(base.astype(np.uint8))
@@ -158,7 +160,7 @@ def test_reference_dataset():
         )
     base = D.load_dataset("world.shape", "val", size=SIZE)
     assert not _hashes(ds.images) & _hashes(base.images)
-    assert D.REFERENCE_SIZES["train"] > D.SPLIT_SIZES["train"]
+    assert WD.REFERENCE_SIZES["train"] > WD.SPLIT_SIZES["train"]
 
 
 def test_templates_and_classnames_use_vocabulary_words():

@@ -10,15 +10,15 @@ import torch
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
-from residual_core.decompose import (
+from residual_core.core.decompose import (
     RawUnits,
     UnitProjector,
     UnsupportedModelError,
     check_supported,
     decompose,
     decompose_raw,
-    unit_labels,
 )
+from residual_core.core.units import unit_labels
 
 REL_TOL = 1e-5
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from residual_core.dictionary import (
+from residual_core.core.dictionary import to_tsv
+from residual_core.data.dictionaries import (
     GENERAL_PATH,
     general_dictionary,
     load_dictionary,
-    to_tsv,
     tutorial_dictionary,
 )
 from residual_core.tutorial.world import ATTRIBUTES, vocabulary
@@ -16,7 +16,7 @@ from residual_core.tutorial.world import ATTRIBUTES, vocabulary
 
 def test_general_dictionary_file_matches_generator():
     assert GENERAL_PATH.read_text() == to_tsv(general_dictionary()), (
-        "regenerate with `python -m residual_core.dictionary`"
+        "regenerate with `python -m residual_core.data.dictionaries`"
     )
     d = load_dictionary("general")
     assert 3000 <= len(d) <= 6000

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from residual_core import experiments as ex
-from residual_core.decompose import UnitLayout
-from residual_core.models import weights_fingerprint
-from residual_core.residual import VARIANTS, FrozenClassifier, build_variant, unit_lambdas
-from residual_core.tasks import TaskEncodings
+from residual_core.analysis import experiments as ex
+from residual_core.core.model import weights_fingerprint
+from residual_core.core.residual import VARIANTS, FrozenClassifier, build_variant, unit_lambdas
+from residual_core.core.units import UnitLayout
+from residual_core.data.encodings import TaskEncodings
 
 TASKS = ["world.color", "world.count"]
 

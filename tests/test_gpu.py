@@ -16,21 +16,21 @@ import torch
 from open_clip.transformer import VisionTransformer
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from residual_core import experiments as ex
-from residual_core.decompose import UnitProjector, decompose
-from residual_core.models import LoadedModel
-from residual_core.residual import FrozenClassifier, build_variant, cache_inputs
-from residual_core.spectral import StreamingPCA
-from residual_core.store import build_store
-from residual_core.training import (
+from residual_core.analysis import experiments as ex
+from residual_core.core.decompose import UnitProjector, decompose
+from residual_core.core.model import LoadedModel
+from residual_core.core.residual import FrozenClassifier, build_variant, cache_inputs
+from residual_core.core.spectral import StreamingPCA
+from residual_core.core.store import build_store
+from residual_core.core.training import (
     TensorBatcher,
     TensorData,
     fit_variant,
     make_optimizer,
     train_epoch,
 )
+from residual_core.core.zeroshot import build_classifier, encode_images
 from residual_core.tutorial import world
-from residual_core.zeroshot import build_classifier, encode_images
 
 pytestmark = pytest.mark.gpu
 

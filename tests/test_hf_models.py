@@ -19,22 +19,16 @@ from transformers import (
     ViTModel,
 )
 
-from residual_core import hf_models
-from residual_core.decompose import (
+from residual_core.core.decompose import (
     UnsupportedModelError,
     check_supported,
     decompose,
     decompose_raw,
 )
-from residual_core.models import (
-    MODEL_INFO,
-    PAPER_MODELS,
-    ModelLoadError,
-    NoTextTowerError,
-    list_models,
-    load_model,
-)
-from residual_core.zeroshot import CLASS_MEAN, build_classifier, class_mean_classifier
+from residual_core.core.model import NoTextTowerError
+from residual_core.core.zeroshot import CLASS_MEAN, build_classifier, class_mean_classifier
+from residual_core.models import MODELS, ModelLoadError, list_models, load_model
+from residual_core.models import hf as hf_models
 
 REL_TOL = 1e-5
 HF_KEYS = ["vit_l", "dinov2_l", "blip_l_flickr"]
@@ -156,12 +150,12 @@ def test_real_size_units_sum_to_the_hf_output(key):
     else:
         model = hf_models.build_hf_model(key)
     randomize_(model, seed=2, only_1d=True)
-    size = hf_models._INPUT_SIZE[key]
+    size = MODELS[key].image_size
     x = images(1, size, seed=3)
     tower = hf_models.tower_from_hf(model, size)
     layout = check_supported(tower)
     assert (layout.n_layers, layout.n_heads, layout.d_model) == (24, 16, 1024)
-    assert layout.d_out == MODEL_INFO[key].d_out
+    assert layout.d_out == MODELS[key].d_out
     err = max_rel_err(decompose(tower, x).total(), hf_embedding(key, model, x))
     assert err <= REL_TOL, f"{key} real size: max rel err {err:.2e}"
 
@@ -236,10 +230,10 @@ def test_random_load_gives_a_complete_loaded_model(key, small_real_configs):
     loaded = load_model(key, pretrained=None)
     assert loaded.name == key and loaded.pretrained is None and not loaded.model.training
     assert loaded.fingerprint.startswith(f"{key}-random-")
-    assert loaded.has_text == MODEL_INFO[key].has_text
+    assert loaded.has_text == MODELS[key].has_text
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70), np.uint8))  # grey
     x = loaded.preprocess(img)[None]
-    assert x.shape == (1, 3, MODEL_INFO[key].image_size, MODEL_INFO[key].image_size)
+    assert x.shape == (1, 3, MODELS[key].image_size, MODELS[key].image_size)
     with torch.no_grad():
         y = loaded.model.encode_image(x)
     assert max_rel_err(decompose(loaded.model, x).total(), y) <= REL_TOL
@@ -286,7 +280,7 @@ def test_offline_pretrained_names_repo_and_how_to_fetch_it(key, monkeypatch):
     with pytest.raises(ModelLoadError) as info:
         load_model(key)
     msg = str(info.value)
-    repo = hf_models.HF_MODELS[key]
+    repo = MODELS[key].arch
     assert repo in msg and f"hf download {repo}" in msg and "HF_HOME" in msg and "OSError" in msg
 
 
@@ -304,10 +298,10 @@ def _save_checkpoint(key: str, root) -> torch.nn.Module:
 def test_pretrained_path_loads_a_local_checkpoint(key, tmp_path, monkeypatch):
     """load_model(key) through from_pretrained, offline: a local directory stands in for the hub."""
     model = _save_checkpoint(key, tmp_path)
-    monkeypatch.setitem(hf_models.HF_MODELS, key, str(tmp_path))
+    monkeypatch.setitem(MODELS, key, dataclasses.replace(MODELS[key], arch=str(tmp_path)))
     loaded = load_model(key)
     assert loaded.pretrained == str(tmp_path) and not loaded.model.training
-    size = MODEL_INFO[key].image_size
+    size = MODELS[key].image_size
     x = images(2, size, seed=14)
     with torch.no_grad():
         y = loaded.model.encode_image(x)
@@ -326,7 +320,7 @@ def test_checkpoint_missing_weights_is_an_error(tmp_path, monkeypatch):
     dropped = next(k for k in state if "layernorm" in k)
     save_file({k: v for k, v in state.items() if k != dropped}, tmp_path / "model.safetensors",
               metadata={"format": "pt"})
-    monkeypatch.setitem(hf_models.HF_MODELS, "vit_l", str(tmp_path))
+    monkeypatch.setitem(MODELS, "vit_l", dataclasses.replace(MODELS["vit_l"], arch=str(tmp_path)))
     with pytest.raises(ModelLoadError, match="would stay random"):
         load_model("vit_l")
 
@@ -339,33 +333,36 @@ def test_hf_key_rejects_another_repo():
 def test_unknown_key_lists_every_paper_key():
     with pytest.raises(ModelLoadError) as info:
         load_model("vit_xxl")
-    assert all(key in str(info.value) for key in [*PAPER_MODELS, *HF_KEYS])
+    assert all(key in str(info.value) for key in list_models())
 
 
-def test_model_info_matches_the_architectures():
-    fields = [f.name for f in dataclasses.fields(MODEL_INFO["vit_l"])]
-    assert fields == ["key", "source", "params_m", "download_mb", "image_size", "d_out",
-                      "has_text"]
-    assert list(MODEL_INFO) == [k for k in list_models() if k != "tutorial"]
-    for key, info in MODEL_INFO.items():
-        assert info.key == key
-        if key in PAPER_MODELS:
-            arch, tag = PAPER_MODELS[key]
+def test_model_specs_match_the_architectures():
+    assert list(MODELS) == list_models() and list_models()[0] == "tutorial"
+    for key, spec in MODELS.items():
+        assert spec.key == key
+        if spec.source == "tutorial":
+            continue
+        if spec.source == "open_clip":
             with torch.device("meta"):  # sizes only: no weights are materialised
-                model = open_clip.create_model(arch, device="meta")
+                model = open_clip.create_model(spec.arch, device="meta")
             d_out, size = model.visual.output_dim, model.visual.image_size[0]
-            assert info.source == f"open_clip {arch} {tag}" and info.has_text
+            assert spec.description == f"open_clip {spec.arch} {spec.pretrained}"
+            assert spec.has_text and spec.quick_gelu == (spec.pretrained == "openai")
         else:
             with torch.device("meta"):
                 model = hf_models.build_hf_model(key)
-            size = hf_models._INPUT_SIZE[key]
+            size = spec.image_size
             d_out = model.vision_proj.out_features if key == "blip_l_flickr" else 1024
-            assert info.source == f"hf {hf_models.HF_MODELS[key]}"
-            assert info.has_text == hasattr(model, "text_encoder")
+            assert spec.description == f"hf {spec.arch}"
+            assert spec.has_text == hasattr(model, "text_encoder")
+            cfg = getattr(model.config, "vision_config", model.config)
+            assert (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size,
+                    cfg.patch_size) == (spec.hf.layers, spec.hf.heads, spec.hf.width,
+                                        spec.hf.patch_size), key
         n = sum(p.numel() for p in model.parameters()) / 1e6
-        assert abs(info.params_m - n) < 0.05, f"{key}: {info.params_m} vs {n:.2f}M"
-        assert (info.d_out, info.image_size) == (d_out, size), key
-        assert 3.9 * n < info.download_mb < 4.1 * n, key  # fp32 checkpoints
+        assert abs(spec.params_m - n) < 0.05, f"{key}: {spec.params_m} vs {n:.2f}M"
+        assert (spec.d_out, spec.image_size) == (d_out, size), key
+        assert 3.9 * n < spec.download_mb < 4.1 * n, key  # fp32 checkpoints
 
 
 # preprocessor_config.json of each repository (values as published on the hub).
@@ -398,7 +395,7 @@ def test_preprocess_matches_the_hf_image_processor(key):
 def test_task_classifier_of_a_text_less_model_is_the_train_class_mean(small_real_configs,
                                                                        tmp_path):
     """Chapters 04/05 get their classifier from TaskEncodings: class means for vit_l/dinov2_l."""
-    from residual_core.tasks import TaskEncodings
+    from residual_core.data.encodings import TaskEncodings
 
     loaded = load_model("vit_l", pretrained=None)
     enc = TaskEncodings(loaded, {"train": 12, "test": 6}, cache_dir=tmp_path)

@@ -6,21 +6,15 @@ import open_clip
 import pytest
 import torch
 
-from residual_core.models import (
-    PAPER_MODELS,
-    LoadedModel,
-    ModelLoadError,
-    list_models,
-    load_model,
-    weights_fingerprint,
-)
+from residual_core.core.model import LoadedModel, weights_fingerprint
+from residual_core.models import MODELS, ModelLoadError, list_models, load_model
 from residual_core.tutorial.model import CHECKPOINT_PATH
 
 
 def test_list_models_has_tutorial_and_paper_keys():
     assert list_models() == ["tutorial", "openclip_b", "openclip_l", "clip_b", "clip_l",
                              "vit_l", "dinov2_l", "blip_l_flickr"]
-    assert PAPER_MODELS["clip_l"] == ("ViT-L-14", "openai")
+    assert (MODELS["clip_l"].arch, MODELS["clip_l"].pretrained) == ("ViT-L-14", "openai")
 
 
 def test_unknown_name_lists_valid_ones():

@@ -8,14 +8,14 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from residual_core import runner
+from residual_core.runner import chapters, presets
 
 CHAPTERS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.py"))
 
 
 def test_there_are_chapters():
     assert CHAPTERS, "no notebooks/*.py found"
-    assert [p.stem for p in CHAPTERS] == [p.stem for p in runner.list_chapters()], (
+    assert [p.stem for p in CHAPTERS] == [p.stem for p in chapters.list_chapters()], (
         "every notebook must be named NN_slug.py"
     )
 
@@ -43,14 +43,14 @@ def test_one_literal_parameters_cell_first(path: Path):
         assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1, ast.unparse(stmt)
         assert isinstance(stmt.targets[0], ast.Name), ast.unparse(stmt)
         ast.literal_eval(stmt.value)  # raises on anything but a literal
-    assert runner.read_parameters(path)
+    assert chapters.read_parameters(path)
 
 
 def test_named_runs_match_the_chapters():
     stems = {p.stem: p for p in CHAPTERS}
-    for stem, runs in runner.RUNS.items():
+    for stem, runs in presets.RUNS.items():
         assert stem in stems, f"RUNS names a missing chapter {stem}"
-        assert runner.DEFAULT_PROFILE in runs, f"{stem}: no {runner.DEFAULT_PROFILE!r} run"
+        assert presets.DEFAULT_PROFILE in runs, f"{stem}: no {presets.DEFAULT_PROFILE!r} run"
         for name, overrides in runs.items():
             assert name.isidentifier(), name
-            runner.check_overrides(stems[stem], overrides)  # unknown names raise
+            chapters.check_overrides(stems[stem], overrides)  # unknown names raise

@@ -14,8 +14,8 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from residual_core import datasets as D
-from residual_core import paper_datasets as P
+from residual_core import data as D
+from residual_core.data import paper as P
 
 HAS_SCIPY = importlib.util.find_spec("scipy") is not None
 NEEDS_SCIPY = {"svhn", "cars"}
@@ -508,7 +508,7 @@ def test_data_root_resolution(tmp_path, monkeypatch):
         P.set_data_root(None)
         monkeypatch.delenv(P.DATA_ENV, raising=False)
         monkeypatch.delenv("RESIDUAL_CACHE", raising=False)
-        assert P.data_root() == Path(P.__file__).resolve().parent.parent / ".cache" / "data"
+        assert P.data_root() == Path(P.__file__).resolve().parents[2] / ".cache" / "data"
         monkeypatch.setenv("RESIDUAL_CACHE", str(tmp_path / "c"))
         assert P.data_root() == tmp_path / "c" / "data"
         monkeypatch.setenv(P.DATA_ENV, str(tmp_path / "d"))

@@ -12,16 +12,16 @@ import pandas as pd
 import pytest
 import torch
 
-from residual_core.decompose import unit_labels
-from residual_core.plots_geometry import (
+from residual_core.analysis.geometry import TwoNNFit, depth_profile, layer_grid, unit_index
+from residual_core.core.spectral import StreamingPCA
+from residual_core.core.units import unit_labels
+from residual_core.plots.geometry import (
     plot_depth_profiles,
     plot_layer_spectra,
     plot_similarity_matrix,
     plot_similarity_summary,
     plot_unit_grid,
 )
-from residual_core.spectral import StreamingPCA
-from residual_core.unit_geometry import TwoNNFit, depth_profile, layer_grid, unit_index
 
 
 @pytest.fixture(autouse=True)

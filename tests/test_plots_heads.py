@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from residual_core import plots_heads as ph
-from residual_core.alignment import analyze_task, task_table
-from residual_core.textspan import TextExplanation
-from residual_core.zeroshot import ZeroShotClassifier
+from residual_core.analysis.alignment import analyze_task, task_table
+from residual_core.core.textspan import TextExplanation
+from residual_core.core.zeroshot import ZeroShotClassifier
+from residual_core.plots import heads as ph
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from residual_core import plots_residual as pr
+from residual_core.plots import residual as pr
 
 
 @pytest.fixture(autouse=True)

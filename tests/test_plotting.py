@@ -11,16 +11,11 @@ import pytest
 import torch
 from ipywidgets.embed import embed_data
 
-from residual_core.decompose import Decomposition, unit_labels
-from residual_core.plotting import (
-    figure_picker,
-    figure_png,
-    layer_head_grid,
-    plot_layer_head_heatmap,
-    plot_layer_units,
-    relative_error,
-    unit_norm_table,
-)
+from residual_core.analysis.decomposition import relative_error, unit_norm_table
+from residual_core.core.decompose import Decomposition
+from residual_core.core.units import unit_labels
+from residual_core.plots.common import figure_picker, figure_png
+from residual_core.plots.units import layer_head_grid, plot_layer_head_heatmap, plot_layer_units
 
 
 @pytest.fixture
@@ -98,7 +93,7 @@ def test_figure_picker_needs_figures():
 
 
 def test_task_label_drops_only_the_world_prefix():
-    from residual_core.plotting import task_label
+    from residual_core.plots.common import task_label
 
     assert task_label("world.color") == "color"
     assert task_label("world_clutter.color") == "clutter.color"

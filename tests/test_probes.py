@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from residual_core.probes import probe_table, ridge_probe
+from residual_core.core.probes import probe_table, ridge_probe
 
 
 def planted(n: int, seed: int):

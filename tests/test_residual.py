@@ -8,8 +8,8 @@ import open_clip
 import pytest
 import torch
 
-from residual_core.decompose import UnitLayout, check_supported
-from residual_core.residual import (
+from residual_core.core.decompose import check_supported
+from residual_core.core.residual import (
     Coarse,
     FrozenClassifier,
     ResiDual,
@@ -22,7 +22,8 @@ from residual_core.residual import (
     pca_coordinates,
     unit_lambdas,
 )
-from residual_core.spectral import PCAResult, StreamingPCA
+from residual_core.core.spectral import PCAResult, StreamingPCA
+from residual_core.core.units import UnitLayout
 
 LAYOUT = UnitLayout(n_layers=2, n_heads=3, d_model=6, d_head=2, d_out=8)
 LABELS = LAYOUT.labels
@@ -328,7 +329,7 @@ def test_end_to_end_from_a_real_decomposition():
     """open_clip tower → units → PCA → ResiDual at λ = 1 reproduces ``encode_image``."""
     from open_clip.transformer import VisionTransformer
 
-    from residual_core.decompose import decompose
+    from residual_core.core.decompose import decompose
 
     torch.manual_seed(0)
     visual = VisionTransformer(image_size=32, patch_size=8, width=64, layers=2, heads=4,

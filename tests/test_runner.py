@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from residual_core import runner
+from residual_core.runner import build, chapters, cli, execute, presets, records
 
 HEADER = """\
 # ---
@@ -61,7 +61,7 @@ def cell_text(notebook: Path) -> str:
 
 
 def test_read_parameters(tiny: Path):
-    assert runner.read_parameters(tiny) == {"x": 1, "label": "default"}
+    assert chapters.read_parameters(tiny) == {"x": 1, "label": "default"}
 
 
 @pytest.mark.parametrize(
@@ -74,32 +74,33 @@ def test_read_parameters(tiny: Path):
 )
 def test_parameters_cell_holds_literals_only(tmp_path: Path, body: str, match: str):
     nb = write_notebook(tmp_path / "bad.py", f'# %% tags=["parameters"]\n{body}')
-    with pytest.raises(runner.ParameterError, match=match):
-        runner.read_parameters(nb)
+    with pytest.raises(chapters.ParameterError, match=match):
+        chapters.read_parameters(nb)
 
 
 def test_parameters_cell_must_be_first_code_cell(tmp_path: Path):
     nb = write_notebook(tmp_path / "late.py", "# %%\nimport os", '# %% tags=["parameters"]\nx = 1')
-    with pytest.raises(runner.ParameterError, match="first code cell"):
-        runner.read_parameters(nb)
+    with pytest.raises(chapters.ParameterError, match="first code cell"):
+        chapters.read_parameters(nb)
 
 
 def test_parse_overrides():
-    got = runner.parse_overrides(["n=64", "p=None", "d=cuda", "q='x'", "layers=[0, 11]", "f=1e-3"])
+    got = chapters.parse_overrides(["n=64", "p=None", "d=cuda", "q='x'", "layers=[0, 11]",
+                                    "f=1e-3"])
     assert got == {"n": 64, "p": None, "d": "cuda", "q": "x", "layers": [0, 11], "f": 1e-3}
-    with pytest.raises(runner.ParameterError, match="key=value"):
-        runner.parse_overrides(["novalue"])
+    with pytest.raises(chapters.ParameterError, match="key=value"):
+        chapters.parse_overrides(["novalue"])
 
 
 def test_execute_injects_overrides(tiny: Path, tmp_path: Path):
-    result = runner.execute(tiny, "check", {"x": 21, "label": "set"}, out_dir=tmp_path / "out")
+    result = execute.execute(tiny, "check", {"x": 21, "label": "set"}, out_dir=tmp_path / "out")
     assert result.output == tmp_path / "out" / "01_tiny-check.ipynb"
     assert "result=42 label=set" in cell_text(result.output)
     assert result.seconds > 0
 
 
 def test_unknown_parameter_is_rejected_listing_valid_ones(tiny: Path, capsys):
-    code = runner.main(["run", str(tiny), "--param", "y=3", "--param", "x=2"])
+    code = cli.main(["run", str(tiny), "--param", "y=3", "--param", "x=2"])
     err = capsys.readouterr().err
     assert code == 1
     assert "unknown parameter(s) y" in err
@@ -107,8 +108,8 @@ def test_unknown_parameter_is_rejected_listing_valid_ones(tiny: Path, capsys):
 
 
 def test_string_for_numeric_parameter_is_rejected(tiny: Path):
-    with pytest.raises(runner.ParameterError, match="expects a int"):
-        runner.check_overrides(tiny, {"x": "many"})
+    with pytest.raises(chapters.ParameterError, match="expects a int"):
+        chapters.check_overrides(tiny, {"x": "many"})
 
 
 def test_failing_notebook_exits_nonzero_naming_the_cell(tmp_path: Path, capsys):
@@ -118,7 +119,7 @@ def test_failing_notebook_exits_nonzero_naming_the_cell(tmp_path: Path, capsys):
         "# %%\ny = n + 1",
         "# %%\nraise ValueError(f'boom {y}')",
     )
-    code = runner.main(["run", str(nb), "--name", "t", "--out", str(tmp_path / "out")])
+    code = cli.main(["run", str(nb), "--name", "t", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 1
     assert "02_fails.py" in err and "failed in code cell 3" in err
@@ -128,16 +129,16 @@ def test_failing_notebook_exits_nonzero_naming_the_cell(tmp_path: Path, capsys):
 
 
 def test_find_chapter_by_stem_and_number(tmp_path: Path, tiny: Path):
-    assert runner.find_chapter("01_tiny", tmp_path) == tiny
-    assert runner.find_chapter("01", tmp_path) == tiny
-    with pytest.raises(runner.RunnerError, match="01_tiny"):
-        runner.find_chapter("99", tmp_path)
+    assert chapters.find_chapter("01_tiny", tmp_path) == tiny
+    assert chapters.find_chapter("01", tmp_path) == tiny
+    with pytest.raises(chapters.RunnerError, match="01_tiny"):
+        chapters.find_chapter("99", tmp_path)
 
 
 def test_missing_npm_gives_a_clear_error(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(runner.shutil, "which", lambda name: None)
-    with pytest.raises(runner.RunnerError, match="npm is needed"):
-        runner.ensure_widget_assets(tmp_path / "widgets")
+    monkeypatch.setattr(build.shutil, "which", lambda name: None)
+    with pytest.raises(chapters.RunnerError, match="npm is needed"):
+        build.ensure_widget_assets(tmp_path / "widgets")
 
 
 def test_build_warning_fails_the_build(tmp_path: Path):
@@ -146,13 +147,13 @@ def test_build_warning_fails_the_build(tmp_path: Path):
     )
     (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: intro\n")
     (tmp_path / "intro.md").write_text("# Intro\n\nA reference to {ref}`no-such-label`.\n")
-    with pytest.raises(runner.RunnerError, match="no-such-label"):
-        runner.build_book(tmp_path)
+    with pytest.raises(chapters.RunnerError, match="no-such-label"):
+        build.build_book(tmp_path)
 
 
 def test_chapters_without_named_runs_get_a_tutorial_run(tmp_path: Path, tiny: Path):
-    assert runner.runs_for("tutorial", tmp_path) == [(tiny, "tutorial", {})]
-    assert runner.runs_for("paper", tmp_path) == []
+    assert presets.runs_for("tutorial", tmp_path) == [(tiny, "tutorial", {})]
+    assert presets.runs_for("paper", tmp_path) == []
 
 
 def test_place_chapters_replaces_stale_notebooks(tmp_path: Path):
@@ -162,8 +163,8 @@ def test_place_chapters_replaces_stale_notebooks(tmp_path: Path):
     chapters = tmp_path / "chapters"
     chapters.mkdir()
     (chapters / "99_old-tutorial.ipynb").write_text("{}")
-    run = runner.ChapterRun(tmp_path / "01_a.py", "tutorial", output=executed)
-    assert runner.place_chapters([run], chapters) == [chapters / "01_a-tutorial.ipynb"]
+    run = records.ChapterRun(tmp_path / "01_a.py", "tutorial", output=executed)
+    assert build.place_chapters([run], chapters) == [chapters / "01_a-tutorial.ipynb"]
     assert sorted(p.name for p in chapters.iterdir()) == ["01_a-tutorial.ipynb"]
 
 
@@ -182,36 +183,36 @@ def with_results(tmp_path: Path) -> Path:
 
 def test_execute_writes_results_table_and_record(with_results: Path, tmp_path: Path):
     out = tmp_path / "out"
-    result = runner.execute(with_results, "r", {"x": 3}, out_dir=out)
-    table, record = runner.results_paths(out, "03_results", "r")
+    result = execute.execute(with_results, "r", {"x": 3}, out_dir=out)
+    table, record = records.results_paths(out, "03_results", "r")
     assert (result.results, result.record) == (table, record)
     assert table.read_text() == "x,y\n3,9\n"
-    rec = runner.read_record(record)
+    rec = records.read_record(record)
     assert rec is not None and rec["rows"] == 1 and rec["columns"] == ["x", "y"]
     assert rec["parameters"]["x"] == 3 and rec["notebook"] == "03_results-r.ipynb"
 
     table.write_text("x,y\n3,10\n")  # a table changed after the record: not finished
-    assert runner.read_record(record) is None
+    assert records.read_record(record) is None
     table.write_text("x,y\n3,9\n")
     text = record.read_text()
     record.write_text(text[: len(text) // 2])  # a cut record: not finished
-    assert runner.read_record(record) is None
+    assert records.read_record(record) is None
 
 
 def test_a_run_without_its_table_is_not_finished(with_results: Path, tmp_path: Path):
     out = tmp_path / "out"
-    runner.execute(with_results, "r", out_dir=out)
-    with pytest.raises(runner.RunnerError, match="wrote no results table"):
-        runner.execute(with_results, "r", {"write": False}, out_dir=out)
-    table, record = runner.results_paths(out, "03_results", "r")
+    execute.execute(with_results, "r", out_dir=out)
+    with pytest.raises(chapters.RunnerError, match="wrote no results table"):
+        execute.execute(with_results, "r", {"write": False}, out_dir=out)
+    table, record = records.results_paths(out, "03_results", "r")
     assert not record.exists() and not table.exists(), "the earlier run's files must not count"
 
 
 def test_every_chapter_has_a_paper_preset():
-    for source in runner.list_chapters():
-        runs = runner.RUNS.get(source.stem, {})
+    for source in chapters.list_chapters():
+        runs = presets.RUNS.get(source.stem, {})
         assert "paper" in runs, f"{source.stem}: no paper preset"
-        full = runner.check_overrides(source, runs["paper"])
+        full = chapters.check_overrides(source, runs["paper"])
         assert full["device"] == "cuda" and full["model"] != "tutorial", source.stem
         assert "results_file" in full and "weights" in full, source.stem
 
@@ -219,14 +220,12 @@ def test_every_chapter_has_a_paper_preset():
 def test_write_results_adds_run_columns(tmp_path: Path):
     import pandas as pd
 
-    from residual_core import chapter
-
     table = pd.DataFrame({"unit": ["a", "b"], "history": [[1, 2], [3]]})
-    path = chapter.write_results(table, tmp_path / "r.csv", model="m")
+    path = records.write_results(table, tmp_path / "r.csv", model="m")
     back = pd.read_csv(path)
     assert back.columns.tolist() == ["unit", "history", "model", "run_wall_s", "peak_gpu_mib"]
     assert back.history.tolist() == ["[1, 2]", "[3]"] and (back.run_wall_s > 0).all()
-    assert chapter.write_results(table, None) is None
+    assert records.write_results(table, None) is None
     assert [p.name for p in tmp_path.iterdir()] == ["r.csv"], "no temporary file left"
 
 
@@ -244,7 +243,7 @@ class FakeDataset:
 
 
 def test_dry_run_plan_counts_downloads_disk_and_gpu():
-    from residual_core import dryrun
+    from residual_core.runner import dryrun
 
     params = {"model": "openclip_b", "weights": "pretrained", "reference": "imagenet",
               "reference_size": 1000, "tasks": ["mnist", "synthetic"], "train_size": 100,
@@ -272,7 +271,7 @@ def test_dry_run_plan_counts_downloads_disk_and_gpu():
 
 
 def test_dry_run_command_runs_nothing(tmp_path: Path, capsys):
-    code = runner.main(["run", "05", "--preset", "paper", "--dry-run", "--out", str(tmp_path)])
+    code = cli.main(["run", "05", "--preset", "paper", "--dry-run", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0
     assert "openclip_l" in out and "GPU memory" in out and "disk needed" in out
@@ -280,15 +279,15 @@ def test_dry_run_command_runs_nothing(tmp_path: Path, capsys):
 
 
 def test_synthetic_dataset_is_registered():
-    from residual_core import synthetic
-    from residual_core.datasets import load_dataset
+    from residual_core.data import load_dataset, synthetic
+    from residual_core.models import load_model
 
     ds = load_dataset(synthetic.SYNTHETIC, "val", size=20)
     assert len(ds) == 20 and len(ds.classnames) == 6 and ds.labels.max() < 6
     with pytest.raises(ValueError, match="pretrained.*random"):
-        synthetic.load("clip_b", "randomised")
+        load_model("clip_b", weights="randomised")
     with pytest.raises(Exception, match="no random stand-in for 'tutorial'"):
-        synthetic.load_random("tutorial")
+        load_model("tutorial", weights="random")
 
 
 def test_chapter_00_writes_its_results_table(tmp_path: Path, monkeypatch):
@@ -296,9 +295,9 @@ def test_chapter_00_writes_its_results_table(tmp_path: Path, monkeypatch):
     import pandas as pd
 
     monkeypatch.setenv("RESIDUAL_CACHE", str(tmp_path / "cache"))
-    result = runner.execute(runner.find_chapter("00"), "t", {"n_images": 2}, out_dir=tmp_path)
+    result = execute.execute(chapters.find_chapter("00"), "t", {"n_images": 2}, out_dir=tmp_path)
     table = pd.read_csv(result.results)
-    assert runner.read_record(result.record)["rows"] == len(table)
+    assert records.read_record(result.record)["rows"] == len(table)
     assert sorted(table.image.unique()) == [0, 1]
     assert table.groupby("image").unit.nunique().tolist() == [len(table) // 2] * 2
     assert (table.model == "tutorial").all() and (table.max_rel_error < 1e-5).all()

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from residual_core import specialization as spec
-from residual_core.dictionary import TextDictionary
-from residual_core.textspan import TextExplanation
+from residual_core.analysis import specialization as spec
+from residual_core.core.dictionary import TextDictionary
+from residual_core.core.textspan import TextExplanation
 
 # A toy dictionary: 3 colour texts, 3 shape texts, one naming both, one naming none,
 # one naming only the "side" modifier.

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from residual_core.intrinsic_dim import linear_id, twonn, twonn_curve, unique_rows
-from residual_core.spectral import (
+from residual_core.core.intrinsic_dim import linear_id, twonn, twonn_curve, unique_rows
+from residual_core.core.spectral import (
     StreamingPCA,
     n_components_for,
     spectral_similarity,

@@ -13,8 +13,8 @@ import torch
 from open_clip.transformer import VisionTransformer
 from torch.utils.data import Dataset
 
-from residual_core.decompose import decompose
-from residual_core.store import CorruptStoreError, EncodingStore, StaleStoreError, build_store
+from residual_core.core.decompose import decompose
+from residual_core.core.store import CorruptStoreError, EncodingStore, StaleStoreError, build_store
 
 N = 21  # uneven: chunks of 8, 8, 5
 
@@ -178,13 +178,13 @@ def test_bad_arguments(tmp_path):
 
 def test_store_lock_serialises_builders_and_takes_over_dead_holders(tmp_path):
     """Two processes asking for the same store: one builds, the other waits, then reuses it."""
-    from residual_core.store import store_lock
+    from residual_core.core.store import store_lock
 
     root = tmp_path / "shared"
     script = textwrap.dedent(f"""
         import sys, time, pathlib
         sys.path.insert(0, {os.path.dirname(__file__)!r})
-        from residual_core.store import store_lock
+        from residual_core.core.store import store_lock
         log = pathlib.Path({str(tmp_path / "log")!r})
         with store_lock(pathlib.Path({str(root)!r}), poll_s=0.05):
             with open(log, "a") as f:

@@ -25,8 +25,8 @@ import submitit
 from submitit.core.utils import DelayedSubmission
 from test_runner import write_notebook  # one jupytext fixture writer for both test files
 
-from residual_core import runner
-from residual_core import sweep as sw
+from residual_core.runner import chapters, cli, records
+from residual_core.runner import sweep as sw
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = {(m, t) for m in ["a", "bb"] for t in ["x", "yy"]}
@@ -109,14 +109,14 @@ def test_expand_wraps_list_parameters_and_names_pairs(tiny: Path, tmp_path: Path
 
 
 def test_expand_rejects_unknown_axis(tiny: Path):
-    with pytest.raises(runner.ParameterError, match="unknown parameter"):
+    with pytest.raises(chapters.ParameterError, match="unknown parameter"):
         sw.expand(tiny, {}, {"modle": ["a"]})
 
 
 def test_parse_axes():
     assert sw.parse_axes(["model=openclip_b,clip_b", "seed=0,1", "tasks=[['a', 'b']]"]) == {
         "model": ["openclip_b", "clip_b"], "seed": [0, 1], "tasks": [["a", "b"]]}
-    with pytest.raises(runner.ParameterError, match="name=v1"):
+    with pytest.raises(chapters.ParameterError, match="name=v1"):
         sw.parse_axes(["model"])
 
 
@@ -270,13 +270,13 @@ def test_submitit_array_runs_chapter_smoke_grid(stem: str, tmp_path: Path, monke
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     monkeypatch.setenv("RESIDUAL_CACHE", str(tmp_path / "cache"))
     base, axes = SMOKE[stem]
-    sweep = sw.Sweep(runner.find_chapter(stem), "tutorial", base, axes, tmp_path / "out")
+    sweep = sw.Sweep(chapters.find_chapter(stem), "tutorial", base, axes, tmp_path / "out")
     todo, jobs = sw.submit(sweep, local_executor(sweep))
     final, merged = sw.wait(sweep, todo, jobs, poll=1.0)
     assert len(final.done) == 2, [job.stdout() for job in jobs]
     (axis, values), = axes.items()
     for pair, value in zip(sweep.pairs(), values, strict=True):
-        record = runner.read_record(sweep.record(pair))
+        record = records.read_record(sweep.record(pair))
         assert record["parameters"][axis] == (value if axis != "tasks" else [value])
         rows = merged[merged.sweep_pair == pair.id]
         assert len(rows) == record["rows"] > 0
@@ -317,7 +317,7 @@ def test_sbatch_script_for_given_options(tiny: Path, tmp_path: Path):
     assert "--array" not in single and "--partition" not in single
     assert "#SBATCH --gpus-per-node=1" in single and "#SBATCH --time=1440" in single
     assert "#SBATCH --mem=64GB" in single and "# setup" not in single
-    with pytest.raises(runner.ParameterError, match="cpus_per_task must be at least 1, got 0"):
+    with pytest.raises(chapters.ParameterError, match="cpus_per_task must be at least 1, got 0"):
         sw.sbatch_script(sweep, sw.SlurmOptions(cpus_per_task=0), 2)
 
 
@@ -356,14 +356,14 @@ def test_slurm_submission_is_the_dry_run_script(tiny: Path, tmp_path: Path, fake
                      {"model": ["a", "bb"], "tasks": ["x", "yy"]}, tmp_path / "out")
     first = sweep.pairs()[0]
     sw.run_pair(sw.make_task(sweep, first))  # finished before: not submitted
-    assert runner.main(slurm_cli(tiny, tmp_path, "--dry-run")) == 0
+    assert cli.main(slurm_cli(tiny, tmp_path, "--dry-run")) == 0
     shown = capsys.readouterr().out
     assert not list(fake_slurm.glob("submitted-*")), "a dry run submits nothing"
     assert f"[0] {first.id}: done" in shown
     assert "3 task(s)" in shown and "2 GPU(s), 12 CPU(s), 32.5 GB, 90 min" in shown
     printed = shown.split("--- sbatch script (nothing submitted) ---\n", 1)[1]
 
-    assert runner.main(slurm_cli(tiny, tmp_path)) == 0
+    assert cli.main(slurm_cli(tiny, tmp_path)) == 0
     (submitted,) = fake_slurm.glob("submitted-*")
     assert submitted.read_text() == printed.rstrip("\n") + "\n" == \
         sw.sbatch_script(sweep, OPTIONS, 3).rstrip("\n") + "\n"
@@ -381,7 +381,7 @@ def test_slurm_submission_is_the_dry_run_script(tiny: Path, tmp_path: Path, fake
 
     # while SLURM still holds an array of this sweep, submitting again is refused
     (fake_slurm / "queue").write_text("4242_1\n4242_2\n")
-    assert runner.main(slurm_cli(tiny, tmp_path)) == 1
+    assert cli.main(slurm_cli(tiny, tmp_path)) == 1
     err = capsys.readouterr().err
     assert "4242_1, 4242_2" in err and f"scancel --name {sweep.job_name}" in err
     assert (fake_slurm / "squeue-args").read_text().split() == [
@@ -397,18 +397,18 @@ def test_cli_rejects_bad_executor_and_misplaced_flags(tiny: Path, tmp_path: Path
                                                       monkeypatch):
     base = ["sweep", str(tiny), "--axis", "model=a", "--out", str(tmp_path / "out")]
     with pytest.raises(SystemExit) as exit_info:
-        runner.main([*base, "--executor", "nope"])
+        cli.main([*base, "--executor", "nope"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'nope' (choose from 'local', 'slurm')" in capsys.readouterr().err
-    assert runner.main([*base, "--executor", "slurm", "--workers", "2"]) == 1
+    assert cli.main([*base, "--executor", "slurm", "--workers", "2"]) == 1
     assert "--workers apply to --executor local, not to --executor slurm" in \
         capsys.readouterr().err
-    assert runner.main([*base, "--partition", "gpu", "--wait"]) == 1
+    assert cli.main([*base, "--partition", "gpu", "--wait"]) == 1
     assert "--partition, --wait apply to --executor slurm" in capsys.readouterr().err
-    assert runner.main([*base, "--pair", "1"]) == 1
+    assert cli.main([*base, "--pair", "1"]) == 1
     assert "--pair 1: the grid has 1 pairs (0-0)" in capsys.readouterr().err
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no srun, no sbatch
-    assert runner.main([*base, "--executor", "slurm"]) == 1
+    assert cli.main([*base, "--executor", "slurm"]) == 1
     assert "sbatch and srun, which are not on the PATH" in capsys.readouterr().err
 
 
@@ -416,14 +416,14 @@ def test_cli_runs_one_pair_then_merges(tiny: Path, tmp_path: Path):
     """What another scheduler's array task runs (--pair I), then the merge (--merge)."""
     base = ["sweep", str(tiny), "--param", f"log={tmp_path / 'log.txt'}", "--axis",
             "model=a,bb", "--axis", "tasks=x", "--out", str(tmp_path / "out")]
-    assert runner.main([*base, "--pair", "1"]) == 0
+    assert cli.main([*base, "--pair", "1"]) == 0
     assert executions(tmp_path) == Counter([("bb", "x")])
-    assert runner.main([*base, "--merge"]) == 1, "not every pair is finished"
+    assert cli.main([*base, "--merge"]) == 1, "not every pair is finished"
     merged = pd.read_csv(tmp_path / "out" / "01_tiny-tutorial.sweep.csv")
     assert merged[["sweep_model", "model", "score"]].values.tolist() == [["bb", "bb", 3]]
-    assert runner.main([*base, "--pair", "0"]) == 0
-    assert runner.main([*base, "--pair", "0"]) == 0, "a finished pair is skipped"
-    assert runner.main([*base, "--merge"]) == 0
+    assert cli.main([*base, "--pair", "0"]) == 0
+    assert cli.main([*base, "--pair", "0"]) == 0, "a finished pair is skipped"
+    assert cli.main([*base, "--merge"]) == 0
     assert executions(tmp_path) == Counter([("a", "x"), ("bb", "x")])
     merged = pd.read_csv(tmp_path / "out" / "01_tiny-tutorial.sweep.csv")
     assert merged.sweep_model.tolist() == ["a", "bb"] and merged.score.tolist() == [2, 3]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from residual_core.tasks import TaskEncodings
+from residual_core.data.encodings import TaskEncodings
 
 
 def test_shared_images_are_encoded_once(loaded, tmp_path):

@@ -6,9 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from residual_core.dictionary import TextDictionary
-from residual_core.models import LoadedModel
-from residual_core.text_cache import cache_path, embed_dictionary, embed_texts
+from residual_core.core.dictionary import TextDictionary, cache_path, embed_texts
+from residual_core.core.model import LoadedModel
 
 TEXTS = ["red", "green", "blue circle", "a photo"]
 
@@ -59,7 +58,7 @@ def test_key_depends_on_weights_and_texts(tmp_path):
 def test_dictionary_and_empty(tmp_path):
     model = loaded()
     words = TextDictionary(tuple(TEXTS), ((),) * len(TEXTS))
-    torch.testing.assert_close(embed_dictionary(model, words, cache_dir=tmp_path),
+    torch.testing.assert_close(words.embed(model, cache_dir=tmp_path).embeddings,
                                embed_texts(model, TEXTS, cache_dir=tmp_path))
     with pytest.raises(ValueError, match="no texts"):
         embed_texts(model, [], cache_dir=tmp_path)

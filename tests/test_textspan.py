@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from residual_core.spectral import StreamingPCA
-from residual_core.textspan import somp, textspan
+from residual_core.core.spectral import StreamingPCA
+from residual_core.core.textspan import somp, textspan
 
 
 def gen(seed: int) -> torch.Generator:

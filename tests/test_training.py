@@ -8,16 +8,16 @@ import lightning as L
 import pytest
 import torch
 
-from residual_core.decompose import UnitLayout
-from residual_core.residual import FrozenClassifier, build_variant, cache_inputs
-from residual_core.spectral import StreamingPCA
-from residual_core.training import (
+from residual_core.core.residual import FrozenClassifier, build_variant, cache_inputs
+from residual_core.core.spectral import StreamingPCA
+from residual_core.core.training import (
     TensorBatcher,
     TensorData,
     fit_variant,
     make_optimizer,
     results_table,
 )
+from residual_core.core.units import UnitLayout
 
 LAYOUT = UnitLayout(n_layers=1, n_heads=3, d_model=6, d_head=2, d_out=8)
 LABELS = LAYOUT.labels  # embed, L0.mlp, L0H0, L0H1, L0H2
@@ -150,7 +150,7 @@ class RecordWeights(L.Callback):
 
 
 def test_schedule_free_evaluates_and_saves_the_averaged_weights(task, tmp_path, monkeypatch):
-    import residual_core.training as training
+    import residual_core.core.training as training
 
     recorder = RecordWeights()
     real_trainer = L.Trainer
@@ -231,7 +231,7 @@ def test_results_table(task, tmp_path):
 
 
 def test_lr_finder_sets_the_learning_rate(task, tmp_path, monkeypatch):
-    import residual_core.training as training
+    import residual_core.core.training as training
 
     seen = {}
     real = training._find_lr

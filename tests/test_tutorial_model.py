@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from residual_core.decompose import check_supported, decompose
+from residual_core.core.decompose import check_supported, decompose
 from residual_core.tutorial.model import (
     ChecksumError,
     build_tiny_clip,

@@ -9,11 +9,7 @@ import torch
 from open_clip.transformer import VisionTransformer
 from torch.utils.data import Dataset
 
-from residual_core.decompose import UnitLayout, unit_labels
-from residual_core.intrinsic_dim import twonn
-from residual_core.spectral import StreamingPCA
-from residual_core.store import build_store
-from residual_core.unit_geometry import (
+from residual_core.analysis.geometry import (
     depth_profile,
     id_findings,
     intrinsic_dimension_table,
@@ -27,6 +23,10 @@ from residual_core.unit_geometry import (
     unit_index,
     unit_similarity_matrix,
 )
+from residual_core.core.intrinsic_dim import twonn
+from residual_core.core.spectral import StreamingPCA
+from residual_core.core.store import build_store
+from residual_core.core.units import UnitLayout, unit_labels
 
 
 def gen(seed: int) -> torch.Generator:

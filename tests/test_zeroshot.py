@@ -7,15 +7,15 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from residual_core.models import LoadedModel
-from residual_core.zeroshot import (
+from residual_core.analysis.zeroshot import format_table
+from residual_core.core.model import LoadedModel
+from residual_core.core.zeroshot import (
     CLASS_MEAN,
     build_classifier,
     class_mean_classifier,
     classifier_from_text_features,
     evaluate,
     evaluate_features,
-    format_table,
 )
 
 CLASSES = ["cat", "dog", "owl"]

@@ -533,16 +533,16 @@ def unit_probes(loaded: Any, n_train: int = 2000, n_test: int = 2000) -> list[di
     """Best linear probe per attribute over single units, and on the whole embedding.
 
     Probes are ridge least-squares classifiers fitted on the ``world`` train split and scored on
-    its test split (the per-unit outputs of :func:`residual_core.decompose.decompose`).
+    its test split (the per-unit outputs of :func:`residual_core.core.decompose.decompose`).
     """
-    from residual_core import datasets
-    from residual_core.decompose import check_supported, decompose
-    from residual_core.probes import ridge_probe
+    from residual_core.core.decompose import check_supported, decompose
+    from residual_core.core.probes import ridge_probe
+    from residual_core.data.registry import load_dataset
 
     labels = check_supported(loaded.model).labels
     feats = {}
     for split, n in (("train", n_train), ("test", n_test)):
-        ds = datasets.load_dataset("world.shape", split, loaded.preprocess, size=n)
+        ds = load_dataset("world.shape", split, loaded.preprocess, size=n)
         images = torch.stack([ds[i][0] for i in range(len(ds))])
         units = torch.cat([decompose(loaded.model, images[i:i + 256]).units
                            for i in range(0, len(images), 256)])
@@ -591,9 +591,9 @@ def write_model_card(path: Path = CHECKPOINT_PATH, probes: bool = True) -> Path:
     Evaluates zero-shot accuracy on every tutorial task and distribution (test split) and, with
     ``probes``, the best single-unit and whole-embedding linear probes per task.
     """
-    from residual_core.models import LoadedModel
+    from residual_core.analysis.zeroshot import format_table, tutorial_table
+    from residual_core.core.model import LoadedModel
     from residual_core.tutorial.model import load_tiny_clip, preprocess_transform
-    from residual_core.zeroshot import format_table, tutorial_table
 
     path = Path(path)
     model, tokenizer, record = load_tiny_clip(path)
@@ -686,7 +686,7 @@ def write_model_card(path: Path = CHECKPOINT_PATH, probes: bool = True) -> Path:
         "",
         "Prompt-ensemble classifier of SPEC §2, logits `scale · normalize(z) @ C`; `world` is the "
         "training distribution, the other columns its shifted variants. Reproduce with "
-        "`python -m residual_core.zeroshot --model tutorial`.",
+        "`python -m residual_core.analysis.zeroshot --model tutorial`.",
         "",
         format_table(rows),
         "",
@@ -736,7 +736,7 @@ def write_model_card(path: Path = CHECKPOINT_PATH, probes: bool = True) -> Path:
         "",
         "```bash",
         f"{command}   # re-creates the checkpoint, its json, loss curve and this card",
-        "python -m residual_core.zeroshot --model tutorial",
+        "python -m residual_core.analysis.zeroshot --model tutorial",
         "```",
         "",
         "CPU training is deterministic for a fixed thread count; on CUDA results differ in the "

@@ -1,0 +1,235 @@
+"""Explaining units with text: TextSpan (Gandelsman et al. 2024) and SOMP (Tropp et al. 2006).
+
+Both take a unit's outputs ``X`` (n × d_out) and a dictionary of L2-normalised text embeddings
+``D`` (m × d_out) and greedily pick texts that explain the variance of ``X``.
+
+- **TextSpan** projects ``D`` on the span of the top-``rank`` right singular vectors of ``X``,
+  then centres ``X`` and repeatedly picks the text ``t`` along which ``X`` has the largest
+  variance ``tᵀ Σ t``, deflating both ``X`` and the remaining texts by ``t``. The span is taken
+  from the *uncentred* ``X`` by default (``span="uncentred"``), as both of the paper authors'
+  implementations do (the SVD comes before the mean is removed); ``span="centred"`` takes the
+  top principal directions of the centred ``X`` instead. The two differ when ``X`` has a mean
+  offset (CLIP heads have one) and ``rank`` is below the width. Everything TextSpan needs is the
+  mean and covariance of ``X`` (the uncentred second moment is ``Σ·(n−1)/n + μμᵀ``), so it runs
+  from a :class:`~residual_core.core.spectral.PCAResult` (streamed, many units at once) or from
+  samples.
+- **SOMP** (simultaneous orthogonal matching pursuit) picks the atom maximising
+  ``Σ_n |R_n · d_j|`` over the residual ``R``, refits all chosen atoms jointly by least squares
+  and updates the residual, which stays orthogonal to every chosen atom.
+
+Computations run in float64: deflation repeated tens of times loses precision in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from residual_core.core.spectral import PCAResult
+
+__all__ = ["SPANS", "Span", "TextExplanation", "somp", "textspan", "textspan_from_covariance"]
+
+Span = Literal["uncentred", "centred"]
+SPANS: tuple[str, ...] = get_args(Span)
+
+
+@dataclass
+class TextExplanation:
+    """Texts chosen for one unit, in order.
+
+    Attributes:
+        unit: Unit label (or any name given).
+        indices: Dictionary rows chosen, in order.
+        texts: The corresponding texts.
+        explained_variance: Cumulative fraction of the unit's variance explained after each pick.
+        gains: Variance explained by each pick (differences of ``explained_variance``).
+    """
+
+    unit: str
+    indices: list[int]
+    texts: list[str]
+    explained_variance: list[float]
+    gains: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.gains:
+            ev = [0.0, *self.explained_variance]
+            self.gains = [b - a for a, b in zip(ev[:-1], ev[1:], strict=True)]
+
+
+def _check_dictionary(dictionary: Tensor, texts: Sequence[str]) -> None:
+    if dictionary.ndim != 2:
+        raise ValueError(f"dictionary must be (m, d), got shape {tuple(dictionary.shape)}")
+    if len(texts) != dictionary.shape[0]:
+        raise ValueError(f"{len(texts)} texts for {dictionary.shape[0]} dictionary rows")
+
+
+def textspan_from_covariance(
+    cov: Float[Tensor, "unit d d"],
+    dictionary: Float[Tensor, "m d"],
+    texts: Sequence[str],
+    n_iters: int = 10,
+    rank: int = 80,
+    unit_names: Sequence[str] | None = None,
+    unit_chunk: int = 16,
+    second_moment: Float[Tensor, "unit d d"] | None = None,
+) -> list[TextExplanation]:
+    """TextSpan for several units from their covariance matrices.
+
+    Args:
+        cov: Covariance of each unit's outputs (the greedy picks run on the centred outputs).
+        dictionary: L2-normalised text embeddings (normalised again here).
+        texts: One text per dictionary row.
+        n_iters: Texts to pick per unit.
+        rank: Principal directions the dictionary is projected on (80 in the paper).
+        unit_names: Names for the results (default ``"0"``, ``"1"``, ...).
+        unit_chunk: Units processed together (memory ``unit_chunk × m × d``).
+        second_moment: If given, the span is the top-``rank`` eigenvectors of this matrix
+            (the uncentred ``XᵀX / n``: the authors' span) instead of those of ``cov``.
+
+    Returns:
+        One :class:`TextExplanation` per unit.
+    """
+    _check_dictionary(dictionary, texts)
+    n_units, d, _ = cov.shape
+    names = [str(i) for i in range(n_units)] if unit_names is None else list(unit_names)
+    if len(names) != n_units:
+        raise ValueError(f"{len(names)} unit names for {n_units} units")
+    if n_iters > dictionary.shape[0]:
+        raise ValueError(f"n_iters={n_iters} exceeds the dictionary size {dictionary.shape[0]}")
+    dictionary = torch.nn.functional.normalize(dictionary.double(), dim=-1).to(cov.device)
+    out: list[TextExplanation] = []
+    if second_moment is not None and second_moment.shape != cov.shape:
+        raise ValueError(f"second_moment of shape {tuple(second_moment.shape)} for covariances "
+                         f"of shape {tuple(cov.shape)}")
+    for start in range(0, n_units, unit_chunk):
+        s = cov[start : start + unit_chunk].double()
+        u = s.shape[0]
+        m = s if second_moment is None else second_moment[start : start + unit_chunk].double()
+        evecs = torch.linalg.eigh(m)[1].flip(-1)[..., : min(rank, d)]  # (u, d, r), top first
+        span = evecs @ evecs.transpose(1, 2)
+        t = dictionary @ span  # (u, m, d): texts projected on each unit's principal span
+        total = s.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(torch.finfo(s.dtype).tiny)
+        chosen = torch.zeros(u, dictionary.shape[0], dtype=torch.bool, device=s.device)
+        rows = torch.arange(u, device=s.device)
+        picks, evs = [], []
+        for _ in range(n_iters):
+            score = ((t @ s) * t).sum(-1)  # var(X t) = tᵀ Σ t
+            score = score.masked_fill(chosen, -torch.inf)
+            j = score.argmax(-1)
+            chosen[rows, j] = True
+            direction = t[rows, j]
+            direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+            # Deflate: X ← X (I − t̂ t̂ᵀ) ⇒ Σ ← P Σ P; the texts likewise.
+            proj = torch.eye(d, dtype=s.dtype, device=s.device) - direction[:, :, None] * (
+                direction[:, None, :]
+            )
+            s = proj @ s @ proj
+            t = t - (t @ direction[:, :, None]) * direction[:, None, :]
+            picks.append(j)
+            evs.append(1 - s.diagonal(dim1=1, dim2=2).sum(-1) / total)
+        picks_t, evs_t = torch.stack(picks, 1).tolist(), torch.stack(evs, 1).tolist()
+        for k in range(u):
+            out.append(TextExplanation(names[start + k], picks_t[k],
+                                       [texts[i] for i in picks_t[k]], evs_t[k]))
+    return out
+
+
+def textspan(
+    x: Float[Tensor, "n d"] | Float[Tensor, "n unit d"] | PCAResult,
+    dictionary: Float[Tensor, "m d"],
+    texts: Sequence[str],
+    n_iters: int = 10,
+    rank: int = 80,
+    units: Sequence[int] | None = None,
+    unit_names: Sequence[str] | None = None,
+    span: Span = "uncentred",
+) -> list[TextExplanation]:
+    """TextSpan on samples of one or several units, or on several units of a :class:`PCAResult`.
+
+    Args:
+        x: Samples of one unit ``(n, d)`` or of several ``(n, unit, d)``, or a per-unit PCA.
+        dictionary: L2-normalised text embeddings.
+        texts: One text per dictionary row.
+        n_iters: Texts to pick per unit.
+        rank: Singular directions the dictionary is projected on (80 in the paper).
+        units: Which units (indices along the unit axis); default all.
+        unit_names: Names of the units in the output.
+        span: ``"uncentred"`` (the authors': right singular vectors of the raw samples) or
+            ``"centred"`` (principal directions of the centred samples).
+
+    Returns:
+        One :class:`TextExplanation` per unit.
+    """
+    if span not in SPANS:
+        raise ValueError(f"span={span!r} is not one of {list(SPANS)}")
+    if isinstance(x, PCAResult):
+        idx = list(range(x.mean.shape[0])) if units is None else list(units)
+        comps, ev = x.components[idx].double(), x.explained_variance[idx].double()
+        cov = comps.transpose(1, 2) @ (ev[:, :, None] * comps)
+        mean, n = x.mean[idx].double(), x.n_samples
+    else:
+        if x.ndim not in (2, 3):
+            raise ValueError(f"samples must be (n, d) or (n, unit, d), got {tuple(x.shape)}")
+        x = x.double() if x.ndim == 3 else x.double()[:, None]
+        if units is not None:
+            x = x[:, list(units)]
+        mean, n = x.mean(0), x.shape[0]
+        xc = x - mean
+        cov = torch.einsum("nud,nue->ude", xc, xc) / max(1, n - 1)
+    second = None
+    if span == "uncentred":  # XᵀX / n = Σ·(n−1)/n + μμᵀ: same eigenvectors as X's SVD
+        second = cov * ((n - 1) / n) + mean[:, :, None] * mean[:, None, :]
+    return textspan_from_covariance(cov, dictionary, texts, n_iters, rank, unit_names,
+                                    second_moment=second)
+
+
+def somp(
+    x: Float[Tensor, "n d"],
+    dictionary: Float[Tensor, "m d"],
+    texts: Sequence[str],
+    n_iters: int = 10,
+    unit: str = "unit",
+    center: bool = True,
+) -> tuple[TextExplanation, Float[Tensor, "n k"]]:
+    """Simultaneous orthogonal matching pursuit of one unit's samples over the dictionary.
+
+    Args:
+        x: Samples of one unit.
+        dictionary: L2-normalised text embeddings.
+        texts: One text per dictionary row.
+        n_iters: Atoms to pick.
+        unit: Name of the unit in the output.
+        center: Remove the mean of ``x`` first (explain variance, like TextSpan).
+
+    Returns:
+        The explanation, and the least-squares coefficients of the chosen atoms per sample.
+    """
+    _check_dictionary(dictionary, texts)
+    if n_iters > dictionary.shape[0]:
+        raise ValueError(f"n_iters={n_iters} exceeds the dictionary size {dictionary.shape[0]}")
+    x = x.double()
+    if center:
+        x = x - x.mean(0)
+    atoms = torch.nn.functional.normalize(dictionary.double(), dim=-1).to(x.device)
+    total = (x * x).sum().clamp_min(torch.finfo(x.dtype).tiny)
+    residual = x
+    chosen: list[int] = []
+    evs: list[float] = []
+    coef = torch.zeros(x.shape[0], 0, dtype=x.dtype, device=x.device)
+    for _ in range(n_iters):
+        score = (residual @ atoms.T).abs().sum(0)
+        if chosen:
+            score[chosen] = -torch.inf
+        chosen.append(int(score.argmax()))
+        sel = atoms[chosen]  # (k, d)
+        # Joint least-squares refit: coef = argmin ‖x − coef·sel‖.
+        coef = torch.linalg.lstsq(sel.T, x.T).solution.T
+        residual = x - coef @ sel
+        evs.append(float(1 - (residual * residual).sum() / total))
+    return TextExplanation(unit, chosen, [texts[i] for i in chosen], evs), coef
