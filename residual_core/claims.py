@@ -39,6 +39,7 @@ __all__ = [
     "id_claims",
     "kept_attention_layers",
     "residual_claims",
+    "scoreboard_markdown",
     "specialization_claims",
     "spearman_greater",
     "stability_claims",
@@ -319,3 +320,34 @@ def write_claims(table: pd.DataFrame, results_file: str | os.PathLike | None) ->
     table.loc[:, list(COLUMNS)].to_csv(tmp, index=False)
     os.replace(tmp, path)
     return path
+
+
+def scoreboard_markdown(tables: Mapping[str, pd.DataFrame]) -> str:
+    """The book's first-page scoreboard: every claim, this run's numbers, whether it holds.
+
+    Args:
+        tables: Chapter page (a path the page links to, e.g.
+            ``chapters/01_intrinsic_dimension-tutorial.ipynb``) → that chapter's claims table.
+
+    Returns:
+        A MyST markdown table, one row per claim in id order (claims no chapter measured are
+        listed as not run), and a line counting the claims that hold.
+    """
+    rows = {}
+    for page, table in tables.items():
+        for r in table.itertuples():
+            rows[r.id] = (page, r)
+    lines = ["| | the paper's claim | this run | holds |", "|---|---|---|---|"]
+    for claim in CLAIMS.values():
+        if claim.id not in rows:
+            lines.append(f"| {claim.id} | {claim.claim} | (chapter {claim.chapter} not run) | – |")
+            continue
+        page, r = rows[claim.id]
+        mark = "**yes**" if r.holds == "yes" else "no"
+        measured = str(r.measured).replace("|", "/")
+        lines.append(f"| [{claim.id}]({page}) | {claim.claim} | {measured} | {mark} |")
+    held = sum(r.holds == "yes" for _, r in rows.values())
+    lines += ["", f"**{held} of {len(CLAIMS)} claims hold** on this run "
+              f"({len(rows)} measured). Each id links to the chapter that measures it, where "
+              "the criterion is stated and a failed claim is discussed."]
+    return "\n".join(lines) + "\n"

@@ -168,3 +168,15 @@ def test_write_claims_next_to_the_results(tmp_path):
                                   check_dtype=False)
     assert claims.write_claims(table, None) is None
     assert set(claims.CLAIMS) == {f"C{i}" for i in range(1, 15)}
+
+
+def test_scoreboard_lists_every_claim_and_counts_what_holds():
+    t05 = claims.residual_claims(residual_results(0.8, 0.78, 1_000, fine_wins=3))  # C14 fails
+    t02 = claims.stability_claims({"a": 0.9, "random": 0.2}, 0.3, "random")
+    md = claims.scoreboard_markdown({"chapters/05.ipynb": t05, "chapters/02.ipynb": t02})
+    lines = md.splitlines()
+    rows = [line for line in lines if line.startswith("| ")][1:]
+    assert [r.split(" | ")[0].strip("| [") .split("]")[0] for r in rows] == list(claims.CLAIMS)
+    assert "| [C12](chapters/05.ipynb) |" in md and "| [C5](chapters/02.ipynb) |" in md
+    assert "| C1 | heads have a low linear intrinsic dimension | (chapter 01 not run) | – |" in md
+    assert md.count("**yes**") == 4 and "**4 of 14 claims hold** on this run (5 measured)" in md
