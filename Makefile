@@ -1,5 +1,5 @@
 # The two commands of the README. Each one sets up .venv first if needed (offline-safe).
-.PHONY: setup book test lint
+.PHONY: setup book test lint lab
 
 setup:
 	@bash scripts/setup_env.sh
@@ -15,3 +15,7 @@ test: setup
 
 lint: setup
 	.venv/bin/ruff check .
+
+## JupyterLab on notebooks/: the chapters open as notebooks, edits are saved to their .py source.
+lab: setup
+	bash scripts/lab.sh

@@ -1,4 +1,4 @@
-"""What each of the book's convention choices changes, measured (the README's "Conventions").
+"""What each of the book's convention choices changes: the numbers of the README's Conventions.
 
 1. Centring of the final LayerNorm's mean (``shared``, the authors', vs ``per-unit``): the
    per-unit difference on a random ViT-B-16 (LayerNorm and biases perturbed) and on the

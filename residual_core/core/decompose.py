@@ -3,11 +3,11 @@
 A pre-LN ViT writes its CLS residual stream as ``s = e + Σ_l (a_l + m_l)``: the embedding after
 ``ln_pre``, then per layer the attention output (a sum over heads plus the out-projection bias)
 and the MLP output. The image embedding is ``LN_post(s) @ P``. LayerNorm is affine in ``s`` once
-the per-sample scale ``σ(s)`` is fixed, so with ``C = I − 11ᵀ/d`` (mean removal, linear)
+the per-sample statistics ``μ(s)`` (mean) and ``σ(s)`` (scale) are fixed, so
 
-    LN_post(s) @ P = Σ_u [ (C x_u) ⊙ γ / σ + β / N_u ] @ P
+    LN_post(s) @ P = Σ_u [ γ ⊙ x_u / σ − (γ ⊙ μ / σ − β) / N_u ] @ P
 
-exactly, where the constant β is split over the units (``N_u = 2L+1`` for the embedding and the
+exactly, where the constants are split over the units (``N_u = 2L+1`` for the embedding and the
 MLPs, ``(2L+1)·H`` for a head: one share per residual write, an attention share split over its
 heads, like the out-projection bias). A tower with a projection bias (``visual.proj_bias``, e.g.
 BLIP's ``vision_proj`` in :mod:`residual_core.models.hf`) gets it split in the same shares.

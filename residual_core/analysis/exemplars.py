@@ -1,0 +1,123 @@
+"""Which images to show: the extremes of a unit's principal components, and disagreements.
+
+- :func:`pc_extremes`: for a unit's first principal components, the images whose outputs have
+  the highest and the lowest coordinate along each (the figure style of the TextSpan and
+  ResiDual papers: what a direction of a head responds to, next to the texts that explain it).
+- :func:`disagreements`: images one classifier gets right and another wrong, both ways.
+- :func:`spread_sample`: a few images per class, for a grid that shows every class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+__all__ = ["PCExtremes", "disagreements", "pc_extremes", "spread_sample"]
+
+
+@dataclass
+class PCExtremes:
+    """Images at both ends of one principal component of a unit.
+
+    Attributes:
+        pc: Component index (0 = most variance).
+        explained: Its share of the unit's variance.
+        top: Indices of the images with the highest coordinates, highest first.
+        bottom: Indices of the images with the lowest coordinates, lowest first.
+        top_values: Their coordinates.
+        bottom_values: Their coordinates.
+    """
+
+    pc: int
+    explained: float
+    top: list[int]
+    bottom: list[int]
+    top_values: list[float]
+    bottom_values: list[float]
+
+
+def pc_extremes(
+    outputs: Float[Tensor, "n d"],
+    components: Float[Tensor, "k d"],
+    mean: Float[Tensor, " d"],
+    explained_variance_ratio: Float[Tensor, " k"],
+    n_pcs: int = 2,
+    n_images: int = 4,
+) -> list[PCExtremes]:
+    """The images at both ends of a unit's first principal components.
+
+    Args:
+        outputs: The unit's output for every image (e.g. of the reference set).
+        components: The unit's principal directions (rows, most variance first), e.g. from
+            the reference PCA.
+        mean: The unit's mean output (the PCA's).
+        explained_variance_ratio: Each component's share of the variance.
+        n_pcs: Components to report.
+        n_images: Images at each end.
+
+    Returns:
+        One :class:`PCExtremes` per component. A component's sign is arbitrary, so "top" and
+        "bottom" are the two ends, not a good and a bad one.
+    """
+    if outputs.ndim != 2 or outputs.shape[1] != components.shape[1]:
+        raise ValueError(f"outputs of shape {tuple(outputs.shape)} do not match components of "
+                         f"shape {tuple(components.shape)}")
+    n_images = min(n_images, outputs.shape[0] // 2)
+    coords = (outputs.double() - mean.double()) @ components[:n_pcs].double().T  # (n, pcs)
+    out = []
+    for pc in range(min(n_pcs, components.shape[0])):
+        order = torch.argsort(coords[:, pc], descending=True, stable=True)
+        top, bottom = order[:n_images], order.flip(0)[:n_images]
+        out.append(PCExtremes(pc, float(explained_variance_ratio[pc]), top.tolist(),
+                              bottom.tolist(), coords[top, pc].tolist(),
+                              coords[bottom, pc].tolist()))
+    return out
+
+
+def disagreements(
+    first: Int[Tensor, " n"], second: Int[Tensor, " n"], targets: Int[Tensor, " n"],
+    n_images: int = 4, seed: int = 0,
+) -> tuple[list[int], list[int]]:
+    """Images where two classifiers disagree on being right.
+
+    Args:
+        first: Predicted classes of the first classifier (e.g. zero-shot).
+        second: Predicted classes of the second (e.g. ResiDual).
+        targets: True classes.
+        n_images: At most this many of each kind, drawn at random (seeded) when there are more.
+        seed: Seed of the draw.
+
+    Returns:
+        ``(first wrong and second right, first right and second wrong)``, indices in
+        increasing order.
+    """
+    if not first.shape == second.shape == targets.shape:
+        raise ValueError(f"predictions {tuple(first.shape)}, {tuple(second.shape)} and targets "
+                         f"{tuple(targets.shape)} differ in shape")
+    ok1, ok2 = first == targets, second == targets
+    rng = np.random.default_rng(seed)
+
+    def draw(mask: Tensor) -> list[int]:
+        idx = torch.nonzero(mask).flatten().numpy()
+        if len(idx) > n_images:
+            idx = rng.choice(idx, n_images, replace=False)
+        return sorted(int(i) for i in idx)
+
+    return draw(~ok1 & ok2), draw(ok1 & ~ok2)
+
+
+def spread_sample(labels: Sequence[int] | np.ndarray, per_class: int = 1, seed: int = 0
+                  ) -> list[int]:
+    """A few indices of every class present (seeded), grouped by class in class order."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    out: list[int] = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        out += sorted(int(i) for i in rng.choice(idx, min(per_class, len(idx)), replace=False))
+    return out

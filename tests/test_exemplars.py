@@ -1,0 +1,62 @@
+"""Choosing images to show, on planted data; the image figures lay them out."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import torch
+
+from residual_core.analysis.exemplars import disagreements, pc_extremes, spread_sample
+from residual_core.plots.images import plot_disagreements, plot_image_grid, plot_pc_extremes
+
+
+def test_pc_extremes_on_planted_coordinates():
+    # Outputs along two orthonormal directions with known coordinates, plus an offset.
+    basis = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(0),
+                                        dtype=torch.float64))[0][:2]
+    c0 = torch.tensor([0.0, 5, -3, 1, 4, -6, 2, 0.5], dtype=torch.float64)
+    c1 = torch.tensor([1.0, 0, 2, -2, 0, 0, -1, 3], dtype=torch.float64)
+    mean = torch.full((6,), 2.0, dtype=torch.float64)
+    outputs = mean + c0[:, None] * basis[0] + c1[:, None] * basis[1]
+    ext = pc_extremes(outputs, basis, mean, torch.tensor([0.7, 0.3]), n_pcs=2, n_images=2)
+    assert [e.pc for e in ext] == [0, 1]
+    assert ext[0].top == [1, 4] and ext[0].bottom == [5, 2]  # c0: 5, 4 … −3, −6
+    assert ext[1].top == [7, 2] and ext[1].bottom == [3, 6]
+    assert ext[0].top_values == pytest.approx([5, 4]) and ext[0].explained == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="do not match"):
+        pc_extremes(outputs[:, :5], basis, mean, torch.ones(2))
+
+
+def test_disagreements_both_ways():
+    targets = torch.tensor([0, 1, 2, 0, 1, 2])
+    first = torch.tensor([1, 1, 2, 2, 1, 0])   # wrong on 0, 3, 5
+    second = torch.tensor([0, 0, 2, 0, 1, 0])  # wrong on 1, 5
+    assert disagreements(first, second, targets) == ([0, 3], [1])
+    few = disagreements(first, second, targets, n_images=1, seed=3)
+    assert len(few[0]) == 1 and few[0][0] in (0, 3) and few[1] == [1]
+    with pytest.raises(ValueError, match="differ in shape"):
+        disagreements(first[:3], second, targets)
+
+
+def test_spread_sample_covers_every_class():
+    labels = np.array([2, 0, 0, 1, 2, 2, 0])
+    picked = spread_sample(labels, per_class=2, seed=1)
+    assert [labels[i] for i in picked] == [0, 0, 1, 2, 2]
+    assert spread_sample(labels, 2, seed=1) == picked
+
+
+def test_image_figures_show_every_image():
+    images = np.random.default_rng(0).integers(0, 255, (10, 8, 8, 3), dtype=np.uint8)
+    fig = plot_image_grid(images[:5], [f"caption {i}" for i in range(5)], ncols=3)
+    assert sum(bool(ax.images) for ax in fig.axes) == 5
+    ext = pc_extremes(torch.randn(10, 4), torch.eye(4)[:2], torch.zeros(4), torch.ones(2), 2, 3)
+    fig = plot_pc_extremes(images, ext, "L1H0", ["a text", "another"])
+    assert sum(bool(ax.images) for ax in fig.axes) == 12
+    fig = plot_disagreements(images, [0, 1], [], ["a", "b"], [0, 1] * 5, [1, 0] * 5, [0, 1] * 5)
+    assert sum(bool(ax.images) for ax in fig.axes) == 2
+    with pytest.raises(ValueError, match="no images"):
+        plot_image_grid([])
