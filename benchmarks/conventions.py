@@ -23,8 +23,10 @@ import torch
 
 from residual_core.analysis.conventions import compare_centerings
 from residual_core.core.decompose import decompose
+from residual_core.core.dictionary import TextDictionary
 from residual_core.core.intrinsic_dim import two_nearest_neighbours, twonn
 from residual_core.core.textspan import textspan
+from residual_core.core.units import Units
 from residual_core.data.dictionaries import load_dictionary
 from residual_core.data.registry import load_dataset
 from residual_core.models import load_model
@@ -44,10 +46,11 @@ def centring(images: int, seed: int) -> None:
     """Section 1: the per-unit difference between the two centrings."""
     model = random_vit_b16(seed)
     x = torch.randn(images, 3, 224, 224, generator=torch.Generator().manual_seed(seed + 1))
-    texts = [f"t{i}" for i in range(1000)]
+    texts = tuple(f"t{i}" for i in range(1000))
     emb = torch.nn.functional.normalize(
         torch.randn(1000, 512, generator=torch.Generator().manual_seed(seed + 2)), dim=-1)
-    cmp = compare_centerings(model.visual, x.split(32), texts, emb, seed=seed)
+    random_words = TextDictionary(texts, ((),) * len(texts), emb)
+    cmp = compare_centerings(model.visual, x.split(32), random_words, seed=seed)
     print(f"## 1a. Centring, random ViT-B-16, {images} Gaussian images")
     print(cmp.summary().to_string(float_format=lambda v: f"{v:.4f}"))
 
@@ -55,8 +58,7 @@ def centring(images: int, seed: int) -> None:
     words = load_dictionary("tutorial")
     data = load_dataset("world.reference", "train", loaded.preprocess, size=2000)
     batches = (b for b, _ in torch.utils.data.DataLoader(data, batch_size=256))
-    cmp = compare_centerings(loaded.model, batches, words.texts,
-                             words.embed(loaded).embeddings, seed=seed)
+    cmp = compare_centerings(loaded.model, batches, words.embed(loaded), seed=seed)
     print("\n## 1b. Centring, tutorial CLIP, 2,000 world.reference train images")
     print(cmp.summary().to_string(float_format=lambda v: f"{v:.4f}"))
     common = cmp.texts.common
@@ -68,11 +70,9 @@ def span(images: int, seed: int) -> None:
     """Section 2: where the two TextSpan spans first disagree, on real-shaped heads."""
     model = random_vit_b16(seed)
     x = torch.randn(images, 3, 224, 224, generator=torch.Generator().manual_seed(seed + 1))
-    units = torch.cat([decompose(model.visual, b).units for b in x.split(32)])
-    n_layers = len(model.visual.transformer.resblocks)
-    last = [f"L{n_layers - 1}H{h}" for h in range(12)]
-    labels = decompose(model.visual, x[:1]).labels
-    heads = units[:, [labels.index(h) for h in last]]
+    units = Units.cat([decompose(model.visual, b) for b in x.split(32)])
+    last = units.layout.heads(-1)
+    heads = units.select(last).data
     m = 2000
     emb = torch.nn.functional.normalize(
         torch.randn(m, 512, generator=torch.Generator().manual_seed(seed + 2)), dim=-1)

@@ -89,7 +89,7 @@ def bench_model(model: torch.nn.Module, name: str, batch: int, iters: int, warmu
 
     def decomp():
         with torch.inference_mode(), amp:
-            return decompose(model, x, projector=projector).units
+            return decompose(model, x, projector=projector).data
 
     # Interleave the two measurements so clock drift hits both alike.
     t_plain = _timed(plain, iters, warmup, device)
@@ -132,13 +132,13 @@ def agreement(model: torch.nn.Module, dtypes: list[str], device: torch.device,
     x = _images(model, n_images, torch.device("cpu"), seed=1)
     reference = copy.deepcopy(get_visual(model)).to("cpu", torch.float64)
     with torch.inference_mode():
-        ref = decompose(reference, x.double()).units
+        ref = decompose(reference, x.double()).data
     del reference
     norm = ref.sum(1).norm(dim=-1)[:, None]
     rows = []
     for dtype in dtypes:
         with torch.inference_mode(), _autocast(device, dtype):
-            got = decompose(model, x.to(device)).units.double().cpu()
+            got = decompose(model, x.to(device)).data.double().cpu()
         err = (got - ref).norm(dim=-1) / norm
         rows.append({"dtype": dtype, "n_images": n_images, "n_units": ref.shape[1],
                      "max_rel_err": float(err.max()), "median_rel_err": float(err.median())})
@@ -158,7 +158,7 @@ def profile_tables(model: torch.nn.Module, batch: int, device: torch.device, dty
         activities.append(ProfilerActivity.CUDA)
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     calls = {"plain": lambda: visual(x),
-             "decompose": lambda: decompose(model, x, projector=projector).units}
+             "decompose": lambda: decompose(model, x, projector=projector).data}
     tables = {}
     for name, fn in calls.items():
         with torch.inference_mode(), _autocast(device, dtype):

@@ -21,7 +21,7 @@ import time
 import lightning as L
 import torch
 
-from residual_core.core.residual import FrozenClassifier, LinearAdapter, ResiDual, StackedBasis
+from residual_core.core.residual import LinearAdapter, ResiDual, StackedBasis
 from residual_core.core.training import (
     TensorBatcher,
     TensorData,
@@ -31,13 +31,14 @@ from residual_core.core.training import (
     train_epoch,
 )
 from residual_core.core.units import unit_labels
+from residual_core.core.zeroshot import ZeroShotClassifier
 
 N_LAYERS, N_HEADS, D_HEAD, D_OUT = 24, 16, 64, 768
 VIT_L14 = (N_LAYERS, N_HEADS, D_HEAD, D_OUT)
 """ViT-L/14's (layers, heads, d_head, d_out): the sizes of the timed problem."""
 
 
-def residual_full(classifier: FrozenClassifier, device: torch.device,
+def residual_full(classifier: ZeroShotClassifier, device: torch.device,
                   shape: tuple[int, int, int, int] = VIT_L14) -> ResiDual:
     """ResiDual-full for a tower of ``shape`` with random orthonormal-ish bases (timing only)."""
     n_layers, n_heads, d_head, d_out = shape
@@ -52,7 +53,7 @@ def residual_full(classifier: FrozenClassifier, device: torch.device,
         other_mean=torch.zeros(1, d_out, device=device),
         discarded=torch.zeros(len(selected)),
     )
-    return ResiDual(classifier, basis, labels, rest="keep", name="residual-full").to(device)
+    return ResiDual(classifier, basis, rest="keep", name="residual-full").to(device)
 
 
 def make_problem(n: int, n_classes: int, device: torch.device, seed: int = 1,
@@ -69,7 +70,7 @@ def make_problem(n: int, n_classes: int, device: torch.device, seed: int = 1,
     d_out = shape[-1]
     clf_w = torch.nn.functional.normalize(
         torch.randn(d_out, n_classes, generator=gen, device=device), dim=0)
-    classifier = FrozenClassifier(clf_w)
+    classifier = ZeroShotClassifier(clf_w)
     residual = residual_full(classifier, device, shape)
     coords = torch.randn(n, residual.n_trainable, generator=gen, device=device)
     rest = torch.randn(n, d_out, generator=gen, device=device)

@@ -65,14 +65,11 @@ import pandas as pd
 import torch
 from IPython.display import display
 
+import residual_core as rc
 from residual_core.analysis.conventions import compare_centerings
 from residual_core.analysis.decomposition import relative_error, unit_norm_table
-from residual_core.core.decompose import check_supported, decompose
-from residual_core.data.dictionaries import load_dictionary
-from residual_core.data.registry import load_dataset
-from residual_core.models import load_model
 from residual_core.plots.common import figure_picker
-from residual_core.plots.units import layer_head_grid, plot_layer_head_heatmap, plot_layer_units
+from residual_core.plots.units import norm_grid, plot_layer_head_heatmap, plot_layer_units
 from residual_core.runner.records import write_results
 
 _ = torch.manual_seed(seed)
@@ -89,9 +86,9 @@ _ = torch.manual_seed(seed)
 
 # %%
 # The one line that picks the model; everything below reads its sizes from the model object.
-loaded = load_model(model, device=device, weights=weights)
+loaded = rc.load_model(model, device=device, weights=weights)
 net = loaded.model
-layout = check_supported(net)
+layout = rc.check_supported(net)
 display(pd.DataFrame([vars(layout) | {"units": layout.n_units}], index=[model]))
 
 # %% [markdown]
@@ -109,22 +106,22 @@ if images_from == "noise":
     generator = torch.Generator().manual_seed(seed)
     images = torch.rand(n_images, 3, *size, generator=generator) * 2 - 1
 else:
-    data = load_dataset(images_from, "test", loaded.preprocess, size=n_images)
-    images = torch.stack([data[i][0] for i in range(n_images)])
+    images, _ = rc.load_dataset(images_from, "test", loaded.preprocess, size=n_images).batch()
 images = images.to(device)
 
-dec = decompose(net, images, centering=centering)
-print("units:", tuple(dec.units.shape), "(batch, unit, d_out)")
+dec = rc.decompose(net, images, centering=centering)
+print(dec)
 first_head = layout.n_layers + 1
 print("labels:", dec.labels[:3], "...", dec.labels[first_head : first_head + 2], "...",
       dec.labels[-1])
 
 # %% [markdown]
-# Units are always addressed by **label**, never by position:
+# Units are always addressed by **label**, never by position: one label gives that unit's
+# `(batch, d_out)` outputs, a list of labels a smaller labelled stack.
 
 # %%
 last = layout.n_layers - 1
-print(dec.select(["embed", f"L{last}.mlp", f"L{last}H0"]).shape)
+print(dec[["embed", f"L{last}.mlp", f"L{last}H0"]].shape, dec[f"L{last}H0"].shape)
 
 # %% [markdown]
 # ## The reconstruction is exact
@@ -149,7 +146,7 @@ assert error < 1e-5, f"decomposition is not exact: relative error {error:.2e}"
 table = unit_norm_table(dec)
 write_results(table, results_file, model=loaded.name, max_rel_error=error)
 embed_norm = table.loc[table.kind == "embed", "norm"].mean()
-plot_layer_head_heatmap(layer_head_grid(table), embed_norm)
+plot_layer_head_heatmap(norm_grid(table), embed_norm)
 plt.show()
 
 # %% [markdown]
@@ -189,16 +186,15 @@ display(figure_picker(figures, "Layer", default=f"layer {layout.n_layers - 1}"))
 
 # %%
 if compare_images:
-    words = load_dictionary(dictionary)
+    words = rc.load_dictionary(dictionary).embed(loaded)
     if images_from == "noise":
         generator = torch.Generator().manual_seed(seed + 1)
         batches = (torch.rand(256, 3, *net.visual.image_size, generator=generator).to(device)
                    * 2 - 1 for _ in range(-(-compare_images // 256)))
     else:
-        data = load_dataset(images_from, "train", loaded.preprocess, size=compare_images)
+        data = rc.load_dataset(images_from, "train", loaded.preprocess, size=compare_images)
         batches = (x.to(device) for x, _ in torch.utils.data.DataLoader(data, batch_size=256))
-    cmp = compare_centerings(net, batches, words.texts, words.embed(loaded).embeddings,
-                             n_texts=3, seed=seed)
+    cmp = compare_centerings(net, batches, words, n_texts=3, seed=seed)
     display(cmp.summary().style.format({"median_rel_diff": "{:.1%}", "max_rel_diff": "{:.1%}",
                                         "median_twonn_change": "{:.2f}"}))
     texts = cmp.texts.set_index("unit")
@@ -216,7 +212,8 @@ if compare_images:
 # ## Summary
 #
 # - A unit is one additive writer to the CLS residual stream: the embedding, an MLP or a head.
-# - `decompose(model, images)` returns all of them as a `(batch, unit, d_out)` tensor with
-#   stable labels; their sum is the image embedding, exactly.
+# - `decompose(model, images)` returns all of them as labelled `Units`: a `(batch, unit, d_out)`
+#   stack picked by label (`units["L3H1"]`, `units.heads(layer=3)`); their sum is the image
+#   embedding, exactly.
 # - Sizes alone do not say what a unit carries; the later chapters ask that with PCA, text
 #   and probes.

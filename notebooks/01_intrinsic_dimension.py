@@ -60,17 +60,10 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from residual_core.analysis.geometry import (
-    depth_profile,
-    id_findings,
-    intrinsic_dimension_table,
-    layer_grid,
-    store_pca,
-)
-from residual_core.data.encodings import encode_dataset
-from residual_core.models import load_model
+import residual_core as rc
+from residual_core.analysis import geometry as geo
+from residual_core.plots import geometry as pg
 from residual_core.plots.common import figure_picker
-from residual_core.plots.geometry import plot_depth_profiles, plot_layer_spectra, plot_unit_grid
 from residual_core.runner.records import write_results
 
 _ = torch.manual_seed(seed)
@@ -84,13 +77,11 @@ pd.options.display.float_format = "{:.3g}".format
 # from this one store.
 
 # %%
-loaded = load_model(model, device=device, weights=weights)
-store = encode_dataset(loaded, reference, split, size=size, batch_size=batch_size,
-                       centering=centering,
-                       device=device, progress=False)
+loaded = rc.load_model(model, device=device, weights=weights)
+store = rc.encode_dataset(loaded, reference, split, size=size, batch_size=batch_size,
+                          centering=centering, device=device, progress=False)
 layout = store.layout
-print(f"{model}: {store.n_samples} images of {reference}/{split}, {len(store.labels)} units, "
-      f"d_out = {layout.d_out}, d_head = {layout.d_head}")
+print(f"{model}: {store.n_samples} images of {reference}/{split}; {layout}")
 
 # %% [markdown]
 # ## Linear and nonlinear ID of every unit
@@ -108,9 +99,9 @@ print(f"{model}: {store.n_samples} images of {reference}/{split}, {len(store.lab
 # (`twonn_duplicates` counts them).
 
 # %%
-pca = store_pca(store, device=device)
-table, fits = intrinsic_dimension_table(store, pca, threshold=linear_threshold,
-                                        max_points=twonn_points, seed=seed, device=device)
+pca = rc.unit_pca(store, device=device)
+table, fits = geo.intrinsic_dimension_table(store, pca, threshold=linear_threshold,
+                                            max_points=twonn_points, seed=seed, device=device)
 n_used = {fit.n_points for fit in fits.values()}
 print(f"TwoNN used {min(n_used)}–{max(n_used)} points per unit; "
       f"{table.twonn_duplicates.max()} duplicate rows removed at most")
@@ -122,13 +113,9 @@ write_results(table, results_file, model=loaded.name, reference=reference)
 # seeds): the difference between the two estimates of a unit is a rough error bar.
 
 # %%
-half = min(twonn_points, store.n_samples) // 2
-halves = [intrinsic_dimension_table(store, pca, threshold=linear_threshold, max_points=half,
-                                    seed=seed + 1 + i, device=device)[0].twonn
-          for i in range(2)]
-spread = (halves[0] - halves[1]).abs() / table.twonn
-print(f"TwoNN on two halves of {half} images: relative difference median {spread.median():.1%}, "
-      f"max {spread.max():.1%} over units")
+spread = geo.twonn_halves(store, pca, twonn_points, seed=seed, threshold=linear_threshold,
+                          device=device) / table.set_index("unit").twonn
+print(f"{spread.name}: relative difference median {spread.median():.1%}, max {spread.max():.1%}")
 
 # %% [markdown]
 # ## Per layer and head
@@ -146,8 +133,9 @@ metrics = {
 }
 embed = table.set_index("unit").loc["embed"]
 grid_figures = {
-    name: plot_unit_grid(layer_grid(table, column), title=f"{name} per unit ({model})",
-                         label=name, fmt=fmt, cmap=cmap, embed=float(embed[column]))
+    name: pg.plot_unit_grid(rc.unit_grid(table.set_index("unit")[column]),
+                            title=f"{name} per unit ({model})", label=name, fmt=fmt, cmap=cmap,
+                            embed=float(embed[column]))
     for name, (column, fmt, cmap) in metrics.items()
 }
 display(figure_picker(grid_figures, "Metric", default="linear ID (PCA-99)"))
@@ -160,8 +148,8 @@ display(figure_picker(grid_figures, "Metric", default="linear ID (PCA-99)"))
 # the TwoNN panel should rise then fall (the hunchback) and the ratio panel should rise.
 
 # %%
-profiles = {name: depth_profile(table, column) for name, (column, *_) in metrics.items()}
-plot_depth_profiles(profiles)
+profiles = {name: geo.depth_profile(table, column) for name, (column, *_) in metrics.items()}
+pg.plot_depth_profiles(profiles)
 plt.show()
 
 # %% [markdown]
@@ -174,7 +162,7 @@ plt.show()
 
 # %%
 layer_figures = {
-    f"layer {layer}": plot_layer_spectra(pca, store.labels, fits, layer, linear_threshold)
+    f"layer {layer}": pg.plot_layer_spectra(pca, fits, layer, linear_threshold)
     for layer in range(layout.n_layers)
 }
 display(figure_picker(layer_figures, "Layer", default=f"layer {layout.n_layers - 1}"))
@@ -191,15 +179,8 @@ display(figure_picker(layer_figures, "Layer", default=f"layer {layout.n_layers -
 # table says "within noise".
 
 # %%
-findings = id_findings(table, layout.d_out)
-heads = table[table.kind == "head"]
-print(f"Heads: linear ID {heads.linear_id.min()}–{heads.linear_id.max()} "
-      f"(median {heads.linear_id.median():.0f}) of at most {heads.rank_bound.max()};\n"
-      f"       TwoNN {heads.twonn.min():.1f}–{heads.twonn.max():.1f} "
-      f"(median {heads.twonn.median():.1f}); EVR of PC1 median {heads.evr_pc1.median():.2f}.")
-mlps = table[table.kind == "mlp"]
-print(f"MLPs:  linear ID {mlps.linear_id.min()}–{mlps.linear_id.max()}, "
-      f"TwoNN {mlps.twonn.min():.1f}–{mlps.twonn.max():.1f}.")
+findings = geo.id_findings(table, layout.d_out)
+display(geo.id_ranges(table))
 print(f"{findings.holds.sum()} of {len(findings)} claims hold on this run:")
 with pd.option_context("display.max_colwidth", None):
     display(findings.set_index("claim"))

@@ -59,28 +59,14 @@ results_file = None  # CSV of the key results (the runner sets it next to the no
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import torch
 from IPython.display import display
 
-from residual_core.analysis.geometry import (
-    layer_grid,
-    random_subspace_similarity,
-    stability_findings,
-    store_pca,
-    subspace_similarity,
-    unit_index,
-    unit_similarity_matrix,
-)
-from residual_core.data.encodings import encode_dataset
-from residual_core.models import load_model
+import residual_core as rc
+from residual_core.analysis import geometry as geo
+from residual_core.plots import geometry as pg
 from residual_core.plots.common import figure_picker
-from residual_core.plots.geometry import (
-    plot_similarity_matrix,
-    plot_similarity_summary,
-    plot_unit_grid,
-)
 from residual_core.runner.records import write_results
 
 _ = torch.manual_seed(seed)
@@ -94,27 +80,16 @@ pd.options.display.precision = 2
 # a first sign of whether a distribution changes the units' geometry.
 
 # %%
-loaded = load_model(model, device=device, weights=weights)
-ref_store = encode_dataset(loaded, reference, reference_split, size=reference_size,
-                           centering=centering,
-                           batch_size=batch_size, device=device, progress=False)
-labels = ref_store.labels
-units = unit_index(labels)
-ref_pca = store_pca(ref_store, device=device)
-pcas = {}
-for name, dataset in datasets.items():
-    store = encode_dataset(loaded, dataset, split, size=size, batch_size=batch_size,
-                           centering=centering,
-                           device=device, progress=False)
-    assert store.labels == labels, f"{dataset}: units differ from the reference's"
-    pcas[name] = store_pca(store, device=device)
-
-is_head = torch.tensor((units.kind == "head").to_numpy())
-k90 = pd.DataFrame({
-    name: pca.n_components(threshold)[is_head].numpy()
-    for name, pca in {"reference": ref_pca, **pcas}.items()
-})
-display(k90.describe().loc[["50%", "min", "max"]].rename(index={"50%": "median"}))
+loaded = rc.load_model(model, device=device, weights=weights)
+ref_store = rc.encode_dataset(loaded, reference, reference_split, size=reference_size,
+                              centering=centering, batch_size=batch_size, device=device,
+                              progress=False)
+ref_pca = rc.unit_pca(ref_store, device=device)
+pcas = {name: rc.unit_pca(rc.encode_dataset(loaded, dataset, split, size=size,
+                                            batch_size=batch_size, centering=centering,
+                                            device=device, progress=False), device=device)
+        for name, dataset in datasets.items()}
+display(geo.components_needed({"reference": ref_pca, **pcas}, threshold))
 
 # %% [markdown]
 # ## Similarity of each unit to its reference subspace
@@ -125,24 +100,13 @@ display(k90.describe().loc[["50%", "min", "max"]].rename(index={"50%": "median"}
 # give.
 
 # %%
-rows = []
-for name, pca in pcas.items():
-    sim = subspace_similarity(ref_pca, pca, threshold, weighted)
-    rows.append(units.assign(dataset=name, similarity=sim.numpy()))
-similarity = pd.concat(rows, ignore_index=True)
-chance = pd.Series(random_subspace_similarity(ref_pca, threshold, weighted, seed).numpy(),
-                   index=labels)
-head_chance = chance[units.kind.eq("head").to_numpy()]
-summary = similarity.pivot_table(index="dataset", columns="kind", values="similarity",
-                                 aggfunc="median", sort=False)
-summary["head_min"] = similarity[similarity.kind == "head"].groupby(
-    "dataset", sort=False).similarity.min()
-names = {"head": "heads: median", "head_min": "heads: min", "mlp": "MLPs: median",
-         "embed": "embed"}
-display(summary[list(names)].rename(columns=names))
+similarity = geo.similarity_table(ref_pca, pcas, threshold, weighted)
+chance = geo.chance_similarity(ref_pca, threshold, weighted, seed)
+head_chance = chance[list(ref_pca.layout.heads())]
+display(geo.similarity_summary(similarity))
 print(f"chance level (heads): median {head_chance.median():.2f}, max {head_chance.max():.2f}")
 write_results(similarity.assign(chance=chance[similarity.unit].to_numpy()),
-                      results_file, model=loaded.name, reference=reference)
+              results_file, model=loaded.name, reference=reference)
 
 # %% [markdown]
 # The embedding unit scores (almost) 1 on every dataset by construction: for the CLS token it is
@@ -155,10 +119,10 @@ write_results(similarity.assign(chance=chance[similarity.unit].to_numpy()),
 
 # %%
 dataset_figures = {
-    name: plot_unit_grid(layer_grid(group, "similarity"), vmin=0, vmax=1, fmt=".2f",
-                         cmap="mako", label="spectral cosine similarity",
-                         embed=float(group.set_index("unit").loc["embed", "similarity"]),
-                         title=f"Similarity to the {reference} subspace: {name}")
+    name: pg.plot_unit_grid(rc.unit_grid(group.set_index("unit").similarity), vmin=0, vmax=1,
+                            fmt=".2f", cmap="mako", label="spectral cosine similarity",
+                            embed=float(group.set_index("unit").loc["embed", "similarity"]),
+                            title=f"Similarity to the {reference} subspace: {name}")
     for name, group in similarity.groupby("dataset", sort=False)
 }
 display(figure_picker(dataset_figures, "Dataset", default=next(iter(datasets))))
@@ -170,7 +134,7 @@ display(figure_picker(dataset_figures, "Dataset", default=next(iter(datasets))))
 # the mean over each layer's heads, per dataset.
 
 # %%
-plot_similarity_summary(similarity, float(head_chance.median()), order=list(datasets))
+pg.plot_similarity_summary(similarity, float(head_chance.median()), order=list(datasets))
 plt.show()
 
 # %% [markdown]
@@ -181,16 +145,14 @@ plt.show()
 # level, they write into unrelated directions. Lines separate layers.
 
 # %%
-head_labels = units.loc[units.kind == "head", "unit"].tolist()
-head_sim = unit_similarity_matrix(ref_pca, labels, head_labels, threshold, weighted)
-plot_similarity_matrix(head_sim, ref_store.layout.n_heads,
-                       title=f"Head vs head on {reference} (90% bases)")
+head_sim = geo.unit_similarity_matrix(ref_pca, ref_pca.layout.heads(), threshold, weighted)
+pg.plot_similarity_matrix(head_sim, ref_pca.layout.n_heads,
+                          title=f"Head vs head on {reference} (90% bases)")
 plt.show()
-off = head_sim.where(~np.tri(len(head_labels), dtype=bool)).stack()  # distinct pairs, once
-off.index = [f"{a} – {b}" for a, b in off.index]
-print(f"distinct head pairs: median {off.median():.2f}, max {off.max():.2f} "
+pairs = geo.distinct_pairs(head_sim)
+print(f"distinct head pairs: median {pairs.median():.2f}, max {pairs.max():.2f} "
       f"(chance ~{head_chance.median():.2f}); the most similar pairs:")
-display(off.sort_values(ascending=False).head(5).rename("similarity").to_frame())
+display(pairs.sort_values(ascending=False).head(5).to_frame())
 
 # %% [markdown]
 # ## What this run shows, against the paper
@@ -200,28 +162,18 @@ display(off.sort_values(ascending=False).head(5).rename("similarity").to_frame()
 # similar of all.
 
 # %%
-findings = stability_findings(similarity, head_chance, control)
+findings = geo.stability_findings(similarity, head_chance, control)
 with pd.option_context("display.max_colwidth", None):
     display(findings.set_index("claim"))
-medians = similarity[similarity.kind == "head"].groupby("dataset", sort=False).similarity.median()
-ranked = ", ".join(f"{name} {value:.2f}" for name, value in medians.sort_values(
-    ascending=False).items())
-print(f"median head similarity, from most to least stable:\n  {ranked}")
+print("median head similarity, from most to least stable:\n  " + ", ".join(
+    f"{n} {v:.2f}" for n, v in geo.head_medians(similarity).sort_values(ascending=False).items()))
 
 # %% [markdown]
 # The same medians under the other weighting (weighted: directions count by their variance;
 # unweighted: every direction of the 90% bases counts the same):
 
 # %%
-other = "unweighted" if weighted else "weighted"
-robustness = pd.DataFrame({
-    "weighted" if weighted else "unweighted": medians,
-    other: {name: float(np.median(subspace_similarity(ref_pca, pca, threshold, not weighted)
-                                  .numpy()[is_head.numpy()])) for name, pca in pcas.items()},
-})
-other_chance = random_subspace_similarity(ref_pca, threshold, not weighted, seed)[is_head]
-robustness.loc["chance"] = [head_chance.median(), float(other_chance.median())]
-display(robustness.T)
+display(geo.weighting_robustness(ref_pca, pcas, threshold, weighted, seed, similarity))
 
 # %% [markdown]
 # How to read this honestly:

@@ -64,21 +64,10 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
+import residual_core as rc
 from residual_core.analysis import specialization as spec
-from residual_core.analysis.alignment import layer_of
-from residual_core.core.ablation import head_labels
-from residual_core.data.dictionaries import load_dictionary
-from residual_core.data.encodings import TaskEncodings
-from residual_core.models import load_model
-from residual_core.plots.common import figure_picker
-from residual_core.plots.heads import (
-    plot_explained_variance,
-    plot_family_shares,
-    plot_head_card,
-    plot_probe_heatmap,
-    styled,
-    truth_table_view,
-)
+from residual_core.plots import heads as ph
+from residual_core.plots.common import figure_picker, styled
 from residual_core.runner.records import write_results
 
 _ = torch.manual_seed(seed)
@@ -92,22 +81,18 @@ pd.set_option("display.max_colwidth", 80)
 # The dictionary's texts are embedded once per model and cached as well.
 
 # %%
-loaded = load_model(model, device=device, weights=weights)
-enc = TaskEncodings(loaded, {"train": train_size, "test": test_size}, centering=centering)
-ref = TaskEncodings(loaded, {"train": reference_size}, centering=centering)
-ref_units = ref.units(reference, "train")
-labels = ref.labels(reference, "train")
-heads = head_labels(labels)
-n_layers = 1 + max(layer_of(h) for h in heads)
-late_heads = [h for h in heads if layer_of(h) >= n_layers - last_layers]
-
-words = load_dictionary(dictionary)
-text_embeddings = words.embed(loaded).embeddings
-print(f"model {loaded.name} ({loaded.fingerprint})")
-print(f"{len(labels)} units, {len(heads)} heads in {n_layers} layers, d_out {ref_units.shape[-1]}")
-print(f"reference {reference}: {ref_units.shape[0]} images")
-print(f"dictionary {dictionary!r}: {len(words)} texts")
-print(f"families: {', '.join(words.family_names())}")
+loaded = rc.load_model(model, device=device, weights=weights)
+enc = rc.TaskEncodings(loaded, {"train": train_size, "test": test_size}, centering=centering)
+ref_units = rc.TaskEncodings(loaded, {"train": reference_size},
+                             centering=centering).units(reference, "train")
+heads = list(ref_units.heads().labels)
+layout = ref_units.layout
+late_heads = [h for la in range(max(0, layout.n_layers - last_layers), layout.n_layers)
+              for h in layout.heads(la)]
+words = rc.load_dictionary(dictionary).embed(loaded)
+print(f"model {loaded.name} ({loaded.fingerprint}); {layout}")
+print(f"reference {reference}: {ref_units.n_samples} images; dictionary {dictionary!r}: "
+      f"{len(words)} texts; families: {', '.join(words.family_names())}")
 
 # %% [markdown]
 # ## TextSpan and SOMP on the last layers' heads
@@ -122,10 +107,8 @@ print(f"families: {', '.join(words.family_names())}")
 # the share of the head's variance each one explains; "explained" is the total after all picks.
 
 # %%
-textspan = spec.explain_heads(ref_units, labels, heads, text_embeddings, words.texts,
-                              n_iters=n_texts, rank=rank, span=span)
-somp = spec.explain_heads(ref_units, labels, late_heads, text_embeddings, words.texts,
-                          method="somp", n_iters=n_texts)
+textspan = spec.explain_heads(ref_units, heads, words, n_iters=n_texts, rank=rank, span=span)
+somp = spec.explain_heads(ref_units, late_heads, words, method="somp", n_iters=n_texts)
 display(Markdown("**TextSpan**"))
 display(spec.explanation_table({h: textspan[h] for h in late_heads}, n_texts=5))
 display(Markdown("**SOMP**"))
@@ -138,11 +121,10 @@ display(spec.explanation_table(somp, n_texts=5))
 # is well described by a few texts.
 
 # %%
-plot_explained_variance({h: textspan[h] for h in late_heads}, somp)
+ph.plot_explained_variance({h: textspan[h] for h in late_heads}, somp)
 plt.show()
-overlap = {h: len(set(textspan[h].indices) & set(somp[h].indices)) for h in late_heads}
-print("texts picked by both methods, per head:")
-print(", ".join(f"{h} {n}" for h, n in overlap.items()))
+print("texts picked by both methods, per head:",
+      spec.pick_overlap(textspan, somp).to_dict())
 
 # %% [markdown]
 # ## Ground truth: which heads carry which attribute?
@@ -156,8 +138,8 @@ probes = enc.probes(tasks)
 chance = {t: spec.chance_levels({t: enc.targets(t, "test")})[t] for t in tasks}
 short = {t: t.split(".")[-1] for t in tasks}
 shown = probes.index if len(probes) <= 64 else [*late_heads, "embedding"]  # big models
-plot_probe_heatmap(probes.loc[shown].rename(columns=short),
-                   {short[t]: c for t, c in chance.items()})
+ph.plot_probe_heatmap(probes.loc[shown].rename(columns=short),
+                      {short[t]: c for t, c in chance.items()})
 plt.show()
 
 # %% [markdown]
@@ -176,21 +158,9 @@ families = {t: spec.task_family(t, words.family_names(), task_families) for t in
 truth = spec.ground_truth_table(probes, textspan, words, families, chance, n_heads=n_best_heads,
                                 n_texts=3, ignore=modifier_families)
 truth["attribute"] = truth.attribute.map(short)
-display(truth_table_view(truth))
+display(ph.truth_table_view(truth))
 write_results(truth, results_file, model=loaded.name, dictionary=dictionary)
-
-best = truth[truth["rank"] == 1]
-checked = best[best.names_family != "–"]
-hits = int((checked.names_family == "yes").sum())
-print(f"best head per attribute: TextSpan's first 3 texts name the attribute's family\n"
-      f"  for {hits} of {len(checked)} attributes "
-      f"(random texts would: {checked.by_chance.sum():.1f} on average)")
-strong = checked[checked.probe_acc - checked.chance > 0.5 * (1 - checked.chance)]
-print(f"attributes whose best head is over half-way from chance to perfect: {len(strong)};\n"
-      f"  of these named: {int((strong.names_family == 'yes').sum())}")
-above = int((checked.family_share > checked.family_prior).sum())
-print(f"best head's family share above the dictionary prior: {above} of {len(checked)} "
-      "attributes")
+print(spec.truth_summary(truth).to_string())
 
 # %% [markdown]
 # ## The specialisation score
@@ -204,7 +174,7 @@ print(f"best head's family share above the dictionary prior: {above} of {len(che
 # %%
 shares = spec.family_shares(list(textspan.values()), words, ignore=modifier_families)
 prior = spec.dictionary_prior(words, ignore=modifier_families)
-plot_family_shares(shares, prior)
+ph.plot_family_shares(shares, prior)
 plt.show()
 scores = spec.specialization_scores(shares)
 
@@ -215,19 +185,12 @@ scores = spec.specialization_scores(shares)
 
 # %%
 lift = spec.probe_lift(probes.loc[heads].rename(columns=short), {short[t]: chance[t] for t in tasks})
-truth_view = spec.probe_specialization(lift, {short[t]: families[t] for t in tasks})
-view = scores.join(truth_view.rename(columns={"top_family": "top_family_probe"}))
-view["agree"] = (view.top_family == view.top_family_probe).map({True: "yes", False: "no"})
+view = spec.head_views(scores, lift, {short[t]: families[t] for t in tasks})
 display(styled(view[["top_family", "score", "entropy_score", "top_attribute", "top_lift",
                     "concentration", "agree"]], precision=2))
-both = view.dropna(subset=["top_family_probe"])
-rho = spec.rank_correlation(both.score, both.concentration, seed=seed)
-print(f"text and probe views agree on the family for {int((both.agree == 'yes').sum())} "
-      f"of {len(both)} heads")
-print(f"specialisation score vs probe concentration across heads:\n"
-      f"  Spearman rho = {rho['rho']:.2f} (permutation p = {rho['p']:.2f})")
-print(f"mean specialisation score {scores.score.mean():.2f}, max {scores.score.max():.2f}\n"
-      f"  (random texts: about {prior.max():.2f}, the prior of the most common family)")
+print(spec.views_agreement(view, seed=seed).to_string(float_format=lambda x: f"{x:.2f}"))
+print(f"mean specialisation score {scores.score.mean():.2f}, max {scores.score.max():.2f} "
+      f"(random texts: about {prior.max():.2f}, the prior of the most common family)")
 
 # %% [markdown]
 # ## Browse the heads
@@ -238,7 +201,7 @@ print(f"mean specialisation score {scores.score.mean():.2f}, max {scores.score.m
 
 # %%
 cards = {
-    h: plot_head_card(h, textspan[h], probes.loc[h].rename(short),
+    h: ph.plot_head_card(h, textspan[h], probes.loc[h].rename(short),
                       {short[t]: c for t, c in chance.items()}, somp.get(h))
     for h in (heads if len(heads) <= 64 else late_heads)
 }

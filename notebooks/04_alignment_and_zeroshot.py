@@ -64,27 +64,15 @@ weights = "pretrained"  # or "random": random-initialised stand-in (residual_cor
 results_file = None  # CSV of the key results (the runner sets it next to the notebook)
 
 # %%
-from itertools import takewhile
-
 import matplotlib.pyplot as plt
-import pandas as pd
 import torch
 from IPython.display import display
 
+import residual_core as rc
+from residual_core.analysis import alignment as al
 from residual_core.analysis import specialization as spec
-from residual_core.analysis.alignment import analyze_task, selected_on_val, task_table
-from residual_core.core.ablation import head_labels
-from residual_core.data.dictionaries import load_dictionary
-from residual_core.data.encodings import TaskEncodings
-from residual_core.models import load_model
-from residual_core.plots.common import figure_picker, task_label
-from residual_core.plots.heads import (
-    plot_correlation,
-    plot_headroom,
-    plot_layer_ablation,
-    plot_task_card,
-    styled,
-)
+from residual_core.plots import heads as ph
+from residual_core.plots.common import figure_picker, styled, task_label
 from residual_core.runner.records import write_results
 from residual_core.tutorial.world import mention_rates
 
@@ -98,18 +86,14 @@ _ = torch.manual_seed(seed)
 # usual prompt ensemble over its templates, with cosine logits.
 
 # %%
-loaded = load_model(model, device=device, weights=weights)
-enc = TaskEncodings(loaded, {"train": train_size, "val": val_size, "test": test_size},
-                    centering=centering)
-ref = TaskEncodings(loaded, {"train": reference_size}, centering=centering)
-ref_units = ref.units(reference, "train")
-labels = ref.labels(reference, "train")
-means = ref_units.mean(0)
-heads = head_labels(labels)
-classifiers = {t: enc.classifier(t) for t in tasks}
-print(f"model {loaded.name} ({loaded.fingerprint}): {len(heads)} heads")
-print(f"{len(tasks)} tasks; train/val/test {train_size}/{val_size}/{test_size}; "
-      f"reference {ref_units.shape[0]}")
+loaded = rc.load_model(model, device=device, weights=weights)
+enc = rc.TaskEncodings(loaded, {"train": train_size, "val": val_size, "test": test_size},
+                       centering=centering)
+ref_units = rc.TaskEncodings(loaded, {"train": reference_size},
+                             centering=centering).units(reference, "train")
+print(f"model {loaded.name} ({loaded.fingerprint}): {len(ref_units.heads())} heads; "
+      f"{len(tasks)} tasks; train/val/test {train_size}/{val_size}/{test_size}; "
+      f"reference {ref_units.n_samples}")
 
 # %% [markdown]
 # ## Per-task analysis
@@ -121,16 +105,16 @@ print(f"{len(tasks)} tasks; train/val/test {train_size}/{val_size}/{test_size}; 
 
 # %%
 results = {
-    t: analyze_task(t, enc.get(t, "train"), enc.get(t, "val"), enc.get(t, "test"), labels,
-                    means, classifiers[t], random_seeds=random_seeds)
+    t: al.analyze_task(t, enc.get(t, "train"), enc.get(t, "val"), enc.get(t, "test"),
+                       ref_units.mean(), enc.classifier(t), random_seeds=random_seeds)
     for t in tasks
 }
-words = load_dictionary(dictionary)
-textspan = spec.explain_heads(ref_units, labels, heads, words.embed(loaded).embeddings,
-                              words.texts, n_iters=n_texts, rank=rank, span=span)
+words = rc.load_dictionary(dictionary).embed(loaded)
+textspan = spec.explain_heads(ref_units, ref_units.heads().labels, words, n_iters=n_texts,
+                              rank=rank, span=span)
 shares = spec.family_shares(list(textspan.values()), words, ignore=modifier_families)
 families = {t: spec.task_family(t, words.family_names(), task_families) for t in tasks}
-table = task_table(list(results.values()), shares, families, k_carriers=k_carriers)
+table = al.task_table(list(results.values()), shares, families, k_carriers=k_carriers)
 write_results(table, results_file, model=loaded.name)
 
 # %% [markdown]
@@ -141,19 +125,13 @@ write_results(table, results_file, model=loaded.name)
 # embedding probe is information the image tower has but the text classifier does not read.
 
 # %%
-plot_headroom(table)
+ph.plot_headroom(table)
 plt.show()
 display(styled(table[["task", "K", "chance", "zero_shot", "best_head", "best_head_probe",
                       "embedding_probe", "headroom"]], hide_index=True, integers=("K",)))
-worst = table.sort_values("headroom", ascending=False).iloc[:3]
-print(f"mean zero-shot accuracy {table.zero_shot.mean():.3f}")
-print(f"mean embedding probe    {table.embedding_probe.mean():.3f}")
-print(f"mean headroom           {table.headroom.mean():.3f}")
-print("largest headroom (zero-shot vs probe):")
-for r in worst.itertuples():
-    print(f"  {r.task}: {r.zero_shot:.2f} vs {r.embedding_probe:.2f}")
-print(f"tasks where a single head's probe beats zero-shot: "
-      f"{int((table.best_head_probe > table.zero_shot).sum())} of {len(table)}")
+means, largest = al.headroom_findings(table)
+print(means.to_string(float_format=lambda x: f"{x:.3f}"))
+display(styled(largest, precision=2, hide_index=True))
 
 # %% [markdown]
 # ## 2a. Which layers' direct effects matter?
@@ -165,16 +143,11 @@ print(f"tasks where a single head's probe beats zero-shot: "
 # question becomes: how many of its last layers carry the direct effect?
 
 # %%
-layers = pd.concat([r.layers.assign(task=t) for t, r in results.items()], ignore_index=True)
-plot_layer_ablation(layers)
+layers, by_layer = al.ablation_by_layer(results)
+ph.plot_layer_ablation(layers)
 plt.show()
-by_layer = layers.groupby(["kind", "ablated_layers"]).accuracy.mean().unstack("ablated_layers")
 display(styled(by_layer))
-for kind in by_layer.index:
-    row = by_layer.loc[kind]  # column 0: nothing ablated, the full model
-    spare = sum(1 for _ in takewhile(lambda n, r=row: r[0] - r[n] <= 0.01, row.index[1:]))
-    print(f"{kind}: within 1 point of the full model ({row[0]:.3f})\n  while ablating the "
-          f"first {spare} of {row.index.max()} layers; all ablated: {row.iloc[-1]:.3f}")
+display(styled(al.spare_layers(by_layer), integers=("spare", "layers")))
 
 # %% [markdown]
 # ## 2b. Coarse head selection
@@ -186,7 +159,7 @@ for kind in by_layer.index:
 # Pick a task:
 
 # %%
-cards = {t: plot_task_card(r, chance=1 / r.n_classes) for t, r in results.items()}
+cards = {t: ph.plot_task_card(r, chance=1 / r.n_classes) for t, r in results.items()}
 display(figure_picker(cards, "Task", default=default_task if default_task in cards else None))
 
 # %% [markdown]
@@ -194,18 +167,9 @@ display(figure_picker(cards, "Task", default=default_task if default_task in car
 # reports its *test* accuracy, next to the full model.
 
 # %%
-picked = pd.concat([selected_on_val(r.coarse).assign(task=t) for t, r in results.items()])
-test_by_ranking = picked.pivot(index="task", columns="ranking", values="test_acc")[
-    ["full", "S", "U|T", "U", "R"]].loc[tasks]
-k_by_ranking = picked.pivot(index="task", columns="ranking", values="k")[["S", "U|T", "U"]]
-display(styled(test_by_ranking.join(k_by_ranking.add_suffix(" k")),
-               integers=("S k", "U|T k", "U k")))
-gain = test_by_ranking.sub(test_by_ranking["full"], axis=0)
-for ranking in ["S", "U|T", "U", "R"]:
-    print(f"{ranking:>3}: mean test accuracy {test_by_ranking[ranking].mean():.3f} "
-          f"(full {test_by_ranking['full'].mean():.3f}); vs full: better on "
-          f"{int((gain[ranking] > 0.005).sum())}, worse on {int((gain[ranking] < -0.005).sum())}"
-          f" of {len(tasks)} tasks")
+selection = al.selection_table(results)
+display(styled(selection, integers=("S k", "U|T k", "U k")))
+display(styled(al.selection_counts(selection), integers=("better", "worse", "tasks")))
 
 # %% [markdown]
 # ## 3. Specialisation and zero-shot accuracy across tasks
@@ -231,39 +195,31 @@ table["caption_rate"] = [rates.get(t.split(".")[-1], float("nan")) for t in tabl
 shown = table.assign(task=table.task.str.split(".").str[-1])  # short names; S heads: cards
 display(styled(shown[["task", "caption_rate", "zero_shot", "zs_lift", "carriers",
                       "spec_carriers", "align_carriers", "spec_s"]], hide_index=True))
-print("Spearman correlation of each column with zs_lift across tasks:")
-stats = {col: spec.rank_correlation(table[col], table.zs_lift, seed=seed)
-         for col in ["spec_carriers", "align_carriers", "spec_s", "best_head_probe",
-                     "caption_rate"]}
+stats = al.correlations(table, ["spec_carriers", "align_carriers", "spec_s", "best_head_probe",
+                                "caption_rate"], seed=seed)
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-plot_correlation(table, "spec_carriers", "zs_lift", stats=stats["spec_carriers"], ax=axes[0],
-                 xlabel="specialisation of the relied-on heads (family share)",
-                 ylabel="zero-shot lift over chance")
-plot_correlation(table, "align_carriers", "zs_lift", stats=stats["align_carriers"], ax=axes[1],
-                 xlabel="alignment of the relied-on heads with the classifier",
-                 ylabel="zero-shot lift over chance")
+for ax, col, what in [(axes[0], "spec_carriers", "specialisation of the relied-on heads"),
+                      (axes[1], "align_carriers", "alignment of the relied-on heads")]:
+    ph.plot_correlation(table, col, "zs_lift", stats=stats.loc[col].to_dict(), ax=ax,
+                        xlabel=what, ylabel="zero-shot lift over chance")
 plt.show()
-clear = table.zs_lift > 0.1
-print(f"tasks clearly above chance zero-shot (lift > 0.1): {int(clear.sum())} of {len(table)}")
-print(f"  {', '.join(task_label(t) for t in table.task[clear])}")
-for col, s in stats.items():
-    if s["n"] < 3:
-        continue
-    verdict = "significant at 5%" if s["p"] < 0.05 else "not significant at 5%"
-    print(f"{col:>15}: rho = {s['rho']:+.2f}, p = {s['p']:.3f} (n = {s['n']}, {verdict})")
+clear = table.task[table.zs_lift > 0.1]
+print(f"tasks clearly above chance zero-shot (lift > 0.1): {len(clear)} of {len(table)}: "
+      f"{', '.join(task_label(t) for t in clear)}")
+display(styled(stats, precision=3, integers=("n",)))
 
 # %% [markdown]
 # ## Summary: where the tutorial world agrees with the paper
 #
-# The printed lines above are this run's evidence for each claim:
+# The tables and lines above are this run's evidence for each claim:
 #
 # - **Headroom** (claim 1): compare the mean zero-shot accuracy with the mean embedding probe;
 #   the shifted distributions are where a gap is expected (the attribute is still visible, the
 #   look is new), as on the paper's weak zero-shot datasets.
-# - **Layers** (claim 2a): the layer-ablation lines say how many first layers can be
+# - **Layers** (claim 2a): the `spare` column of the layer table says how many first layers can be
 #   mean-ablated before the mean accuracy moves by more than a point. With a four-layer tower,
 #   "only the last layers matter" can at most mean the last one or two.
-# - **Coarse selection** (claim 2b): the S/U|T/U/R lines say on how many tasks keeping a
+# - **Coarse selection** (claim 2b): the S/U|T/U/R counts say on how many tasks keeping a
 #   validation-chosen subset of heads beats the full model on test. The paper's finding is
 #   that it often does; where it does not here, the full model already reads the task well or
 #   the relevant information is spread over many heads.

@@ -94,8 +94,6 @@ weights = "pretrained"  # or "random": random-initialised stand-in (residual_cor
 results_file = None  # CSV of the key results (the runner sets it next to the notebook)
 
 # %%
-import dataclasses
-import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -103,21 +101,11 @@ import pandas as pd
 import torch
 from IPython.display import display
 
+import residual_core as rc
 from residual_core.analysis import experiments as ex
-from residual_core.analysis.specialization import task_family
-from residual_core.core.io import DEFAULT_CACHE
-from residual_core.core.residual import lambda_matrix, lambda_summary
-from residual_core.data.dictionaries import load_dictionary
-from residual_core.data.encodings import TaskEncodings
-from residual_core.models import load_model
-from residual_core.plots.common import figure_picker, task_label
-from residual_core.plots.residual import (
-    plot_accuracy_vs_params,
-    plot_gains,
-    plot_lambda_grid,
-    plot_lambda_pcs,
-    plot_task_card,
-)
+from residual_core.core.io import cache_root
+from residual_core.plots import residual as pr
+from residual_core.plots.common import figure_picker, styled, task_label
 from residual_core.runner.records import write_results
 
 _ = torch.manual_seed(seed)
@@ -132,23 +120,22 @@ if threads is not None:
 # every unit's principal basis and the basis of the summed output (for the spectral adapter).
 
 # %%
-loaded = load_model(model, device=device, weights=weights)
-enc = TaskEncodings(loaded, {"train": train_size, "val": val_size, "test": test_size},
-                    centering=centering)
-ref_store = TaskEncodings(loaded, {"train": reference_size},
-                          centering=centering).store(reference, "train")
-pcas = ex.reference_pcas(units for units, _ in ref_store.iter_units(device))
+loaded = rc.load_model(model, device=device, weights=weights)
+enc = rc.TaskEncodings(loaded, {"train": train_size, "val": val_size, "test": test_size},
+                       centering=centering)
+ref_store = rc.TaskEncodings(loaded, {"train": reference_size},
+                             centering=centering).store(reference, "train")
+pcas = rc.unit_pca(ref_store, device=device, output=True)
 config = ex.ExperimentConfig(
     max_epochs=max_epochs, patience=patience, batch_size=batch_size, seed=seed, evr=evr,
-    centering=centering, lrs=lrs, finetune_epochs=finetune_epochs, finetune_train_size=finetune_train_size,
-    device=device, weights=loaded.fingerprint,
+    centering=centering, lrs=lrs, finetune_epochs=finetune_epochs,
+    finetune_train_size=finetune_train_size, device=device, weights=loaded.fingerprint,
     data={"train": train_size, "val": val_size, "test": test_size, "reference": reference,
           "reference_size": reference_size},
 )
-out_dir = Path(results_dir) if results_dir is not None else DEFAULT_CACHE / "residual"
-print(f"model {loaded.name} ({loaded.fingerprint}); {len(ref_store.labels)} units of d_out "
-      f"{ref_store.layout.d_out}; reference {pcas[0].n_samples} images; train/val/test "
-      f"{train_size}/{val_size}/{test_size}; settings key {config.key()[:8]}; results in {out_dir}")
+out_dir = Path(results_dir) if results_dir is not None else cache_root() / "residual"
+print(f"model {loaded.name} ({loaded.fingerprint}); {pcas[0].layout}; reference "
+      f"{pcas[0].n_samples} images; settings key {config.key()[:8]}; results in {out_dir}")
 
 # %% [markdown]
 # ## Training every variant on every task
@@ -162,14 +149,12 @@ print(f"model {loaded.name} ({loaded.fingerprint}); {len(ref_store.labels)} unit
 # right away; rerunning the chapter with the same settings skips them.
 
 # %%
-start = time.perf_counter()
 res = ex.run_experiments(loaded, tasks, variants, enc, pcas, config, out_dir,
                          stream_units=stream_units, preload_images=preload_images,
                          num_workers=num_workers)
-elapsed = time.perf_counter() - start
 table = res.table
-print(f"{len(table)} results ({len(tasks)} tasks × {len(variants)} variants) in {elapsed:.0f} s "
-      f"this run; training time recorded per result: {table.wall_time_s.sum():.0f} s")
+print(f"{len(table)} results ({len(tasks)} tasks × {len(variants)} variants); training time "
+      f"recorded per result: {table.wall_time_s.sum():.0f} s")
 write_results(table.drop(columns="history"), results_file, weights=weights)
 
 # %% [markdown]
@@ -179,30 +164,20 @@ write_results(table.drop(columns="history"), results_file, weights=weights)
 # trainable parameters, epochs run (and the best one) and wall time.
 
 # %%
-columns = ["dataset", "variant", "accuracy", "val_acc", "params", "epochs", "best_epoch",
-           "wall_time_s"]
-shown = table[columns].assign(dataset=table.dataset.map(task_label))
-print(shown.rename(columns={"wall_time_s": "time_s", "best_epoch": "best"})
-      .to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+print(ex.results_view(table, task_label).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
 
 # %% [markdown]
 # Per variant, over the tasks: trainable parameters, mean test accuracy (and its range), epochs
 # and the total training time.
 
 # %%
-summary = table.groupby("variant", sort=False).agg(
-    params=("params", "first"), mean_accuracy=("accuracy", "mean"),
-    min_accuracy=("accuracy", "min"), max_accuracy=("accuracy", "max"),
-    mean_epochs=("epochs", "mean"), total_time_s=("wall_time_s", "sum"),
-)
-display(summary.style.format({"params": "{:,}", "mean_accuracy": "{:.3f}", "min_accuracy": "{:.3f}",
-                              "max_accuracy": "{:.3f}", "mean_epochs": "{:.1f}",
-                              "total_time_s": "{:.1f}"}))
+summary = ex.variant_summary(table)
+display(styled(summary, integers=("params",)))
 accuracy = table.pivot(index="dataset", columns="variant", values="accuracy").loc[tasks, variants]
 display(accuracy.style.format(precision=3).background_gradient(axis=1, cmap="Greens"))
 
 # %%
-plot_accuracy_vs_params(table)
+pr.plot_accuracy_vs_params(table)
 plt.show()
 
 # %% [markdown]
@@ -214,12 +189,9 @@ plt.show()
 
 # %%
 if authors_settings:
-    authors_cfg = dataclasses.replace(config, add_mean=False, init="normal")
-    authors_run = ex.run_experiments(loaded, tasks, authors_settings, enc, pcas, authors_cfg,
-                                     out_dir, stream_units=stream_units)
-    display(ex.settings_table(table, authors_run.table).style.format(
-        {"accuracy_book": "{:.3f}", "accuracy_authors": "{:.3f}", "epochs_book": "{:.1f}",
-         "epochs_authors": "{:.1f}", "difference": "{:+.3f}"}))
+    authors = ex.run_experiments(loaded, tasks, authors_settings, enc, pcas, config.authors(),
+                                 out_dir, stream_units=stream_units)
+    display(styled(ex.settings_table(table, authors.table)))
 
 # %% [markdown]
 # ## Gain over zero-shot
@@ -230,13 +202,9 @@ if authors_settings:
 # %%
 gains = ex.gain_table(table)
 display(gains.style.format("{:+.3f}").background_gradient(cmap="RdBu", vmin=-0.3, vmax=0.3))
-plot_gains(gains)
+pr.plot_gains(gains)
 plt.show()
-for v in gains.columns:
-    better = int((gains.loc[tasks, v] > 0.005).sum())
-    worse = int((gains.loc[tasks, v] < -0.005).sum())
-    print(f"{v:>16}: mean gain {gains.loc['mean', v]:+.3f}; better than zero-shot on {better}, "
-          f"worse on {worse} of {len(tasks)} tasks")
+display(ex.gain_summary(gains).style.format({"mean_gain": "{:+.3f}"}))
 
 # %% [markdown]
 # ### How much room was there?
@@ -249,16 +217,10 @@ for v in gains.columns:
 
 # %%
 if probe_headroom:
-    probes = enc.probes(tasks)
-    room = ex.headroom_table(table, probes.loc["embedding"],
+    room = ex.headroom_table(table, enc.probes(tasks).loc["embedding"],
                              [v for v in variants if v != "zero-shot"])
     display(room.style.format(precision=2, na_rep="–"))
-    print(f"mean zero-shot {room.loc['mean', 'zero-shot']:.3f}, mean embedding probe "
-          f"{room.loc['mean', 'ceiling']:.3f}: mean headroom {room.loc['mean', 'headroom']:.3f}; "
-          f"{int((room.headroom.drop('mean') >= 0.05).sum())} of {len(tasks)} tasks have 5 "
-          "points or more")
-    print("median share of the headroom closed: " + ", ".join(
-        f"{v} {room[v].drop('mean').median():.2f}" for v in room.columns[3:]))
+    print(ex.headroom_summary(room).to_string(float_format=lambda x: f"{x:.3f}"))
 
 # %% [markdown]
 # ## What ResiDual learned: λ per unit
@@ -269,24 +231,13 @@ if probe_headroom:
 # of every PC of the most changed units.
 
 # %%
-trained = {t: res.variants[(t, lambda_variant)] for t in tasks
-           if res.variants.get((t, lambda_variant)) is not None}
-grids = {t: ex.head_grid(v, res.layout) for t, v in trained.items()}
-if grids:
-    mean_grid = sum(grids.values()) / len(grids)
-    plot_lambda_grid(mean_grid, title=f"{lambda_variant}: mean |λ − 1|, averaged over tasks")
+trained = res.trained(lambda_variant)
+overview = ex.lambda_overview(trained, res.layout)
+if overview is not None:
+    pr.plot_lambda_grid(overview.mean_grid,
+                        title=f"{lambda_variant}: mean |λ − 1|, averaged over tasks")
     plt.show()
-    changes = pd.DataFrame({t: lambda_summary(v).set_index("unit").mean_abs_dev
-                            for t, v in trained.items()})
-    top_units = changes.mean(axis=1).sort_values(ascending=False)
-    print("most changed units (mean |λ − 1| over tasks):",
-          ", ".join(f"{u} {x:.2f}" for u, x in top_units.head(5).items()))
-    print("least changed:", ", ".join(f"{u} {x:.2f}" for u, x in top_units.tail(3).items()))
-    last = f"L{res.layout.n_layers - 1}"
-    by_layer = mean_grid.mean(axis=1)
-    print("mean |λ − 1| per layer: " + ", ".join(f"{k} {x:.2f}" for k, x in by_layer.items())
-          + f"; the last layer {last} is {'' if by_layer.idxmax() == last else 'not '}the most "
-          f"changed of {res.layout.n_layers}")
+    print(overview.describe())
 
 # %% [markdown]
 # λ of every PC of the most changed units, for the default task (red amplified, blue suppressed;
@@ -295,9 +246,8 @@ if grids:
 # %%
 shown = default_task if default_task in trained else next(iter(trained), None)
 if shown is not None:
-    top = lambda_summary(trained[shown]).unit.head(n_lambda_units).tolist()
-    plot_lambda_pcs(*lambda_matrix(trained[shown], top),
-                    title=f"{shown}, {lambda_variant}: λ per PC of the most changed units")
+    pr.plot_top_lambdas(trained[shown], n_lambda_units,
+                        title=f"{shown}, {lambda_variant}: λ per PC of the most changed units")
     plt.show()
 
 # %% [markdown]
@@ -314,28 +264,14 @@ if shown is not None:
 # classifier's view; amplifying a weaker one makes its signal count.
 
 # %%
-words = load_dictionary(dictionary)
-text_emb = words.embed(loaded).embeddings
-explained = {t: ex.pc_texts(v, res.pca, res.labels, words.texts, text_emb,
-                            families=words.families, units=3, top=1)
-             for t, v in trained.items()}
-if explained:
-    pcs = pd.concat([d.assign(task=t) for t, d in explained.items()], ignore_index=True)
+pcs = ex.pc_text_table(trained, res.pca, rc.load_dictionary(dictionary).embed(loaded), units=3,
+                       top=1)
+if len(pcs):
     with pd.option_context("display.max_colwidth", 34):
         print(pcs[["task", "unit", "pc", "effect", "lambda", "evr", "cosine", "text"]]
               .assign(task=pcs.task.map(task_label), effect=pcs.effect.str[:4])
               .to_string(index=False, float_format=lambda x: f"{x:.3g}"))
-    amp = pcs[pcs.effect == "amplified"]
-    sup = pcs[pcs.effect == "suppressed"]
-    print(f"amplified PCs: median λ {amp['lambda'].median():.2f}, median evr "
-          f"{amp.evr.median():.3f}; suppressed PCs: median λ {sup['lambda'].median():.2f}, "
-          f"median evr {sup.evr.median():.3f}")
-    pcs["task_family"] = [task_family(t, words.family_names()) for t in pcs.task]
-    hits = [f in fams for f, fams in zip(pcs.task_family, pcs.families, strict=True)]
-    for effect in ["amplified", "suppressed"]:
-        sel = [h for h, e in zip(hits, pcs.effect, strict=True) if e == effect]
-        print(f"{sum(sel)} of {len(sel)} listed {effect} PCs align best with a text naming the "
-              "task's own attribute family")
+    display(ex.pc_text_findings(pcs))
 
 # %% [markdown]
 # ## Per task
@@ -346,56 +282,21 @@ if explained:
 # the most reference variance).
 
 # %%
-histories = {t: dict(zip(g.variant, g.history, strict=True)) for t, g in table.groupby("dataset")}
-cards = {}
-for t in tasks:
-    matrix, labels = None, ()
-    if t in trained:
-        top = lambda_summary(trained[t]).unit.head(n_lambda_units).tolist()
-        matrix, labels = lambda_matrix(trained[t], top)
-    cards[t] = plot_task_card(table, t, histories[t], grids.get(t), matrix, labels,
-                              lambda_variant=lambda_variant)
+cards = pr.task_cards(table, trained, overview.grids if overview else {},
+                      n_units=n_lambda_units, lambda_variant=lambda_variant)
 display(figure_picker(cards, "Task", default=default_task if default_task in cards else None))
 
 # %% [markdown]
 # ## Compared with the paper
 #
-# The paper's claims (§5 of `SPEC.md`): ResiDual* trains 8.3k–14k parameters, about
+# The paper's claims (its §5): ResiDual* trains 8.3k–14k parameters, about
 # $3 \cdot 10^{-5}$ of a ViT-L's ~300M, and reaches an average accuracy of 0.90–0.92 over ten
 # datasets, "matching full fine-tuning"; the linear adapter needs ~0.6M parameters. The lines
 # below put this run's numbers next to those claims.
 
 # %%
-acc = summary.mean_accuracy
-params = summary.params
-lay = res.layout
-lines = [f"scale: {lay.n_layers} layers × {lay.n_heads} heads of width {lay.d_head}, d_out "
-         f"{lay.d_out} (paper: ViT-B/16 12×12 heads of 64, d_out 512; ViT-L/14 24×16, 768)"]
-if {"residual-fine", "fine-tune"} <= set(acc.index):
-    gap = acc["fine-tune"] - acc["residual-fine"]
-    ratio = params["residual-fine"] / params["fine-tune"]
-    per_task = accuracy["fine-tune"] - accuracy["residual-fine"]
-    lines.append(
-        f"residual-fine: {params['residual-fine']:,} parameters ({ratio:.1e} of fine-tuning's "
-        f"{params['fine-tune']:,}); mean accuracy {acc['residual-fine']:.3f} vs fine-tuning "
-        f"{acc['fine-tune']:.3f} (gap {gap:+.3f}); within 1 point of fine-tuning or better on "
-        f"{int((per_task <= 0.01).sum())} of {len(tasks)} tasks")
-for v in ["residual-full", "coarse", "spectral-adapter", "linear-adapter"]:
-    if v in acc.index and "zero-shot" in acc.index:
-        lines.append(f"{v}: {params[v]:,} parameters, mean accuracy {acc[v]:.3f} "
-                     f"({acc[v] - acc['zero-shot']:+.3f} over zero-shot {acc['zero-shot']:.3f})")
-if {"residual-full", "linear-adapter"} <= set(acc.index):
-    lines.append(f"residual-full vs linear-adapter: {acc['residual-full'] - acc['linear-adapter']:+.3f} "
-                 f"accuracy with {params['residual-full'] / params['linear-adapter']:.2f}× the "
-                 "parameters")
-if "fine-tune" in acc.index:
-    ft = table[table.variant == "fine-tune"]
-    lines.append(f"fine-tune: capped at {finetune_epochs} epochs on {finetune_train_size or 'all'} "
-                 f"training images (ran {ft.epochs.mean():.1f} on average, "
-                 f"{ft.wall_time_s.sum():.0f} s in all) vs "
-                 f"{table[table.variant != 'fine-tune'].wall_time_s.sum():.0f} s for every "
-                 "other variant on every task together")
-print("\n".join(lines))
+print("\n".join(ex.paper_comparison(table, res.layout, finetune_epochs=finetune_epochs,
+                                    finetune_train_size=finetune_train_size)))
 
 # %% [markdown]
 # How to read these lines against the paper:

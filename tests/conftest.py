@@ -1,4 +1,4 @@
-"""Shared fixtures."""
+"""Shared fixtures and helpers of the test suite, and the tiers every test belongs to."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from residual_core.core.model import LoadedModel, weights_fingerprint
+from residual_core.core.units import UnitLayout, Units
+from residual_core.core.zeroshot import ZeroShotClassifier
 from residual_core.tutorial import world
 from residual_core.tutorial.model import build_tiny_clip, preprocess_transform, tiny_clip_config
 from residual_core.tutorial.tokenizer import WordTokenizer
@@ -23,3 +25,43 @@ def loaded() -> LoadedModel:
     model = build_tiny_clip(cfg).eval()
     return LoadedModel(model, preprocess_transform(64), tok, "random-tiny", "tutorial-tiny-clip",
                        None, f"random-{weights_fingerprint(model)}")
+
+
+# ------------------------------------------------------- a task only a reweighting can solve
+
+RESIDUAL_TASK_LAYOUT = UnitLayout(n_layers=1, n_heads=3, d_model=6, d_head=2, d_out=8)
+"""Units of :func:`residual_task_units`: embed, L0.mlp, L0H0, L0H1, L0H2."""
+
+
+def residual_task_units(n: int, seed: int) -> tuple[Units, torch.Tensor]:
+    """A task the zero-shot classifier cannot solve but a reweighting of PCs can.
+
+    The classifier (:func:`residual_task_classifier`) reads direction e0 (plus a little of e1).
+    Head L0H0 writes large class-free noise along e0; the class sits in head L0H1 along e1, its
+    low-variance PC (its top PC is class-free noise along e2). Zero-shot is near chance;
+    suppressing L0H0's e0 PC and amplifying L0H1's e1 PC solves it.
+
+    Returns:
+        ``(units, targets)``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    e = torch.eye(RESIDUAL_TASK_LAYOUT.d_out)
+    y = torch.randint(0, 2, (n,), generator=gen)
+    sign = (2.0 * y - 1.0)[:, None]
+
+    def g(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    embed = 0.1 * g(n, 8) + e[3]
+    mlp = 0.05 * g(n, 8)
+    h0 = 3.0 * g(n, 1) * e[0] + 0.5 * g(n, 1) * e[5]
+    h1 = 0.3 * sign * e[1] + 1.0 * g(n, 1) * e[2]
+    h2 = g(n, 1) * e[4] + g(n, 1) * e[6]
+    return Units.full(torch.stack([embed, mlp, h0, h1, h2], 1), RESIDUAL_TASK_LAYOUT), y
+
+
+def residual_task_classifier() -> ZeroShotClassifier:
+    """Two classes along ±(e0 + 0.2 e1): blind to the class in :func:`residual_task_units`."""
+    e = torch.eye(RESIDUAL_TASK_LAYOUT.d_out)
+    c = torch.nn.functional.normalize(e[0] + 0.2 * e[1], dim=0)
+    return ZeroShotClassifier(torch.stack([-c, c], 1), scale=100.0)

@@ -9,13 +9,13 @@ from residual_core.core.ablation import (
     ablate,
     accuracy,
     coarse_selection,
-    head_labels,
     k_values,
     rank_heads,
 )
-from residual_core.core.units import unit_labels
+from residual_core.core.units import UnitLayout, Units, is_head
 
-LABELS = unit_labels(2, 4)  # embed, 2 MLPs, 8 heads
+LAYOUT = UnitLayout(n_layers=2, n_heads=4, d_model=16, d_head=4, d_out=16)
+LABELS = LAYOUT.labels  # embed, 2 MLPs, 8 heads
 SIGNAL = "L1H2"
 
 
@@ -29,54 +29,57 @@ def planted(n: int, seed: int):
     units = 0.6 * torch.randn(n, len(LABELS), d, generator=g)
     units[:, LABELS.index(SIGNAL)] = 2.0 * classifier.T[targets] + 0.1 * torch.randn(n, d,
                                                                                      generator=g)
-    return units, targets, classifier
+    return Units.full(units, LAYOUT), targets, classifier
 
 
-def test_head_labels_and_k_values():
-    assert head_labels(LABELS) == [f"L{layer}H{h}" for layer in range(2) for h in range(4)]
+def test_k_values():
     assert k_values(144) == [1, 7, 14, 36, 72, 108]
     assert k_values(8) == [1, 2, 4, 6]
 
 
 def test_ablate_zero_mean_and_errors():
     units, _, _ = planted(50, 0)
-    means = units.mean(0)
-    torch.testing.assert_close(ablate(units, LABELS, []), units.sum(1))
-    assert ablate(units, LABELS, LABELS, "zero").abs().max() == 0
-    torch.testing.assert_close(ablate(units, LABELS, LABELS, "mean", means),
+    means = units.mean()
+    torch.testing.assert_close(ablate(units, []), units.sum())
+    assert ablate(units, LABELS, "zero").abs().max() == 0
+    torch.testing.assert_close(ablate(units, LABELS, "mean", means),
                                means.sum(0).expand(50, -1))
-    z = ablate(units, LABELS, ["L0H1"], "zero")
-    torch.testing.assert_close(z, units.sum(1) - units[:, LABELS.index("L0H1")])
+    z = ablate(units, ["L0H1"], "zero")
+    torch.testing.assert_close(z, units.sum() - units["L0H1"])
+    # Labels, not positions: the same units in another order ablate the same way.
+    shuffled = units.select(list(reversed(LABELS)))
+    torch.testing.assert_close(ablate(shuffled, ["L0H1"], "mean", shuffled.mean()),
+                               ablate(units, ["L0H1"], "mean", means))
     with pytest.raises(KeyError, match="L9H9"):
-        ablate(units, LABELS, ["L9H9"])
+        ablate(units, ["L9H9"])
     with pytest.raises(ValueError, match="mode must be"):
-        ablate(units, LABELS, [], mode="drop")
+        ablate(units, [], mode="drop")
     with pytest.raises(ValueError, match="needs the reference means"):
-        ablate(units, LABELS, ["L0H0"], "mean")
+        ablate(units, ["L0H0"], "mean")
 
 
 @pytest.mark.parametrize("ranking", ["S", "U|T"])
 def test_informed_rankings_find_the_signal_head(ranking):
     units, targets, classifier = planted(400, 1)
-    order = rank_heads(ranking, units, LABELS, units.mean(0), classifier, targets)
+    order = rank_heads(ranking, units, units.mean(), classifier, targets)
     assert order[0] == SIGNAL
-    assert sorted(order) == sorted(head_labels(LABELS))
+    assert sorted(order) == sorted(u for u in LABELS if is_head(u))
 
 
 def test_random_ranking_is_seeded():
     units, targets, classifier = planted(50, 2)
-    a = rank_heads("R", units, LABELS, units.mean(0), classifier, seed=3)
-    assert a == rank_heads("R", units, LABELS, units.mean(0), classifier, seed=3)
-    assert a != rank_heads("R", units, LABELS, units.mean(0), classifier, seed=4)
+    a = rank_heads("R", units, units.mean(), classifier, seed=3)
+    assert a == rank_heads("R", units, units.mean(), classifier, seed=3)
+    assert a != rank_heads("R", units, units.mean(), classifier, seed=4)
     with pytest.raises(ValueError, match="valid"):
-        rank_heads("X", units, LABELS, units.mean(0), classifier)
+        rank_heads("X", units, units.mean(), classifier)
 
 
 def test_coarse_selection_keeps_signal_and_never_looks_at_test():
     val, val_t, classifier = planted(300, 3)
     test, test_t, _ = planted(300, 4)
-    means = val.mean(0)
-    table = coarse_selection(val, val_t, test, test_t, LABELS, means, classifier, random_seeds=3)
+    means = val.mean()
+    table = coarse_selection(val, val_t, test, test_t, means, classifier, random_seeds=3)
     s1 = table[(table.ranking == "S") & (table.k == 1)].iloc[0]
     full = table[table.ranking == "full"].iloc[0]
     # The noise heads hurt: keeping the one good head beats keeping all of them by far.
@@ -84,8 +87,8 @@ def test_coarse_selection_keeps_signal_and_never_looks_at_test():
     assert set(table.ranking) == {"S", "U|T", "U", "R", "full"}
     assert (table.ranking == "R").sum() == 3 * len(k_values(8))
     # Garbage test data changes test accuracies only: the selection is made on validation.
-    garbage = coarse_selection(val, val_t, torch.randn_like(test), test_t.flip(0), LABELS, means,
-                               classifier, random_seeds=3)
+    garbage = coarse_selection(val, val_t, test.with_data(torch.randn_like(test.data)),
+                               test_t.flip(0), means, classifier, random_seeds=3)
     assert garbage.val_acc.tolist() == table.val_acc.tolist()
     assert garbage.test_acc.tolist() != table.test_acc.tolist()
 

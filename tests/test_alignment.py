@@ -8,18 +8,24 @@ import torch
 
 from residual_core.analysis.alignment import (
     ABLATION_KINDS,
+    ablation_by_layer,
     analyze_task,
+    correlations,
+    headroom_findings,
     layer_ablation,
-    layer_of,
     selected_on_val,
+    selection_counts,
     selection_summary,
+    selection_table,
+    spare_layers,
     task_table,
-    units_of_layer,
 )
+from residual_core.core.units import UnitLayout, Units
 from residual_core.core.zeroshot import ZeroShotClassifier
 
-LABELS = ["embed", "L0.mlp", "L1.mlp", "L0H0", "L0H1", "L1H0", "L1H1"]
 D, K = 8, 3
+LAYOUT = UnitLayout(n_layers=2, n_heads=2, d_model=D, d_head=4, d_out=D)
+LABELS = LAYOUT.labels  # embed, L0.mlp, L1.mlp, L0H0, L0H1, L1H0, L1H1
 
 
 def planted(n: int, seed: int):
@@ -33,22 +39,16 @@ def planted(n: int, seed: int):
     units[:, LABELS.index("L1H0")] += 2.0 * torch.nn.functional.one_hot(y, D).float()
     units[:, LABELS.index("L0H1"), K:2 * K] += 2.0 * torch.nn.functional.one_hot(y, K).float()
     units[:, LABELS.index("embed")] += 1.0  # a constant offset, shared by every image
-    return units, y
+    return Units.full(units, LAYOUT), y
 
 
 CLASSIFIER = torch.eye(D)[:, :K].contiguous()
 
 
-def test_layer_of_and_units_of_layer():
-    assert [layer_of(u) for u in LABELS] == [None, 0, 1, 0, 0, 1, 1]
-    assert units_of_layer(LABELS, 1) == ["L1H0", "L1H1"]
-    assert units_of_layer(LABELS, 0, "mlps") == ["L0.mlp"]
-
-
 def test_layer_ablation_finds_the_carrying_layer():
     units, y = planted(600, 0)
-    means = planted(600, 1)[0].mean(0)
-    table = layer_ablation(units, LABELS, means, CLASSIFIER, y)
+    means = planted(600, 1)[0].mean()
+    table = layer_ablation(units, means, CLASSIFIER, y)
     assert len(table) == len(ABLATION_KINDS) * 3
     acc = table.set_index(["kind", "ablated_layers"]).accuracy
     assert acc["heads", 0] > 0.95  # full model
@@ -83,7 +83,7 @@ def test_selected_on_val_and_summary():
 def result():
     train, val, test, ref = (planted(300, s) for s in (0, 1, 2, 3))
     clf = ZeroShotClassifier(CLASSIFIER, ["a", "b", "c"], ["{}"])
-    return analyze_task("toy.task", train, val, test, LABELS, ref[0].mean(0), clf,
+    return analyze_task("toy.task", train, val, test, ref[0].mean(), clf,
                         random_seeds=3, s_heads=2)
 
 
@@ -113,3 +113,43 @@ def test_task_table(result):
     assert row.best_head in ("L1H0", "L0H1")
     nofam = task_table([result], shares, {"toy.task": None})
     assert nofam.spec_carriers.isna().all()
+
+
+def test_headroom_findings():
+    table = pd.DataFrame({"task": ["a", "b", "c"], "zero_shot": [0.5, 0.9, 0.3],
+                          "embedding_probe": [0.9, 0.95, 0.35], "best_head_probe": [0.6, 0.5, 0.2],
+                          "headroom": [0.4, 0.05, 0.05]})
+    means, largest = headroom_findings(table, largest=2)
+    assert means.zero_shot == pytest.approx(0.5667, abs=1e-4)
+    assert means.head_beats_zero_shot == 1 and means.tasks == 3
+    assert largest.task.tolist() == ["a", "b"]  # ties keep the table's order
+
+
+def test_ablation_by_layer_and_spare_layers(result):
+    layers, by_layer = ablation_by_layer({"x": result, "y": result})
+    assert set(layers.task) == {"x", "y"} and len(layers) == 2 * len(result.layers)
+    by = pd.DataFrame({0: [0.9, 0.9], 1: [0.895, 0.7], 2: [0.5, 0.6], 3: [0.89, 0.1]},
+                      index=["heads", "mlps"])
+    spare = spare_layers(by)
+    assert spare.loc["heads"].tolist() == [0.9, 1, 3, 0.89]  # stops at the first big drop
+    assert spare.loc["mlps", "spare"] == 0
+    assert by_layer.loc["heads", 0] == pytest.approx(result.zero_shot)
+
+
+def test_selection_table_and_counts(result):
+    sel = selection_table({"t1": result, "t2": result})
+    assert sel.index.tolist() == ["t1", "t2"]
+    assert sel.columns.tolist() == ["full", "S", "U|T", "U", "R", "S k", "U|T k", "U k"]
+    counts = selection_counts(pd.DataFrame({"full": [0.5, 0.5], "S": [0.6, 0.5], "U|T": [0.4, 0.5],
+                                            "U": [0.5, 0.51], "R": [0.5, 0.5]}))
+    assert counts.loc["S", ["better", "worse"]].tolist() == [1, 0]
+    assert counts.loc["U|T", ["better", "worse"]].tolist() == [0, 1]
+    assert counts.loc["U", "better"] == 1 and counts.loc["R", "mean_test"] == 0.5
+
+
+def test_correlations():
+    table = pd.DataFrame({"zs_lift": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+                          "up": [1, 2, 3, 4, 5, 6], "noise": [3, 1, 4, 1, 5, 9]})
+    out = correlations(table, ["up", "noise"], seed=0)
+    assert out.loc["up", "rho"] == pytest.approx(1.0) and out.loc["up", "significant"]
+    assert not out.loc["noise", "significant"] and out.loc["noise", "n"] == 6

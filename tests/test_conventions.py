@@ -8,6 +8,7 @@ from open_clip.transformer import VisionTransformer
 
 from residual_core.analysis.conventions import compare_centerings
 from residual_core.core.decompose import decompose
+from residual_core.core.dictionary import TextDictionary
 
 
 def tiny(seed: int = 0) -> VisionTransformer:
@@ -29,19 +30,19 @@ def batches(n: int = 96, size: int = 32):
 def dictionary(d: int = 12, m: int = 20):
     emb = torch.nn.functional.normalize(torch.randn(m, d, generator=torch.Generator()
                                                     .manual_seed(4)), dim=-1)
-    return [f"t{i}" for i in range(m)], emb
+    texts = tuple(f"t{i}" for i in range(m))
+    return TextDictionary(texts, ((),) * m, emb)
 
 
 def test_differences_match_direct_decompositions():
     visual = tiny()
     parts, images = batches()
-    texts, emb = dictionary()
-    cmp = compare_centerings(visual, parts, texts, emb, n_texts=2)
+    cmp = compare_centerings(visual, parts, dictionary(), n_texts=2)
     shared = decompose(visual, images, centering="shared")
     per_unit = decompose(visual, images, centering="per-unit")
-    rel = (shared.units - per_unit.units).norm(dim=-1) / shared.units.norm(dim=-1)
+    rel = (shared.data - per_unit.data).norm(dim=-1) / shared.data.norm(dim=-1)
     table = cmp.units.set_index("unit")
-    assert table.index.tolist() == shared.labels
+    assert table.index.tolist() == list(shared.labels)
     torch.testing.assert_close(torch.tensor(table.rel_diff_max.values), rel.max(0).values.double(),
                                rtol=1e-4, atol=1e-6)
     assert (table.rel_diff_max > 1e-3).all()  # on a random model every unit moves
@@ -63,8 +64,7 @@ def test_centrings_coincide_when_gamma_projects_to_zero():
         visual.proj.sub_(torch.outer(gamma, gamma @ visual.proj) / gamma.dot(gamma))
         assert (gamma @ visual.proj).abs().max() < 1e-5
     parts, _ = batches()
-    texts, emb = dictionary()
-    cmp = compare_centerings(visual, parts, texts, emb, n_texts=3)
+    cmp = compare_centerings(visual, parts, dictionary(), n_texts=3)
     assert cmp.units.rel_diff_max.max() < 1e-4
     assert (cmp.units["linear_id_shared"] == cmp.units["linear_id_per-unit"]).all()
     assert (cmp.units["twonn_shared"] - cmp.units["twonn_per-unit"]).abs().max() < 1e-3

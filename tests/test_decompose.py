@@ -145,14 +145,14 @@ def test_tiny_configs_exact_sum_and_per_unit(overrides):
     x = images(5, 32)
     dec = decompose(visual, x)
     layout = check_supported(visual)
-    assert dec.units.shape == (5, layout.n_units, 24)
-    assert dec.labels == layout.labels
+    assert dec.data.shape == (5, layout.n_units, 24)
+    assert list(dec.labels) == layout.labels
     with torch.no_grad():
         y = visual(x)
     err = max_rel_err(dec.total(), y)
     assert err <= REL_TOL, f"sum of units vs encode_image: max rel err {err:.2e}"
     for centering in ("shared", "per-unit"):
-        units = decompose(visual, x, centering=centering).units
+        units = decompose(visual, x, centering=centering).data
         err = max_unit_err(units, reference_units(visual, x, centering))
         assert err <= REL_TOL, f"{centering}: per-unit vs float64 oracle: max rel err {err:.2e}"
 
@@ -168,9 +168,9 @@ def test_per_unit_against_float64_oracle(name, centering):
         assert hasattr(visual.transformer.resblocks[0].ls_1, "gamma")  # LayerScale is real
     x = images(2, visual.image_size[0], seed=5)
     ref = reference_units(visual, x, centering)
-    err32 = max_unit_err(decompose(visual, x, centering=centering).units, ref)
+    err32 = max_unit_err(decompose(visual, x, centering=centering).data, ref)
     assert err32 <= 1e-5, f"{name} float32 {centering}: max per-unit err {err32:.2e}"
-    units64 = decompose(visual.double(), x.double(), centering=centering).units
+    units64 = decompose(visual.double(), x.double(), centering=centering).data
     assert units64.dtype == torch.float64
     err64 = max_unit_err(units64, ref)
     assert err64 <= 1e-6, f"{name} float64 {centering}: max per-unit err {err64:.2e}"
@@ -180,8 +180,8 @@ def test_centrings_differ_per_unit_by_one_direction():
     """Same sum; per unit the difference is (mean(x_u) − μ/N_u)/σ times γ @ P."""
     visual = tiny_vit().double()
     x = images(4, 32).double()
-    shared = decompose(visual, x, centering="shared").units
-    per_unit = decompose(visual, x, centering="per-unit").units
+    shared = decompose(visual, x, centering="shared").data
+    per_unit = decompose(visual, x, centering="per-unit").data
     torch.testing.assert_close(shared.sum(1), per_unit.sum(1), atol=1e-12, rtol=1e-12)
     diff = shared - per_unit
     assert float(diff.norm(dim=-1).max()) > 1e-3  # they really differ per unit
@@ -218,7 +218,7 @@ def test_real_open_clip_configs_exact(name):
         y = model.encode_image(x)
     dec = decompose(model, x)
     layout = check_supported(model)
-    assert layout.d_out == y.shape[-1] and dec.units.shape[1] == layout.n_units
+    assert layout.d_out == y.shape[-1] and dec.data.shape[1] == layout.n_units
     err = max_rel_err(dec.total(), y)
     assert err <= REL_TOL, f"{name}: max rel err {err:.2e}"
     if name == "ViT-M-16-alt":  # the LayerScale config: its gains must be real
@@ -238,7 +238,7 @@ def test_raw_form_round_trip_is_bit_exact():
     restored = UnitProjector(projector.layout, projector.centering)
     restored.load_state_dict(saved["projector"])
     again = restored(RawUnits(*saved["raw"]))
-    assert torch.equal(again.units, decompose(visual, x).units)
+    assert torch.equal(again.data, decompose(visual, x).data)
 
 
 def test_raw_form_batches_concatenate():
@@ -254,8 +254,10 @@ def test_select_by_label():
     visual = tiny_vit()
     dec = decompose(visual, images(2, 32))
     sel = dec.select(["L1H3", "embed"])
-    assert torch.equal(sel[:, 0], dec["L1H3"])
-    assert torch.equal(sel[:, 1], dec.units[:, 0])
+    assert sel.labels == ("L1H3", "embed") and sel.layout == dec.layout
+    assert torch.equal(sel.data[:, 0], dec["L1H3"])
+    assert torch.equal(sel.data[:, 1], dec.data[:, 0])
+    assert torch.equal(dec[["L1H3", "embed"]].data, sel.data)
     with pytest.raises(KeyError, match="L7H0"):
         dec.select(["L7H0"])
     with pytest.raises(KeyError, match="valid labels"):
@@ -298,9 +300,9 @@ def test_model_unchanged_after_decompose_and_after_error():
 def test_requires_grad_flows_to_the_weights():
     visual = tiny_vit()
     dec = decompose(visual, images(2, 32), requires_grad=True)
-    dec.units[:, 5].sum().backward()
+    dec.data[:, 5].sum().backward()
     assert visual.transformer.resblocks[0].attn.in_proj_weight.grad is not None
-    assert not decompose(visual, images(2, 32)).units.requires_grad
+    assert not decompose(visual, images(2, 32)).data.requires_grad
 
 
 def test_autocast_bfloat16_is_close():
@@ -310,14 +312,14 @@ def test_autocast_bfloat16_is_close():
         y = visual(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         dec = decompose(visual, x)
-    assert dec.units.dtype == torch.float32
+    assert dec.data.dtype == torch.float32
     assert max_rel_err(dec.total(), y) < 5e-2
 
 
 def test_deterministic():
     visual = tiny_vit()
     x = images(3, 32)
-    assert torch.equal(decompose(visual, x).units, decompose(visual, x).units)
+    assert torch.equal(decompose(visual, x).data, decompose(visual, x).data)
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,12 @@ import pytest
 import torch
 
 from residual_core.analysis import experiments as ex
+from residual_core.core.dictionary import TextDictionary
 from residual_core.core.model import weights_fingerprint
-from residual_core.core.residual import VARIANTS, FrozenClassifier, build_variant, unit_lambdas
-from residual_core.core.units import UnitLayout
+from residual_core.core.residual import VARIANTS, build_variant, unit_lambdas
+from residual_core.core.spectral import unit_pca
+from residual_core.core.units import UnitLayout, Units
+from residual_core.core.zeroshot import ZeroShotClassifier
 from residual_core.data.encodings import TaskEncodings
 
 TASKS = ["world.color", "world.count"]
@@ -28,7 +31,7 @@ def cache(tmp_path_factory):
 def setup(loaded, cache):
     enc = TaskEncodings(loaded, {"train": 24, "val": 12, "test": 12}, cache_dir=cache)
     ref = TaskEncodings(loaded, {"train": 40}, cache_dir=cache)
-    return enc, ex.reference_pcas(ref.units("world.reference", "train"))
+    return enc, unit_pca(ref.units("world.reference", "train"), output=True)
 
 
 def config(loaded, **kw) -> ex.ExperimentConfig:
@@ -81,11 +84,12 @@ def test_result_log_survives_a_torn_line_and_last_wins(tmp_path):
 
 def test_reference_pcas_unit_and_output():
     g = torch.Generator().manual_seed(0)
-    units = torch.randn(50, 3, 4, generator=g)
-    pca, out = ex.reference_pcas(units, batch_size=7)
+    units = Units.full(torch.randn(50, 3, 4, generator=g), UnitLayout(1, 1, 4, 4, 4))
+    pca, out = unit_pca(list(units.split(7)), output=True)
     assert pca.mean.shape == (3, 4) and out.mean.shape == (1, 4)
-    torch.testing.assert_close(out.mean[0], units.sum(1).mean(0).double())
-    cov = torch.cov(units.sum(1).double().T)
+    assert pca.labels == units.labels and out.labels == ("output",)
+    torch.testing.assert_close(out.mean[0], units.sum().mean(0).double())
+    cov = torch.cov(units.sum().double().T)
     torch.testing.assert_close(out.explained_variance[0].sum(), torch.trace(cov))
 
 
@@ -109,8 +113,8 @@ def test_every_variant_then_skip_and_reload(loaded, cache, tmp_path, monkeypatch
     assert (t[t.variant == "fine-tune"].epochs <= 1).all()
     assert res.variants[(TASKS[0], "fine-tune")] is None
     lam = unit_lambdas(res.variants[(TASKS[1], "residual-full")], "L1H0").clone()
-    assert res.labels == enc.labels(TASKS[0], "test") and res.layout.n_heads == 2
-    assert res.pca.mean.shape == (len(res.labels), d)
+    assert res.pca.labels == enc.units(TASKS[0], "test").labels and res.layout.n_heads == 2
+    assert res.pca.mean.shape == (len(res.pca.labels), d)
     # The tower the model uses was copied, never trained in place.
     assert loaded.fingerprint == f"random-{weights_fingerprint(loaded.model)}"
 
@@ -169,11 +173,11 @@ def test_run_task_is_deterministic(loaded, cache, tmp_path):
 
 def test_unknown_variant_and_missing_images():
     layout = UnitLayout(1, 1, 4, 4, 4)
-    clf = FrozenClassifier(torch.eye(4)[:, :2])
-    units = {s: torch.randn(6, 3, 4) for s in ex.SPLITS}
+    clf = ZeroShotClassifier(torch.eye(4)[:, :2])
+    units = {s: Units.full(torch.randn(6, 3, 4), layout) for s in ex.SPLITS}
     targets = {s: torch.randint(0, 2, (6,)) for s in ex.SPLITS}
-    inputs = ex.TaskInputs("t", layout.labels, layout, clf, units, targets)
-    pca, out = ex.reference_pcas(torch.randn(20, 3, 4))
+    inputs = ex.TaskInputs("t", clf, units, targets)
+    pca, out = unit_pca(Units.full(torch.randn(20, 3, 4), layout), output=True)
     with pytest.raises(ValueError, match="unknown variants"):
         ex.run_task(inputs, ["nope"], pca, out, ex.ExperimentConfig(), model="m",
                     log=ex.ResultLog("/nonexistent/x.jsonl"), ckpt_root="/nonexistent")
@@ -183,9 +187,9 @@ def toy_variant():
     layout = UnitLayout(2, 2, 4, 2, 4)
     labels = layout.labels
     g = torch.Generator().manual_seed(0)
-    pca, _ = ex.reference_pcas(torch.randn(40, len(labels), 4, generator=g))
-    clf = FrozenClassifier(torch.eye(4)[:, :3])
-    v = build_variant("residual-full", clf, labels=labels, pca=pca, layout=layout)
+    pca = unit_pca(Units.full(torch.randn(40, len(labels), 4, generator=g), layout))
+    clf = ZeroShotClassifier(torch.eye(4)[:, :3])
+    v = build_variant("residual-full", clf, reference=pca)
     with torch.no_grad():
         v.lam.copy_(torch.linspace(0.0, 2.5, len(v.lam)))
     return v, pca, labels, layout
@@ -194,13 +198,13 @@ def toy_variant():
 def test_head_grid_places_heads_and_mlps():
     v, _, _, layout = toy_variant()
     grid = ex.head_grid(v, layout)
-    assert list(grid.index) == ["L0", "L1"] and list(grid.columns) == ["H0", "H1", "mlp"]
+    assert list(grid.index) == ["L0", "L1"] and list(grid.columns) == ["H0", "H1", "MLP"]
     expected = float((unit_lambdas(v, "L1H0") - 1).abs().mean())
     assert grid.loc["L1", "H0"] == pytest.approx(expected)
-    assert grid.loc["L0", "mlp"] == pytest.approx(float((unit_lambdas(v, "L0.mlp") - 1).abs()
+    assert grid.loc["L0", "MLP"] == pytest.approx(float((unit_lambdas(v, "L0.mlp") - 1).abs()
                                                         .mean()))
-    heads_only = build_variant("coarse", v.classifier, labels=layout.labels, pca=toy_variant()[1])
-    assert "mlp" not in ex.head_grid(heads_only, layout).columns
+    heads_only = build_variant("coarse", v.classifier, reference=toy_variant()[1])
+    assert "MLP" not in ex.head_grid(heads_only, layout).columns
 
 
 def test_pc_texts_finds_the_aligned_text():
@@ -214,17 +218,17 @@ def test_pc_texts_finds_the_aligned_text():
     texts = ["aligned", "other", "third"]
     emb = torch.stack([-3 * direction, torch.ones(4), torch.tensor([1.0, -1, 1, -1])])
     emb[1:] -= (emb[1:] @ direction)[:, None] * direction  # orthogonal to the PC
-    table = ex.pc_texts(v, pca, labels, texts, emb, units=2, top=1)
-    assert set(table.columns) == {"unit", "pc", "lambda", "evr", "effect", "text", "cosine"}
+    words = TextDictionary(tuple(texts), (("a",), (), ("b", "c")), emb)
+    table = ex.pc_texts(v, pca, words, units=2, top=1)
+    assert set(table.columns) == {"unit", "pc", "lambda", "evr", "effect", "text", "cosine",
+                                  "families"}
     first = table.iloc[0]
     assert (first.unit, first.pc, first.effect, first.text) == ("L1H1", 0, "amplified", "aligned")
     assert first["lambda"] == pytest.approx(3.0) and first.cosine == pytest.approx(-1, abs=1e-5)
     assert first.evr == pytest.approx(float(pca.explained_variance_ratio[labels.index("L1H1"), 0]))
-    fams = ex.pc_texts(v, pca, labels, texts, emb, families=[("a",), (), ("b", "c")], units=1,
-                       top=1)
-    assert fams.families.iloc[0] == ("a",)
-    assert ex.pc_texts(v, pca, labels, texts, emb, min_evr=1.01).empty  # no PC qualifies
-    tiny = ex.pc_texts(v, pca, labels, texts, emb, units=10, top=5, min_evr=0.3)
+    assert table.families.iloc[0] == ("a",)
+    assert ex.pc_texts(v, pca, words, min_evr=1.01).empty  # no PC qualifies
+    tiny = ex.pc_texts(v, pca, words, units=10, top=5, min_evr=0.3)
     for r in tiny.itertuples():  # only PCs carrying ≥ 30% of their unit's variance
         assert pca.explained_variance_ratio[labels.index(r.unit), r.pc] >= 0.3
     low = table[(table.unit == "L0H0") & (table.effect == "suppressed")]
@@ -255,7 +259,7 @@ def test_fine_tune_streams_or_preloads_the_same_images(loaded, cache, tmp_path):
 def test_streamed_units_and_reference_give_the_same_results(loaded, cache, tmp_path):
     enc, pcas = setup(loaded, cache)
     ref = TaskEncodings(loaded, {"train": 40}, cache_dir=cache)
-    streamed = ex.reference_pcas(u for u, _ in ref.store("world.reference", "train").iter_units())
+    streamed = unit_pca(ref.store("world.reference", "train"), output=True)
     for a, b in zip(pcas, streamed, strict=True):
         torch.testing.assert_close(a.explained_variance, b.explained_variance)
     cfg = config(loaded)
@@ -291,3 +295,85 @@ def test_settings_table_compares_the_same_tasks():
     assert row.epochs_book == 4 and row.epochs_authors == 5
     assert row.difference == pytest.approx(0.045)
     assert (row.book_ahead, row.authors_ahead, row.tasks) == (1, 1, 2)
+
+
+def results(rows):
+    cols = ["dataset", "variant", "accuracy", "params", "epochs", "wall_time_s"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+TABLE = results([
+    ("a", "zero-shot", 0.50, 0, 0, 0.0), ("a", "residual-fine", 0.81, 10, 4, 1.0),
+    ("a", "fine-tune", 0.81, 1000, 2, 50.0), ("a", "linear-adapter", 0.70, 20, 3, 2.0),
+    ("b", "zero-shot", 0.40, 0, 0, 0.0), ("b", "residual-fine", 0.44, 10, 6, 3.0),
+    ("b", "fine-tune", 0.61, 1000, 2, 70.0), ("b", "linear-adapter", 0.30, 20, 5, 4.0),
+])
+
+
+def test_variant_summary_and_gain_summary():
+    s = ex.variant_summary(TABLE)
+    assert s.index.tolist() == ["zero-shot", "residual-fine", "fine-tune", "linear-adapter"]
+    fine = s.loc["residual-fine"]
+    assert (fine.params, fine.mean_epochs, fine.total_time_s) == (10, 5.0, 4.0)
+    assert fine.mean_accuracy == pytest.approx(0.625) and fine.min_accuracy == 0.44
+    g = ex.gain_summary(ex.gain_table(TABLE))
+    assert g.loc["residual-fine"].tolist() == pytest.approx([0.175, 2, 0, 2])
+    assert g.loc["linear-adapter", "better"] == 1 and g.loc["linear-adapter", "worse"] == 1
+
+
+def test_headroom_summary():
+    room = ex.headroom_table(TABLE, pd.Series({"a": 0.9, "b": 0.405}), ["residual-fine"])
+    h = ex.headroom_summary(room)
+    assert h.zero_shot == pytest.approx(0.45) and h.ceiling == pytest.approx(0.6525)
+    assert h.tasks_with_room == 1 and h.tasks == 2
+    # a closes (0.81 − 0.5) / 0.4 of its headroom; b's 0.005 is too small to count
+    assert h["closed_residual-fine"] == pytest.approx(0.775)
+
+
+def test_paper_comparison_lines():
+    layout = UnitLayout(4, 4, 64, 16, 32)
+    lines = ex.paper_comparison(TABLE, layout, finetune_epochs=2, finetune_train_size=None)
+    assert lines[0].startswith("scale: 4 layers × 4 heads of width 16, d_out 32")
+    fine = next(line for line in lines if line.startswith("residual-fine"))
+    # fine-tune 0.71 vs residual-fine 0.625; within a point on task a only
+    assert "(gap +0.085)" in fine and "on 1 of 2 tasks" in fine and "1.0e-02" in fine
+    assert any(line.startswith("linear-adapter: 20 parameters, mean accuracy 0.500")
+               for line in lines)
+    assert "ran 2.0 on average, 120 s in all) vs 10 s" in lines[-1]
+
+
+def test_results_view_histories_and_config_helpers():
+    table = TABLE.assign(val_acc=0.5, best_epoch=1, history=[[0.1]] * len(TABLE))
+    view = ex.results_view(table, str.upper)
+    assert view.columns.tolist() == ["dataset", "variant", "accuracy", "val_acc", "params",
+                                     "epochs", "best", "time_s"]
+    assert view.dataset.iloc[0] == "A"
+    hist = ex.histories(table)
+    assert list(hist) == ["a", "b"] and hist["b"]["fine-tune"] == [0.1]
+    cfg = ex.ExperimentConfig()
+    assert (cfg.authors().add_mean, cfg.authors().init) == (False, "normal")
+    assert cfg.authors().key("residual-full") != cfg.key("residual-full")
+
+
+def test_lambda_overview_and_pc_text_table():
+    v, pca, labels, layout = toy_variant()
+    w, *_ = toy_variant()
+    with torch.no_grad():
+        w.lam.fill_(1.0)
+    over = ex.lambda_overview({"world.color": v, "world.shape": w}, layout)
+    torch.testing.assert_close(torch.tensor(over.mean_grid.to_numpy()),
+                               torch.tensor(over.grids["world.color"].to_numpy()) / 2)
+    assert over.ranked_units.index[0] == over.changes["world.color"].idxmax()
+    assert over.most_changed_layer == over.by_layer.idxmax()
+    assert over.describe().count("\n") == 2 and ex.lambda_overview({}, layout) is None
+    direction = v.components[v.basis.slices()[over.ranked_units.index[0]]][0]
+    emb = torch.stack([direction, -direction + 0.1, torch.ones(4)])
+    words = TextDictionary(("a red object", "a circle", "a thing"), (("color",), ("shape",), ()),
+                           emb)
+    pcs = ex.pc_text_table({"world.color": v}, pca, words, units=1, top=1)
+    assert set(pcs.task) == {"world.color"} and (pcs.task_family == "color").all()
+    assert pcs.names_task_family.tolist() == [f == ("color",) for f in pcs.families]
+    found = ex.pc_text_findings(pcs)
+    assert found.index.tolist() == ["amplified", "suppressed"]
+    assert found.pcs.sum() == len(pcs)
+    assert found.name_task_family.sum() == pcs.names_task_family.sum()

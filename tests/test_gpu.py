@@ -13,14 +13,14 @@ import os
 
 import pytest
 import torch
+from conftest import residual_task_classifier, residual_task_units
 from open_clip.transformer import VisionTransformer
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from residual_core.analysis import experiments as ex
 from residual_core.core.decompose import UnitProjector, decompose
 from residual_core.core.model import LoadedModel
-from residual_core.core.residual import FrozenClassifier, build_variant, cache_inputs
-from residual_core.core.spectral import StreamingPCA
+from residual_core.core.residual import build_variant, cache_inputs
+from residual_core.core.spectral import unit_pca
 from residual_core.core.store import build_store
 from residual_core.core.training import (
     TensorBatcher,
@@ -29,7 +29,7 @@ from residual_core.core.training import (
     make_optimizer,
     train_epoch,
 )
-from residual_core.core.zeroshot import build_classifier, encode_images
+from residual_core.core.zeroshot import ZeroShotClassifier, build_classifier, encode_images
 from residual_core.tutorial import world
 
 pytestmark = pytest.mark.gpu
@@ -86,7 +86,7 @@ def stacked(dataset: Dataset) -> torch.Tensor:
 def float64_units(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The reference: the decomposition of a float64 CPU copy."""
     with torch.inference_mode():
-        return decompose(copy.deepcopy(model).cpu().double(), images.cpu().double()).units
+        return decompose(copy.deepcopy(model).cpu().double(), images.cpu().double()).data
 
 
 def relative_error(units: torch.Tensor, ref: torch.Tensor) -> float:
@@ -105,10 +105,10 @@ def test_decompose_under_autocast_matches_float64_cpu(device, dtype):
                                                 enabled=dtype != torch.float32):
         dec = decompose(model, x.to(device))
         plain = model(x.to(device)).float()
-    assert dec.units.device.type == device.type and dec.units.dtype == torch.float32
-    err = relative_error(dec.units, ref)
+    assert dec.data.device.type == device.type and dec.data.dtype == torch.float32
+    err = relative_error(dec.data, ref)
     assert err < tolerance(dtype), f"{dtype} on {device}: max per-unit error {err:.2e}"
-    sum_err = float(((dec.units.sum(1) - plain).norm(dim=-1) / plain.norm(dim=-1)).max())
+    sum_err = float(((dec.sum() - plain).norm(dim=-1) / plain.norm(dim=-1)).max())
     assert sum_err < tolerance(dtype), f"{dtype}: units.sum(1) vs the forward {sum_err:.2e}"
 
 
@@ -128,34 +128,31 @@ def test_store_built_on_the_device_streams_back_to_it(device, tmp_path):
     store = build_store(tmp_path / "s", model.to(device), data, {"model": "tower"},
                         batch_size=4, chunk_size=8, dtype="float16", device=device,
                         autocast_dtype=torch.float16, progress=False)
-    chunks = list(store.iter_units(device))
-    assert [len(u) for u, _ in chunks] == [8, 8, 5]
-    assert all(u.device.type == device.type for u, _ in chunks)
-    units = torch.cat([u for u, _ in chunks])
-    targets = torch.cat([t for _, t in chunks])
-    assert targets.tolist() == [i % 3 for i in range(21)]
+    chunks = list(store.iter_units(device=device))
+    assert [u.n_samples for u in chunks] == [8, 8, 5]
+    assert all(u.data.device.type == device.type for u in chunks)
+    units = torch.cat([u.data for u in chunks])
+    assert store.targets().tolist() == [i % 3 for i in range(21)]
     # fp16 autocast, then fp16 storage of the raw form: two fp16 roundings.
     err = relative_error(units, ref)
     assert err < 2 * tolerance(torch.float16), f"store on {device}: per-unit error {err:.2e}"
     picked = store.units(["L3H1", "embed"], device)
-    assert picked.device.type == device.type
+    assert picked.data.device.type == device.type
     idx = store.labels.index("L3H1"), store.labels.index("embed")
-    torch.testing.assert_close(picked, units[:, list(idx)], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(picked.data, units[:, list(idx)], rtol=1e-5, atol=1e-6)
     # The reference PCA streamed on the device is the CPU one.
-    on_device, _ = ex.reference_pcas(u for u, _ in store.iter_units(device))
-    on_cpu, _ = ex.reference_pcas(u for u, _ in store.iter_units("cpu"))
+    on_device, _ = unit_pca(store, device=device, output=True)
+    on_cpu, _ = unit_pca(store, device="cpu", output=True)
     torch.testing.assert_close(on_device.explained_variance.cpu(), on_cpu.explained_variance,
                                rtol=1e-3, atol=1e-6)
 
 
 def residual_task(dev: torch.device):
     """ResiDual-full on the synthetic task of ``test_training`` (solvable only by reweighting)."""
-    from test_training import LABELS, LAYOUT, classifier, synthetic_units
-
-    splits = {name: synthetic_units(n, seed)
+    splits = {name: residual_task_units(n, seed)
               for name, n, seed in [("train", 1024, 0), ("val", 512, 1), ("test", 512, 2)]}
-    pca = StreamingPCA().update(splits["train"][0]).compute()
-    module = build_variant("residual-full", classifier(), labels=LABELS, pca=pca, layout=LAYOUT)
+    pca = unit_pca(splits["train"][0])
+    module = build_variant("residual-full", residual_task_classifier(), reference=pca)
     module = module.to(dev)
     data = {}
     for name, (units, y) in splits.items():
@@ -188,7 +185,7 @@ def test_fine_tune_runs_on_the_device_through_lightning(device, tmp_path):
     visual = VisionTransformer(image_size=16, patch_size=8, width=32, layers=1, heads=2,
                                mlp_ratio=2.0, output_dim=8)
     weights = torch.nn.functional.normalize(torch.randn(8, 3), dim=0)
-    module = build_variant("fine-tune", FrozenClassifier(weights), visual=visual)
+    module = build_variant("fine-tune", ZeroShotClassifier(weights), visual=visual)
     images, y = torch.randn(96, 3, 16, 16), torch.randint(0, 3, (96,))
     loaders = [DataLoader(TensorDataset(images[i::3], y[i::3]), batch_size=16) for i in range(3)]
     before = copy.deepcopy(visual.state_dict())

@@ -68,7 +68,7 @@ def small_hf(key: str, image_size: int | None = None, seed: int = 0) -> torch.nn
 
 @torch.no_grad()
 def hf_embedding(key: str, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The representation of SPEC §2, computed by the HF model itself."""
+    """The paper's representation of each encoder, computed by the HF model itself."""
     if key == "vit_l":
         return model(pixel_values=x).last_hidden_state[:, 0]  # final LN of CLS, not the pooler
     if key == "dinov2_l":
@@ -95,7 +95,7 @@ def test_small_units_sum_to_the_hf_output(key):
     y = hf_embedding(key, model, x)
     dec = decompose(tower, x)
     layout = check_supported(tower)
-    assert dec.units.shape == (3, 1 + 2 + 2 * 4, y.shape[-1]) and dec.labels == layout.labels
+    assert dec.shape == (3, 1 + 2 + 2 * 4, y.shape[-1]) and list(dec.labels) == layout.labels
     err = max_rel_err(dec.total(), y)
     assert err <= REL_TOL, f"{key}: sum of units vs HF output, max rel err {err:.2e}"
     with torch.no_grad():

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from residual_core.analysis.geometry import TwoNNFit, depth_profile, layer_grid, unit_index
-from residual_core.core.spectral import StreamingPCA
-from residual_core.core.units import unit_labels
+from residual_core.analysis.geometry import TwoNNFit, depth_profile
+from residual_core.core.spectral import unit_pca
+from residual_core.core.units import UnitLayout, Units, label_table, unit_grid, unit_labels
 from residual_core.plots.geometry import (
     plot_depth_profiles,
     plot_layer_spectra,
@@ -32,13 +32,14 @@ def _close():
 
 @pytest.fixture
 def table() -> pd.DataFrame:
-    t = unit_index(unit_labels(3, 2))
+    t = label_table(unit_labels(3, 2))
     t["x"] = np.arange(len(t), dtype=float)
     return t
 
 
 def test_unit_grid_annotates_small_grids_and_marks_the_mlp(table):
-    fig = plot_unit_grid(layer_grid(table, "x"), title="x", label="x", embed=0.0, fmt=".0f")
+    grid = unit_grid(table.set_index("unit").x)
+    fig = plot_unit_grid(grid, title="x", label="x", embed=0.0, fmt=".0f")
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["H0", "H1", "MLP"]
     assert len(ax.texts) == 9  # 3 layers × (2 heads + MLP)
@@ -55,16 +56,17 @@ def test_depth_profiles_one_panel_each(table):
 
 
 def test_layer_spectra_and_errors():
-    labels = unit_labels(2, 2)
+    layout = UnitLayout(n_layers=2, n_heads=2, d_model=6, d_head=3, d_out=6)
+    labels = layout.labels
     g = torch.Generator().manual_seed(0)
-    pca = StreamingPCA().update(torch.randn(50, len(labels), 6, generator=g)).compute()
+    pca = unit_pca(Units.full(torch.randn(50, len(labels), 6, generator=g), layout))
     fit = TwoNNFit(2.0, np.linspace(0, 1, 5), np.linspace(0, 2, 5), 50)
-    fig = plot_layer_spectra(pca, labels, dict.fromkeys(labels, fit), layer=1)
+    fig = plot_layer_spectra(pca, dict.fromkeys(labels, fit), layer=1)
     left, right = fig.axes
     assert len(left.get_legend().get_texts()) == 3  # two heads and the MLP
     assert "2.0" in right.get_legend().get_texts()[0].get_text()
     with pytest.raises(ValueError, match="layer 5"):
-        plot_layer_spectra(pca, labels, {}, layer=5)
+        plot_layer_spectra(pca, {}, layer=5)
 
 
 def test_similarity_summary_and_matrix():

@@ -14,8 +14,10 @@ import torch
 
 from residual_core.analysis.alignment import analyze_task, task_table
 from residual_core.core.textspan import TextExplanation
+from residual_core.core.units import UnitLayout, Units
 from residual_core.core.zeroshot import ZeroShotClassifier
 from residual_core.plots import heads as ph
+from residual_core.plots.common import styled
 
 
 @pytest.fixture(autouse=True)
@@ -32,17 +34,17 @@ def expl(unit: str) -> TextExplanation:
 @pytest.fixture(scope="module")
 def result():
     g = torch.Generator().manual_seed(0)
-    labels = ["embed", "L0.mlp", "L0H0", "L0H1"]
+    layout = UnitLayout(n_layers=1, n_heads=2, d_model=4, d_head=2, d_out=4)
 
     def split(n):
         y = torch.randint(0, 2, (n,), generator=g)
-        u = 0.2 * torch.randn(n, 4, 4, generator=g)
+        u = 0.2 * torch.randn(n, 4, 4, generator=g)  # embed, L0.mlp, L0H0, L0H1
         u[:, 2] += torch.nn.functional.one_hot(y, 4).float()
-        return u, y
+        return Units.full(u, layout), y
 
     data = [split(60) for _ in range(4)]
     clf = ZeroShotClassifier(torch.eye(4)[:, :2].contiguous(), ["a", "b"], ["{}"])
-    return analyze_task("toy.a", *data[:3], labels, data[3][0].mean(0), clf, random_seeds=2)
+    return analyze_task("toy.a", *data[:3], data[3][0].mean(), clf, random_seeds=2)
 
 
 def is_figure(fig) -> bool:
@@ -87,7 +89,7 @@ def test_task_level_plots(result):
 
 def test_styled_and_truth_view():
     table = pd.DataFrame({"k": [1.0, 2.0], "acc": [0.12345, 0.5]}, index=["a", "b"])
-    html = ph.styled(table, integers=("k",), hide_index=True).to_html()
+    html = styled(table, integers=("k",), hide_index=True).to_html()
     assert "0.123" in html and ">1<" in html and "padding" in html
     truth = pd.DataFrame([{"attribute": "count", "family": None, "rank": 1, "head": "L0H0",
                            "probe_acc": 0.5, "chance": 0.25, "top_texts": "a | b",

@@ -12,23 +12,24 @@ import torch
 from ipywidgets.embed import embed_data
 
 from residual_core.analysis.decomposition import relative_error, unit_norm_table
-from residual_core.core.decompose import Decomposition
-from residual_core.core.units import unit_labels
+from residual_core.core.units import UnitLayout, Units
 from residual_core.plots.common import figure_picker, figure_png
-from residual_core.plots.units import layer_head_grid, plot_layer_head_heatmap, plot_layer_units
+from residual_core.plots.units import norm_grid, plot_layer_head_heatmap, plot_layer_units
+
+LAYOUT = UnitLayout(n_layers=2, n_heads=3, d_model=6, d_head=2, d_out=5)
 
 
 @pytest.fixture
-def dec() -> Decomposition:
-    labels = unit_labels(2, 3)  # embed, 2 MLPs, 6 heads
+def dec() -> Units:
+    labels = LAYOUT.labels  # embed, 2 MLPs, 6 heads
     units = torch.zeros(4, len(labels), 5)
     for i in range(len(labels)):
         units[:, i, 0] = i + 1.0  # unit i has norm i + 1 in every image
     units[1, 0, 1] = 3.0  # image 1's embed: norm sqrt(1 + 9)
-    return Decomposition(units, labels)
+    return Units.full(units, LAYOUT)
 
 
-def test_unit_norm_table(dec: Decomposition):
+def test_unit_norm_table(dec: Units):
     table = unit_norm_table(dec)
     assert len(table) == 4 * 9
     row = table[(table.image == 2) & (table.unit == "L1H2")].iloc[0]
@@ -41,20 +42,20 @@ def test_unit_norm_table(dec: Decomposition):
 
 def test_unit_norm_table_rejects_unknown_labels():
     with pytest.raises(ValueError, match="unexpected unit label"):
-        unit_norm_table(Decomposition(torch.ones(1, 1, 2), ["L0.attn"]))
+        unit_norm_table(Units(torch.ones(1, 1, 2), ("L0.attn",), LAYOUT))
 
 
-def test_layer_head_grid(dec: Decomposition):
-    grid = layer_head_grid(unit_norm_table(dec))
+def test_norm_grid(dec: Units):
+    grid = norm_grid(unit_norm_table(dec))
     assert list(grid.index) == ["L0", "L1"]
     assert list(grid.columns) == ["H0", "H1", "H2", "MLP"]
     assert grid.loc["L1", "H0"] == pytest.approx(7.0)  # L1H0 is unit 6 → norm 7
     assert grid.loc["L1", "MLP"] == pytest.approx(3.0)
 
 
-def test_plots_return_figures(dec: Decomposition):
+def test_plots_return_figures(dec: Units):
     table = unit_norm_table(dec)
-    fig = plot_layer_head_heatmap(layer_head_grid(table), embed_norm=1.5)
+    fig = plot_layer_head_heatmap(norm_grid(table), embed_norm=1.5)
     assert "embed: 1.5" in fig.axes[0].get_title()
     fig2 = plot_layer_units(table, 1, vmin=1.0, vmax=9.0)
     labels = [t.get_text() for t in fig2.axes[0].get_xticklabels()]
@@ -72,7 +73,7 @@ def test_relative_error():
     )
 
 
-def test_figure_picker_is_linked_in_the_frontend(dec: Decomposition):
+def test_figure_picker_is_linked_in_the_frontend(dec: Units):
     table = unit_norm_table(dec)
     figures = {f"layer {layer}": plot_layer_units(table, layer) for layer in range(2)}
     box = figure_picker(figures, "Layer", default="layer 1")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from residual_core.core.probes import probe_table, ridge_probe
+from residual_core.core.units import UnitLayout, Units
 
 
 def planted(n: int, seed: int):
@@ -27,7 +29,12 @@ def test_ridge_probe_finds_the_carrier():
 def test_probe_table_has_units_and_embedding():
     x_tr, y_tr = planted(600, 0)
     x_te, y_te = planted(400, 1)
-    table = probe_table(x_tr, {"a": y_tr}, x_te, {"a": y_te}, ["u0", "u1", "u2", "u3"])
-    assert list(table.index) == ["u0", "u1", "u2", "u3", "embedding"]
-    assert table.loc["u2", "a"] == table["a"].iloc[:4].max()
+    layout = UnitLayout(n_layers=1, n_heads=2, d_model=x_tr.shape[-1], d_head=1,
+                        d_out=x_tr.shape[-1])
+    train, test = Units.full(x_tr, layout), Units.full(x_te, layout)  # embed, L0.mlp, L0H0, L0H1
+    table = probe_table(train, {"a": y_tr}, test, {"a": y_te})
+    assert list(table.index) == ["embed", "L0.mlp", "L0H0", "L0H1", "embedding"]
+    assert table.loc["L0H0", "a"] == table["a"].iloc[:4].max()
+    with pytest.raises(ValueError, match="differ"):
+        probe_table(train, {"a": y_tr}, test.heads(), {"a": y_te})
     assert table.loc["embedding", "a"] > 0.6  # the sum adds the other units' noise

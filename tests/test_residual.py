@@ -11,19 +11,18 @@ import torch
 from residual_core.core.decompose import check_supported
 from residual_core.core.residual import (
     Coarse,
-    FrozenClassifier,
     ResiDual,
     build_variant,
     cache_inputs,
-    is_head,
     lambda_matrix,
     lambda_summary,
     make_basis,
     pca_coordinates,
     unit_lambdas,
 )
-from residual_core.core.spectral import PCAResult, StreamingPCA
-from residual_core.core.units import UnitLayout
+from residual_core.core.spectral import PCAResult, unit_pca
+from residual_core.core.units import UnitLayout, Units, is_head
+from residual_core.core.zeroshot import ZeroShotClassifier
 
 LAYOUT = UnitLayout(n_layers=2, n_heads=3, d_model=6, d_head=2, d_out=8)
 LABELS = LAYOUT.labels
@@ -34,7 +33,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).detach().norm() / b.detach().norm())
 
 
-def make_units(n: int = 300, seed: int = 0, head_rank: int | None = LAYOUT.d_head) -> torch.Tensor:
+def make_units(n: int = 300, seed: int = 0, head_rank: int | None = LAYOUT.d_head) -> Units:
     """Random units with distinct means; heads of rank ``head_rank`` around their mean."""
     gen = torch.Generator().manual_seed(seed)
     d = LAYOUT.d_out
@@ -44,16 +43,16 @@ def make_units(n: int = 300, seed: int = 0, head_rank: int | None = LAYOUT.d_hea
         mix = torch.randn(rank, d, generator=gen) * torch.rand(rank, 1, generator=gen) * 2
         mean = torch.randn(d, generator=gen)
         out.append(mean + torch.randn(n, rank, generator=gen) @ mix)
-    return torch.stack(out, 1)
+    return Units.full(torch.stack(out, 1), LAYOUT)
 
 
-def make_pca(units: torch.Tensor) -> PCAResult:
-    return StreamingPCA().update(units).compute()
+def make_pca(units: Units) -> PCAResult:
+    return unit_pca(units)
 
 
-def classifier(n_classes: int = 4, seed: int = 1, d_out: int = LAYOUT.d_out) -> FrozenClassifier:
+def classifier(n_classes: int = 4, seed: int = 1, d_out: int = LAYOUT.d_out) -> ZeroShotClassifier:
     w = torch.randn(d_out, n_classes, generator=torch.Generator().manual_seed(seed))
-    return FrozenClassifier(torch.nn.functional.normalize(w, dim=0), scale=100.0)
+    return ZeroShotClassifier(torch.nn.functional.normalize(w, dim=0), scale=100.0)
 
 
 def embed_of(variant, units):
@@ -78,10 +77,11 @@ def fake_pca(layout: UnitLayout) -> PCAResult:
     for i, label in enumerate(layout.labels):
         if is_head(label):
             ev[i, layout.d_head :] = 0.0
-    return PCAResult(torch.zeros(n, d), torch.eye(d).expand(n, d, d), ev, 1000)
+    return PCAResult(torch.zeros(n, d), torch.eye(d).expand(n, d, d), ev, 1000,
+                     tuple(layout.labels), layout)
 
 
-EXPECTED = {  # SPEC §4 table
+EXPECTED = {  # the paper's parameter counts
     "ViT-B-16": {"coarse": 144, "residual-full": 15_360, "linear-adapter": 262_656,
                  "spectral-adapter": 512, "zero-shot": 0},
     "ViT-L-14": {"coarse": 384, "residual-full": 43_008, "linear-adapter": 590_592,
@@ -94,15 +94,15 @@ def test_parameter_counts_of_real_layouts(real_model):
     layout = check_supported(model)
     pca = fake_pca(layout)
     d = layout.d_out
-    clf = FrozenClassifier(torch.zeros(d, 10))
-    out_pca = PCAResult(torch.zeros(1, d), torch.eye(d)[None], torch.linspace(2, 1, d)[None], 10)
+    clf = ZeroShotClassifier(torch.zeros(d, 10))
+    out_pca = PCAResult(torch.zeros(1, d), torch.eye(d)[None], torch.linspace(2, 1, d)[None], 10,
+                        ("output",))
     for variant, expected in EXPECTED[name].items():
-        module = build_variant(variant, clf, labels=layout.labels, pca=pca, layout=layout,
-                               output_pca=out_pca)
+        module = build_variant(variant, clf, reference=pca, output_reference=out_pca)
         assert module.n_trainable == expected, f"{name} {variant}: {module.n_trainable}"
         del module
     # ResiDual*: one λ per PC reaching 90% explained variance, heads only.
-    fine = build_variant("residual-fine", clf, labels=layout.labels, pca=pca)
+    fine = build_variant("residual-fine", clf, reference=pca)
     heads = [i for i, label in enumerate(layout.labels) if is_head(label)]
     assert fine.n_trainable == int(pca.n_components(0.9)[heads].sum())
     assert fine.n_trainable < EXPECTED[name]["residual-full"]
@@ -115,8 +115,7 @@ def test_parameter_counts_of_real_layouts(real_model):
 
 def test_full_counts_follow_the_layout():
     units = make_units()
-    full = build_variant("residual-full", classifier(), labels=LABELS, pca=make_pca(units),
-                         layout=LAYOUT)
+    full = build_variant("residual-full", classifier(), reference=make_pca(units))
     n_heads = LAYOUT.n_layers * LAYOUT.n_heads
     assert full.n_trainable == n_heads * LAYOUT.d_head + LAYOUT.n_layers * LAYOUT.d_out
 
@@ -126,10 +125,10 @@ def test_full_counts_follow_the_layout():
 
 def test_identity_all_units_all_pcs_mean_added():
     units = make_units(head_rank=None)  # full-rank heads
-    basis = make_basis(make_pca(units), LABELS, LABELS, "all")
-    module = ResiDual(classifier(), basis, LABELS)
+    basis = make_basis(make_pca(units), LABELS, "all")
+    module = ResiDual(classifier(), basis)
     z = embed_of(module, units)
-    assert rel_err(z, units.sum(1)) < TOL, rel_err(z, units.sum(1))
+    assert rel_err(z, units.sum()) < TOL, rel_err(z, units.sum())
     # And the logits are the zero-shot ones.
     zs = build_variant("zero-shot", classifier())
     torch.testing.assert_close(module(*module.encode(units)), zs(*zs.encode(units)),
@@ -138,47 +137,47 @@ def test_identity_all_units_all_pcs_mean_added():
 
 def test_full_variant_starts_at_zero_shot_when_heads_have_rank_d_head():
     units = make_units()  # heads of rank d_head, as a head's projected output is
-    full = build_variant("residual-full", classifier(), labels=LABELS, pca=make_pca(units),
-                         layout=LAYOUT)
+    full = build_variant("residual-full", classifier(), reference=make_pca(units))
     z = embed_of(full, units)
-    assert rel_err(z, units.sum(1)) < TOL, rel_err(z, units.sum(1))
+    assert rel_err(z, units.sum()) < TOL, rel_err(z, units.sum())
 
 
 def test_keep_residue_restores_identity_with_truncated_bases():
     units = make_units(head_rank=None)
     pca = make_pca(units)
-    plain = build_variant("residual-full", classifier(), labels=LABELS, pca=pca, layout=LAYOUT)
-    assert rel_err(embed_of(plain, units), units.sum(1)) > 1e-2  # truncation visible
-    kept = build_variant("residual-full", classifier(), labels=LABELS, pca=pca, layout=LAYOUT,
-                         keep_residue=True)
-    assert rel_err(embed_of(kept, units), units.sum(1)) < TOL
+    plain = build_variant("residual-full", classifier(), reference=pca)
+    assert rel_err(embed_of(plain, units), units.sum()) > 1e-2  # truncation visible
+    kept = build_variant("residual-full", classifier(), reference=pca, keep_residue=True)
+    assert rel_err(embed_of(kept, units), units.sum()) < TOL
 
 
 def test_spectral_adapter_identity():
     units = make_units()
-    out_pca = make_pca(units.sum(1, keepdim=True))
-    module = build_variant("spectral-adapter", classifier(), output_pca=out_pca)
+    _, out_pca = unit_pca(units, output=True)
+    assert out_pca.labels == ("output",)
+    torch.testing.assert_close(out_pca.mean[0], units.sum().double().mean(0))
+    module = build_variant("spectral-adapter", classifier(), output_reference=out_pca)
     assert module.n_trainable == LAYOUT.d_out
-    assert rel_err(embed_of(module, units), units.sum(1)) < TOL
+    assert rel_err(embed_of(module, units), units.sum()) < TOL
 
 
 def test_linear_adapter_starts_at_zero_shot():
     units = make_units()
     lin = build_variant("linear-adapter", classifier())
-    torch.testing.assert_close(embed_of(lin, units), units.sum(1))
+    torch.testing.assert_close(embed_of(lin, units), units.sum())
 
 
 def test_coarse_lambda_one_is_sum_of_heads():
     units = make_units()
-    coarse = build_variant("coarse", classifier(), labels=LABELS, pca=make_pca(units))
+    coarse = build_variant("coarse", classifier(), reference=make_pca(units))
     heads = [i for i, label in enumerate(LABELS) if is_head(label)]
     assert coarse.n_trainable == len(heads)
-    expected = units[:, heads].sum(1)
+    expected = units.data[:, heads].sum(1)
     assert rel_err(embed_of(coarse, units), expected) < TOL
     # With random λ: Σ_h λ_h h_h exactly (means scaled too).
     with torch.no_grad():
         coarse.lam.copy_(torch.randn(len(heads), generator=torch.Generator().manual_seed(5)))
-    expected = torch.einsum("h,bhd->bd", coarse.lam.detach(), units[:, heads])
+    expected = torch.einsum("h,bhd->bd", coarse.lam.detach(), units.data[:, heads])
     assert rel_err(embed_of(coarse, units), expected) < TOL
 
 
@@ -189,12 +188,13 @@ def explicit_loop(module, units, pca):
     """Σ_r B_rᵀ diag(λ_r) B_r (h_r − μ_r) (+ μ_r) + non-selected units, in float64."""
     basis = module.basis
     lam = module.lam.detach().double()
-    z = torch.zeros(units.shape[0], units.shape[-1], dtype=torch.float64)
+    data = units.data
+    z = torch.zeros(data.shape[0], data.shape[-1], dtype=torch.float64)
     for label, sl in basis.slices().items():
         i = LABELS.index(label)
         b = pca.components[i, : sl.stop - sl.start].double()
         mu = pca.mean[i].double()
-        c = (units[:, i].double() - mu) @ b.T
+        c = (data[:, i].double() - mu) @ b.T
         if isinstance(module, Coarse):
             lam_r = lam[basis.labels.index(label)].expand(b.shape[0])
             z += (c * lam_r) @ b + lam[basis.labels.index(label)] * mu
@@ -205,7 +205,7 @@ def explicit_loop(module, units, pca):
     for label in basis.other_labels:
         i = LABELS.index(label)
         if module.rest == "keep":
-            z += units[:, i].double()
+            z += data[:, i].double()
         elif module.rest == "mean":
             z += pca.mean[i].double()
     return z
@@ -218,8 +218,8 @@ def test_forward_equals_explicit_loop(rest, add_mean, pcs):
     units = make_units(head_rank=None)
     pca = make_pca(units)
     selected = ["L0.mlp", "L0H1", "L1H0", "L1H2"]
-    basis = make_basis(pca, LABELS, selected, pcs)
-    module = ResiDual(classifier(), basis, LABELS, rest=rest, add_mean=add_mean,
+    basis = make_basis(pca, selected, pcs)
+    module = ResiDual(classifier(), basis, rest=rest, add_mean=add_mean,
                       init="normal", seed=3)
     assert module.n_trainable == sum(basis.sizes)
     z = embed_of(module, units)
@@ -230,7 +230,7 @@ def test_forward_equals_explicit_loop(rest, add_mean, pcs):
 def test_fine_variant_equals_explicit_loop_and_drops_others():
     units = make_units(head_rank=None)
     pca = make_pca(units)
-    fine = build_variant("residual-fine", classifier(), labels=LABELS, pca=pca, init="normal",
+    fine = build_variant("residual-fine", classifier(), reference=pca, init="normal",
                          seed=7)
     assert fine.basis.labels == [u for u in LABELS if is_head(u)]
     assert all(k == int(pca.n_components(0.9)[LABELS.index(u)])
@@ -242,7 +242,7 @@ def test_fine_variant_equals_explicit_loop_and_drops_others():
 def test_coarse_with_other_units_equals_explicit_loop():
     units = make_units()
     pca = make_pca(units)
-    coarse = build_variant("coarse", classifier(), labels=LABELS, pca=pca, rest="mean",
+    coarse = build_variant("coarse", classifier(), reference=pca, rest="mean",
                            init="normal", seed=2)
     ref = explicit_loop(coarse, units, pca)
     assert rel_err(embed_of(coarse, units).double(), ref) < TOL
@@ -250,26 +250,26 @@ def test_coarse_with_other_units_equals_explicit_loop():
 
 def test_cache_inputs_batches_equal_one_shot():
     units = make_units()
-    full = build_variant("residual-full", classifier(), labels=LABELS, pca=make_pca(units),
-                         layout=LAYOUT)
-    targets = torch.arange(len(units)) % 4
+    full = build_variant("residual-full", classifier(), reference=make_pca(units))
+    targets = torch.arange(units.n_samples) % 4
     whole, _ = cache_inputs(full, units)
     batched, y = cache_inputs(full, zip(units.split(64), targets.split(64), strict=True))
     assert len(whole) == len(batched) == 2  # coords and the kept embed
     for a, b in zip(whole, batched, strict=True):
         torch.testing.assert_close(a, b)
     assert torch.equal(y, targets)
-    assert whole[0].shape == (len(units), full.n_trainable)
+    assert whole[0].shape == (units.n_samples, full.n_trainable)
 
 
 def test_pca_coordinates_helper_matches_the_definition():
     units = make_units(head_rank=None)
     pca = make_pca(units)
     selected = ["L1.mlp", "L0H2", "L1H1"]
-    coords, basis = pca_coordinates(units.split(70), pca, LABELS, selected, 0.9)
+    coords, basis = pca_coordinates(units.split(70), pca, selected, 0.9)
     for label, sl in basis.slices().items():
         i = LABELS.index(label)
-        expected = (units[:, i].double() - pca.mean[i]) @ pca.components[i, : sl.stop - sl.start].T
+        expected = (units.data[:, i].double() - pca.mean[i]) @ pca.components[
+            i, : sl.stop - sl.start].T
         torch.testing.assert_close(coords[:, sl].double(), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -278,14 +278,14 @@ def test_pca_coordinates_helper_matches_the_definition():
 
 def test_normal_init_is_seeded():
     pca = make_pca(make_units())
-    a = build_variant("residual-fine", classifier(), labels=LABELS, pca=pca, init="normal",
+    a = build_variant("residual-fine", classifier(), reference=pca, init="normal",
                       seed=11)
-    b = build_variant("residual-fine", classifier(), labels=LABELS, pca=pca, init="normal",
+    b = build_variant("residual-fine", classifier(), reference=pca, init="normal",
                       seed=11)
-    c = build_variant("residual-fine", classifier(), labels=LABELS, pca=pca, init="normal",
+    c = build_variant("residual-fine", classifier(), reference=pca, init="normal",
                       seed=12)
     assert torch.equal(a.lam, b.lam) and not torch.equal(a.lam, c.lam)
-    default = build_variant("residual-fine", classifier(), labels=LABELS, pca=pca)
+    default = build_variant("residual-fine", classifier(), reference=pca)
     assert torch.equal(default.lam.detach(), torch.ones(default.n_trainable))
     assert default.options()["init"] == "ones" and default.options()["add_mean"] is True
 
@@ -293,11 +293,11 @@ def test_normal_init_is_seeded():
 def test_unknown_labels_and_bad_specs_raise():
     pca = make_pca(make_units())
     with pytest.raises(KeyError, match="L9H9"):
-        make_basis(pca, LABELS, ["L9H9"])
+        make_basis(pca, ["L9H9"])
     with pytest.raises(ValueError, match="fraction"):
-        make_basis(pca, LABELS, ["L0H0"], 1.5)
+        make_basis(pca, ["L0H0"], 1.5)
     with pytest.raises(ValueError, match="unknown variant"):
-        build_variant("nope", classifier(), labels=LABELS, pca=pca)
+        build_variant("nope", classifier(), reference=pca)
 
 
 # --------------------------------------------------------------------------- λ helpers
@@ -305,8 +305,7 @@ def test_unknown_labels_and_bad_specs_raise():
 
 def test_lambda_helpers():
     units = make_units()
-    full = build_variant("residual-full", classifier(), labels=LABELS, pca=make_pca(units),
-                         layout=LAYOUT)
+    full = build_variant("residual-full", classifier(), reference=make_pca(units))
     with torch.no_grad():
         sl = full.basis.slices()["L1H2"]
         full.lam[sl] = torch.tensor([3.0, 0.0])
@@ -343,17 +342,17 @@ def test_end_to_end_from_a_real_decomposition():
     layout = check_supported(visual)
     with torch.no_grad():
         target = visual(images)
-    pca = make_pca(dec.units)
+    pca = make_pca(dec)
     heads = [i for i, label in enumerate(dec.labels) if is_head(label)]
     # A head's output spans its d_head value directions plus the out-projection bias / σ and
     # (shared centring) the μ / σ ones.
-    ranks = [make_basis(pca, dec.labels, [dec.labels[i]], "rank").sizes[0] for i in heads]
+    ranks = [make_basis(pca, [dec.labels[i]], "rank").sizes[0] for i in heads]
     assert max(ranks) <= layout.d_head + 2
     clf = classifier(d_out=layout.d_out)
-    full = build_variant("residual-full", clf, labels=dec.labels, pca=pca, layout=layout)
-    exact = build_variant("residual-full", clf, labels=dec.labels, pca=pca, layout=layout,
+    full = build_variant("residual-full", clf, reference=pca)
+    exact = build_variant("residual-full", clf, reference=pca,
                           keep_residue=True)
-    assert rel_err(embed_of(exact, dec.units), target) < TOL
+    assert rel_err(embed_of(exact, dec), target) < TOL
     # Truncating heads at d_head PCs loses only the (small) bias and mean directions.
-    err = rel_err(embed_of(full, dec.units), target)
+    err = rel_err(embed_of(full, dec), target)
     assert 0 < err < 0.05, err

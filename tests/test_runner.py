@@ -295,7 +295,8 @@ def test_chapter_00_writes_its_results_table(tmp_path: Path, monkeypatch):
     import pandas as pd
 
     monkeypatch.setenv("RESIDUAL_CACHE", str(tmp_path / "cache"))
-    result = execute.execute(chapters.find_chapter("00"), "t", {"n_images": 2}, out_dir=tmp_path)
+    result = execute.execute(chapters.find_chapter("00"), "t",
+                             {"n_images": 2, "compare_images": 64}, out_dir=tmp_path)
     table = pd.read_csv(result.results)
     assert records.read_record(result.record)["rows"] == len(table)
     assert sorted(table.image.unique()) == [0, 1]

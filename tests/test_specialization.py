@@ -12,6 +12,7 @@ import torch
 from residual_core.analysis import specialization as spec
 from residual_core.core.dictionary import TextDictionary
 from residual_core.core.textspan import TextExplanation
+from residual_core.core.units import UnitLayout, Units
 
 # A toy dictionary: 3 colour texts, 3 shape texts, one naming both, one naming none,
 # one naming only the "side" modifier.
@@ -120,15 +121,16 @@ def planted():
     units = 0.01 * torch.randn(n, 4, d, generator=g)
     units[:, 1] += 3 * torch.randn(n, 1, generator=g) * emb[1]  # green
     units[:, 2] += 3 * torch.randn(n, 1, generator=g) * emb[4]  # square
-    labels = ["embed", "L0H0", "L0H1", "L0H2"]
-    return units, labels, emb
+    layout = UnitLayout(n_layers=1, n_heads=3, d_model=d, d_head=d // 3, d_out=d)
+    words = TextDictionary(DICT.texts, DICT.families, emb)
+    return Units(units, ("embed", "L0H0", "L0H1", "L0H2"), layout), words
 
 
 @pytest.mark.parametrize("method", ["textspan", "somp"])
 def test_explain_heads_finds_planted_texts_and_family(method):
-    units, labels, emb = planted()
+    units, words = planted()
     heads = ["L0H0", "L0H1", "L0H2"]
-    out = spec.explain_heads(units, labels, heads, emb, TEXTS, method=method, n_iters=3, rank=8)
+    out = spec.explain_heads(units, heads, words, method=method, n_iters=3, rank=8)
     assert list(out) == heads
     assert out["L0H0"].texts[0] == "green"
     assert out["L0H1"].texts[0] == "square"
@@ -141,9 +143,9 @@ def test_explain_heads_finds_planted_texts_and_family(method):
 
 
 def test_explain_heads_rejects_unknown_method():
-    units, labels, emb = planted()
+    units, words = planted()
     with pytest.raises(ValueError, match="method"):
-        spec.explain_heads(units, labels, ["L0H0"], emb, TEXTS, method="pca")
+        spec.explain_heads(units, ["L0H0"], words, method="pca")
 
 
 def test_classifier_alignment_inside_and_orthogonal():
@@ -153,10 +155,11 @@ def test_classifier_alignment_inside_and_orthogonal():
     units[:, 0, :2] = torch.randn(100, 2, generator=g)  # inside span(C)
     units[:, 1, 3:] = torch.randn(100, 3, generator=g)  # orthogonal
     units[:, 2, [0, 5]] = torch.randn(100, 1, generator=g)  # half in, half out
-    a = spec.classifier_alignment(units, ["a", "b", "c"], c)
-    assert a["a"] == pytest.approx(1.0)
-    assert a["b"] == pytest.approx(0.0, abs=1e-12)
-    assert a["c"] == pytest.approx(0.5)
+    layout = UnitLayout(n_layers=1, n_heads=3, d_model=6, d_head=2, d_out=6)
+    a = spec.classifier_alignment(Units(units, ("L0H0", "L0H1", "L0H2"), layout), c)
+    assert a["L0H0"] == pytest.approx(1.0)
+    assert a["L0H1"] == pytest.approx(0.0, abs=1e-12)
+    assert a["L0H2"] == pytest.approx(0.5)
 
 
 def test_task_specialization():
@@ -185,3 +188,25 @@ def test_explanation_table():
     table = spec.explanation_table({"h0": expl("h0", [0, 3], [0.25, 0.05])}, n_texts=2)
     assert table.loc["h0", "#1"] == "red (25.0%)"
     assert table.loc["h0", "explained"] == "30.0%"
+
+
+def test_pick_overlap_truth_summary_and_views():
+    a = {"h0": expl("h0", [0, 1, 2], [0.1, 0.1, 0.1]), "h1": expl("h1", [3], [0.2])}
+    b = {"h0": expl("h0", [2, 0, 7], [0.1, 0.1, 0.1])}
+    assert spec.pick_overlap(a, b).to_dict() == {"h0": 2}
+    truth = pd.DataFrame({
+        "rank": [1, 2, 1, 1], "names_family": ["yes", "no", "no", "–"],
+        "by_chance": [0.3, 0.1, 0.2, float("nan")], "probe_acc": [0.95, 0.5, 0.4, 0.9],
+        "chance": [0.5, 0.5, 0.3, 0.2], "family_share": [0.6, 0.1, 0.1, 0.0],
+        "family_prior": [0.3, 0.3, 0.2, 0.1]})
+    s = spec.truth_summary(truth)
+    assert s.to_dict() == {"attributes": 2, "named": 1, "by_chance": pytest.approx(0.5),
+                           "strong": 1, "strong_named": 1, "above_prior": 1}
+    shares = pd.DataFrame({"color": [0.9, 0.2], "shape": [0.1, 0.8]}, index=["h0", "h1"])
+    lift = pd.DataFrame({"colour_task": [0.9, 0.7], "shape_task": [0.1, 0.2]}, index=["h0", "h1"])
+    view = spec.head_views(spec.specialization_scores(shares), lift,
+                           {"colour_task": "color", "shape_task": "shape"})
+    assert view.agree.tolist() == ["yes", "no"]
+    assert view.top_family_probe.tolist() == ["color", "color"]
+    agree = spec.views_agreement(view)
+    assert (agree.agree, agree.heads) == (1, 2)

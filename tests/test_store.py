@@ -65,11 +65,18 @@ def test_round_trip_matches_decompose(tmp_path):
     ref = reference()
     assert store.n_samples == N and store.n_chunks == 3
     got = store.units(["L1H0", "embed", "L0.mlp"])
-    torch.testing.assert_close(got, ref.select(["L1H0", "embed", "L0.mlp"]))
-    all_units = torch.cat([u for u, _ in store.iter_units()])
-    torch.testing.assert_close(all_units, ref.units)
+    assert got.labels == ("L1H0", "embed", "L0.mlp") and got.layout == store.layout
+    torch.testing.assert_close(got.data, ref.select(["L1H0", "embed", "L0.mlp"]).data)
+    all_units = store.units()
+    assert all_units.labels == ref.labels
+    torch.testing.assert_close(all_units.data, ref.data)
+    # batches never cross a stored chunk (8, 8, then the rest)
+    sizes = [u.n_samples for u in store.iter_units(batch_size=3)]
+    assert sizes == [3, 3, 2] * (N // 8) + [3] * ((N % 8) // 3) + [N % 8 % 3] * (N % 8 % 3 > 0)
+    torch.testing.assert_close(
+        torch.cat([u.data for u in store.iter_units(batch_size=3)]), ref.data)
     assert store.targets().tolist() == [i % 3 for i in range(N)]
-    assert store.labels == ref.labels
+    assert tuple(store.labels) == ref.labels
     store.verify()
 
 
@@ -77,13 +84,13 @@ def test_centering_is_kept_and_checked(tmp_path):
     store = build(tmp_path / "s", centering="per-unit")
     assert store.centering == "per-unit"
     ref = reference("per-unit")
-    torch.testing.assert_close(store.units(["L1H1"])[:, 0], ref["L1H1"])
-    torch.testing.assert_close(torch.cat([u for u, _ in store.iter_units()]), ref.units)
+    torch.testing.assert_close(store.units("L1H1")["L1H1"], ref["L1H1"])
+    torch.testing.assert_close(store.units().data, ref.data)
     assert not torch.allclose(ref["L1H1"], reference("shared")["L1H1"], atol=1e-4)
     with pytest.raises(StaleStoreError, match="centering=per-unit.*centering=shared"):
         build(tmp_path / "s", centering="shared")
     rebuilt = build(tmp_path / "s", centering="shared", overwrite=True)
-    torch.testing.assert_close(rebuilt.units(["L1H1"])[:, 0], reference("shared")["L1H1"])
+    torch.testing.assert_close(rebuilt.units("L1H1")["L1H1"], reference("shared")["L1H1"])
     with pytest.raises(ValueError, match="centering='both'"):
         build(tmp_path / "t", centering="both")
 
@@ -91,8 +98,8 @@ def test_centering_is_kept_and_checked(tmp_path):
 def test_float16_storage_is_close(tmp_path):
     store = build(tmp_path / "s", dtype="float16")
     ref = reference()
-    got = torch.cat([u for u, _ in store.iter_units()])
-    rel = ((got - ref.units).norm(dim=-1) / ref.units.norm(dim=-1).clamp_min(1e-6)).max()
+    got = store.units().data
+    rel = ((got - ref.data).norm(dim=-1) / ref.data.norm(dim=-1).clamp_min(1e-6)).max()
     assert rel < 5e-3
     assert (tmp_path / "s" / "c000000.heads.npy").stat().st_size < (
         build(tmp_path / "s32").root / "c000000.heads.npy").stat().st_size
@@ -119,7 +126,7 @@ def test_resume_after_kill_minus_9(tmp_path):
     assert {n.split(".")[0] for n in done} == {"c000000"}
     store = build(root)  # resume
     assert all(_chunk_mtimes(root)[name] == t for name, t in done.items()), "chunk 0 rewritten"
-    torch.testing.assert_close(torch.cat([u for u, _ in store.iter_units()]), reference().units)
+    torch.testing.assert_close(store.units().data, reference().data)
     assert store.targets().tolist() == [i % 3 for i in range(N)]
 
 
@@ -129,7 +136,7 @@ def test_resume_after_ctrl_c(tmp_path):
         build(root, Images(interrupt_at=17))
     assert len(list(root.glob("c*.json"))) == 2
     store = build(root)
-    torch.testing.assert_close(torch.cat([u for u, _ in store.iter_units()]), reference().units)
+    torch.testing.assert_close(store.units().data, reference().data)
 
 
 def test_fingerprint_mismatch_is_never_reused(tmp_path):

@@ -12,7 +12,7 @@ def test_shared_images_are_encoded_once(loaded, tmp_path):
     tasks = ["world.color", "world.count", "world.background"]
     assert enc.groups(tasks, "test") == {"world.color": tasks}
     units, y = enc.get("world.count", "test")
-    assert units.shape == (8, 1 + 2 + 2 * 2, 16)
+    assert units.shape == (8, 1 + 2 + 2 * 2, 16) and units.labels[-1] == "L1H1"
     assert enc.units("world.color", "test") is units  # same images, same tensor
     assert torch.equal(y, torch.as_tensor(enc.dataset("world.count", "test").labels))
     assert not torch.equal(y, enc.targets("world.color", "test"))
@@ -20,12 +20,12 @@ def test_shared_images_are_encoded_once(loaded, tmp_path):
     assert [p.name for p in stores] == ["world.color"]  # first seen serves all three
     attrs = enc.attributes("world.count", "test")
     assert torch.equal(attrs["color"], enc.targets("world.color", "test"))
-    torch.testing.assert_close(enc.means("world.count", "test"), units.mean(0))
+    torch.testing.assert_close(enc.means("world.count", "test"), units.mean())
     # The stored units add up to the image embedding.
     ds = enc.dataset("world.count", "test").with_transform(loaded.preprocess)
     images = torch.stack([ds[i][0] for i in range(len(ds))])
     with torch.no_grad():
-        torch.testing.assert_close(units.sum(1), loaded.model.encode_image(images),
+        torch.testing.assert_close(units.sum(), loaded.model.encode_image(images),
                                    rtol=1e-4, atol=1e-5)
 
 
@@ -33,6 +33,6 @@ def test_probes_and_memory_bound(loaded, tmp_path):
     enc = TaskEncodings(loaded, {"train": 12, "test": 8}, cache_dir=tmp_path, keep=1)
     probes = enc.probes(["world.color", "world.count"])
     assert list(probes.columns) == ["world.color", "world.count"]
-    assert list(probes.index) == [*enc.labels("world.count", "test"), "embedding"]
+    assert list(probes.index) == [*enc.units("world.count", "test").labels, "embedding"]
     assert ((probes >= 0) & (probes <= 1)).all().all()
     assert len(enc._units) == 1  # keep=1: the train tensor was dropped for the test one

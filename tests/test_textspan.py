@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from residual_core.core.spectral import StreamingPCA
+from residual_core.core.dictionary import TextDictionary
+from residual_core.core.spectral import unit_pca
 from residual_core.core.textspan import somp, textspan
+from residual_core.core.units import UnitLayout, Units
 
 
 def gen(seed: int) -> torch.Generator:
@@ -127,19 +129,41 @@ def test_textspan_from_streamed_pca_equals_per_unit_samples(span):
     atoms, texts = dictionary(m=30, d=12, seed=5)
     scale = torch.linspace(2, 0.2, 12)
     offset = torch.randn(3, 12, generator=gen(7), dtype=torch.float64) * 2
-    units = torch.randn(400, 3, 12, generator=gen(6), dtype=torch.float64) * scale + offset
-    pca = StreamingPCA()
-    for part in units.split(100):
-        pca.update(part)
-    many = textspan(pca.compute(), atoms, texts, n_iters=5, rank=6, unit_names=["a", "b", "c"],
-                    span=span)
-    for u, res in enumerate(many):
-        (single,) = textspan(units[:, u], atoms, texts, n_iters=5, rank=6, span=span)
+    data = torch.randn(400, 3, 12, generator=gen(6), dtype=torch.float64) * scale + offset
+    layout = UnitLayout(n_layers=1, n_heads=1, d_model=12, d_head=12, d_out=12)
+    units = Units.full(data, layout)  # embed, L0.mlp, L0H0
+    words = TextDictionary(tuple(texts), ((),) * len(texts), atoms)
+    many = textspan(unit_pca(list(units.split(100))), words, n_iters=5, rank=6, span=span)
+    assert list(many) == ["embed", "L0.mlp", "L0H0"]
+    for u, (label, res) in enumerate(many.items()):
+        assert res.unit == label
+        (single,) = textspan(data[:, u], atoms, texts, n_iters=5, rank=6, span=span)
         assert res.indices == single.indices
         assert res.explained_variance == pytest.approx(single.explained_variance, abs=1e-9)
-    assert [r.unit for r in many] == ["a", "b", "c"]
-    stacked = textspan(units, atoms, texts, n_iters=5, rank=6, units=[2, 0], span=span)
-    assert [r.indices for r in stacked] == [many[2].indices, many[0].indices]
+    picked = textspan(units[["L0H0", "embed"]], words, n_iters=5, rank=6, span=span)
+    assert list(picked) == ["L0H0", "embed"]
+    assert [r.indices for r in picked.values()] == [many["L0H0"].indices, many["embed"].indices]
+    bare = textspan(data, atoms, texts, n_iters=5, rank=6, span=span, unit_names="abc")
+    assert [r.unit for r in bare] == ["a", "b", "c"]
+    assert [r.indices for r in bare] == [r.indices for r in many.values()]
+
+
+def test_dictionary_object_carries_texts_and_embeddings():
+    atoms, texts = dictionary(m=20, d=8, seed=3)
+    x = torch.randn(50, 8, generator=gen(4), dtype=torch.float64)
+    words = TextDictionary(tuple(texts), ((),) * len(texts), atoms)
+    (bare,) = textspan(x, atoms, texts, n_iters=3)
+    layout = UnitLayout(n_layers=1, n_heads=1, d_model=8, d_head=8, d_out=8)
+    one = Units(x[:, None], ("L0H0",), layout)
+    assert textspan(one, words, n_iters=3)["L0H0"].indices == bare.indices
+    assert somp(one, words, n_iters=3)[0].unit == "L0H0"
+    assert somp(one, words, n_iters=3)[0].indices == somp(x, atoms, texts, n_iters=3)[0].indices
+    with pytest.raises(ValueError, match="no embeddings yet"):
+        textspan(one, TextDictionary(tuple(texts), ((),) * len(texts)))
+    with pytest.raises(ValueError, match="carries its texts"):
+        textspan(one, words, texts)
+    with pytest.raises(ValueError, match="pass the texts"):
+        textspan(x, atoms)
 
 
 def test_somp_recovers_planted_support_and_residual_is_orthogonal():

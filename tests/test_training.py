@@ -7,9 +7,10 @@ import copy
 import lightning as L
 import pytest
 import torch
+from conftest import residual_task_classifier, residual_task_units
 
-from residual_core.core.residual import FrozenClassifier, build_variant, cache_inputs
-from residual_core.core.spectral import StreamingPCA
+from residual_core.core.residual import build_variant, cache_inputs
+from residual_core.core.spectral import unit_pca
 from residual_core.core.training import (
     TensorBatcher,
     TensorData,
@@ -17,53 +18,20 @@ from residual_core.core.training import (
     make_optimizer,
     results_table,
 )
-from residual_core.core.units import UnitLayout
-
-LAYOUT = UnitLayout(n_layers=1, n_heads=3, d_model=6, d_head=2, d_out=8)
-LABELS = LAYOUT.labels  # embed, L0.mlp, L0H0, L0H1, L0H2
-
-
-def synthetic_units(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A task the zero-shot classifier cannot solve but a reweighting of PCs can.
-
-    The classifier reads direction e0 (plus a little of e1). Head L0H0 writes large class-free
-    noise along e0; the class sits in head L0H1 along e1, its low-variance PC (its top PC is
-    class-free noise along e2). Zero-shot is near chance; suppressing L0H0's e0 PC and
-    amplifying L0H1's e1 PC solves it.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    e = torch.eye(LAYOUT.d_out)
-    y = torch.randint(0, 2, (n,), generator=gen)
-    sign = (2.0 * y - 1.0)[:, None]
-
-    def g(*shape):
-        return torch.randn(*shape, generator=gen)
-
-    embed = 0.1 * g(n, 8) + e[3]
-    mlp = 0.05 * g(n, 8)
-    h0 = 3.0 * g(n, 1) * e[0] + 0.5 * g(n, 1) * e[5]
-    h1 = 0.3 * sign * e[1] + 1.0 * g(n, 1) * e[2]
-    h2 = g(n, 1) * e[4] + g(n, 1) * e[6]
-    return torch.stack([embed, mlp, h0, h1, h2], 1), y
-
-
-def classifier() -> FrozenClassifier:
-    e = torch.eye(LAYOUT.d_out)
-    c = torch.nn.functional.normalize(e[0] + 0.2 * e[1], dim=0)
-    return FrozenClassifier(torch.stack([-c, c], 1), scale=100.0)
+from residual_core.core.zeroshot import ZeroShotClassifier
 
 
 @pytest.fixture(scope="module")
 def task():
-    splits = {name: synthetic_units(n, seed)
+    splits = {name: residual_task_units(n, seed)
               for name, n, seed in [("train", 1024, 0), ("val", 512, 1), ("test", 512, 2)]}
-    pca = StreamingPCA().update(splits["train"][0]).compute()  # the "reference" data
+    pca = unit_pca(splits["train"][0])  # the "reference" data
     return splits, pca
 
 
 def prepared(task, variant: str, **kwargs):
     splits, pca = task
-    module = build_variant(variant, classifier(), labels=LABELS, pca=pca, layout=LAYOUT,
+    module = build_variant(variant, residual_task_classifier(), reference=pca,
                            **kwargs)
     data = {}
     for name, (units, y) in splits.items():
@@ -264,7 +232,7 @@ def test_fine_tune_trains_the_tower_on_images_quietly(tmp_path, capfd, monkeypat
     visual = VisionTransformer(image_size=16, patch_size=8, width=32, layers=1, heads=2,
                                mlp_ratio=2.0, output_dim=8)
     weights = torch.nn.functional.normalize(torch.randn(8, 3), dim=0)
-    module = build_variant("fine-tune", FrozenClassifier(weights), visual=visual)
+    module = build_variant("fine-tune", ZeroShotClassifier(weights), visual=visual)
     assert module.n_trainable == sum(p.numel() for p in visual.parameters())
     images, y = torch.randn(96, 3, 16, 16), torch.randint(0, 3, (96,))
     loaders = [DataLoader(TensorDataset(images[i::3], y[i::3]), batch_size=16) for i in range(3)]

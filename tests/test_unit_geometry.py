@@ -10,23 +10,29 @@ from open_clip.transformer import VisionTransformer
 from torch.utils.data import Dataset
 
 from residual_core.analysis.geometry import (
+    chance_similarity,
+    components_needed,
     depth_profile,
+    distinct_pairs,
+    head_medians,
     id_findings,
+    id_ranges,
     intrinsic_dimension_table,
-    layer_grid,
     principal_bases,
     random_subspace_similarity,
+    similarity_summary,
+    similarity_table,
     stability_findings,
-    store_pca,
     subspace_similarity,
     twonn_fit,
-    unit_index,
+    twonn_halves,
     unit_similarity_matrix,
+    weighting_robustness,
 )
 from residual_core.core.intrinsic_dim import twonn
-from residual_core.core.spectral import StreamingPCA
+from residual_core.core.spectral import unit_pca
 from residual_core.core.store import build_store
-from residual_core.core.units import UnitLayout, unit_labels
+from residual_core.core.units import UnitLayout, Units, unit_grid
 
 
 def gen(seed: int) -> torch.Generator:
@@ -46,17 +52,15 @@ class FakeStore:
 
     def __init__(self, units: torch.Tensor, layout: UnitLayout, chunk: int = 300):
         self.data, self.layout, self.chunk = units, layout, chunk
+        self.n_samples = len(units)
         self.labels = layout.labels
         self.centering = "shared"
 
     def units(self, labels, device="cpu"):
-        labels = [labels] if isinstance(labels, str) else list(labels)
-        return self.data[:, [self.labels.index(u) for u in labels]].to(device)
+        return Units.full(self.data, self.layout).select(labels).to(device)
 
-    def iter_units(self, device="cpu", progress=False):
-        for start in range(0, len(self.data), self.chunk):
-            part = self.data[start : start + self.chunk].to(device)
-            yield part, torch.zeros(len(part), dtype=torch.long)
+    def iter_units(self, batch_size=None, *, device="cpu", progress=False):
+        yield from Units.full(self.data, self.layout).to(device).split(self.chunk)
 
 
 LAYOUT = UnitLayout(n_layers=2, n_heads=2, d_model=12, d_head=3, d_out=16)
@@ -70,16 +74,6 @@ def known_store() -> FakeStore:
     return FakeStore(units, LAYOUT)
 
 
-def test_unit_index_parses_labels_in_order():
-    table = unit_index(unit_labels(2, 3))
-    assert list(table.columns) == ["unit", "kind", "layer", "head"]
-    assert table.iloc[0].tolist() == ["embed", "embed", -1, -1]
-    assert table.set_index("unit").loc["L1.mlp"].tolist() == ["mlp", 1, -1]
-    assert table.set_index("unit").loc["L1H2"].tolist() == ["head", 1, 2]
-    with pytest.raises(ValueError, match="L0.attn"):
-        unit_index(["embed", "L0.attn"])
-
-
 def test_twonn_fit_is_twonn_and_recovers_the_dimension():
     x = subspace_points(3000, 20, 4, seed=3)
     fit = twonn_fit(x, max_points=2000, seed=7)
@@ -91,7 +85,7 @@ def test_twonn_fit_is_twonn_and_recovers_the_dimension():
 
 
 def test_intrinsic_dimension_table_on_known_subspaces(known_store: FakeStore):
-    pca = store_pca(known_store)
+    pca = unit_pca(known_store)
     table, fits = intrinsic_dimension_table(known_store, pca, threshold=0.99, group=3)
     assert table.unit.tolist() == LAYOUT.labels and set(fits) == set(LAYOUT.labels)
     by_unit = table.set_index("unit")
@@ -109,7 +103,7 @@ def test_intrinsic_dimension_table_on_known_subspaces(known_store: FakeStore):
 
 
 def test_twonn_subsample_is_seeded(known_store: FakeStore):
-    pca = store_pca(known_store)
+    pca = unit_pca(known_store)
     a, _ = intrinsic_dimension_table(known_store, pca, max_points=500, seed=1)
     b, _ = intrinsic_dimension_table(known_store, pca, max_points=500, seed=1)
     c, _ = intrinsic_dimension_table(known_store, pca, max_points=500, seed=2)
@@ -131,13 +125,13 @@ def test_runs_on_a_real_store(tmp_path):
                               mlp_ratio=2.0, output_dim=12).eval()
     store = build_store(tmp_path / "s", model, Images(), {"test": 1}, batch_size=8,
                         chunk_size=16, dtype="float32", progress=False)
-    pca = store_pca(store)
-    every = torch.cat([u for u, _ in store.iter_units()]).double()
-    torch.testing.assert_close(pca.mean, every.mean(0))
-    full = StreamingPCA().update(every).compute()
+    pca = unit_pca(store)
+    every = store.units().to(torch.float64)
+    torch.testing.assert_close(pca.mean, every.data.mean(0))
+    full = unit_pca(every)
     torch.testing.assert_close(pca.explained_variance, full.explained_variance)
     table, _ = intrinsic_dimension_table(store, pca)
-    assert table.unit.tolist() == store.labels
+    assert table.unit.tolist() == store.labels and pca.labels == tuple(store.labels)
     assert (table.linear_id <= table.rank_bound).all()
     # The CLS embedding is the same vector e for every image: with shared centring its unit
     # varies only as e/σ and μ/σ along γ @ P, two directions (one with per-unit centring).
@@ -154,7 +148,7 @@ def constructed_table(values: dict[tuple[int, int], float], mlp: dict[int, float
 def test_layer_grid_and_depth_profile():
     table = constructed_table({(layer, h): 10 * layer + h for layer in range(3)
                                for h in range(4)}, {layer: 100 + layer for layer in range(3)})
-    grid = layer_grid(table, "x")
+    grid = unit_grid(table.set_index("unit").x)
     assert list(grid.index) == ["L0", "L1", "L2"]
     assert list(grid.columns) == ["H0", "H1", "H2", "H3", "MLP"]
     assert grid.loc["L2", "H3"] == 23 and grid.loc["L1", "MLP"] == 101
@@ -195,8 +189,11 @@ def test_id_findings_noise_and_end_peaks_do_not_hold():
     assert id_findings(high, d_out=128).holds.iloc[:2].tolist() == [False, False]
 
 
-def pca_of(units: torch.Tensor):
-    return StreamingPCA().update(units).compute()
+def pca_of(data: torch.Tensor):
+    """Labelled PCA of ``(n, unit, d)`` data: its units are the first heads of a 2-head model."""
+    layout = UnitLayout(n_layers=(data.shape[1] + 1) // 2, n_heads=2, d_model=data.shape[-1],
+                        d_head=1, d_out=data.shape[-1])
+    return unit_pca(Units(data, tuple(layout.heads()[: data.shape[1]]), layout))
 
 
 def test_subspace_similarity_identical_one_unrelated_low():
@@ -215,7 +212,7 @@ def test_subspace_similarity_identical_one_unrelated_low():
     for weighted in (True, False):
         s = subspace_similarity(pa, pca_of(other), weighted=weighted)
         assert ((s >= 0) & (s <= 1 + 1e-9)).all()
-    with pytest.raises(ValueError, match="unit shapes"):
+    with pytest.raises(ValueError, match="different units"):
         subspace_similarity(pa, pca_of(a[:, :2]))
 
 
@@ -239,7 +236,7 @@ def test_unit_similarity_matrix_symmetric_with_duplicates():
     x = subspace_points(600, 24, 3, seed=0)
     units = torch.stack([x, 2 * x + 1, subspace_points(600, 24, 3, seed=9)], 1)
     labels = ["L0H0", "L0H1", "L1H0"]
-    sim = unit_similarity_matrix(pca_of(units), labels, labels)
+    sim = unit_similarity_matrix(pca_of(units), labels)
     np.testing.assert_allclose(sim.to_numpy(), sim.to_numpy().T)
     np.testing.assert_allclose(np.diag(sim), 1, atol=1e-9)
     assert sim.loc["L0H0", "L0H1"] == pytest.approx(1, abs=1e-9)  # same subspace and spectrum
@@ -263,3 +260,53 @@ def test_stability_findings():
     assert bad.holds.tolist() == [False, False]
     no_control = stability_findings(long_similarity({"a": 0.9}), chance, "rnd")
     assert len(no_control) == 1 and no_control.holds.all()
+
+
+def test_similarity_table_summary_and_chance():
+    a = torch.stack([subspace_points(400, 16, r, seed=r) for r in (1, 2, 3)], 1)
+    b = torch.stack([subspace_points(400, 16, r, seed=50 + r) for r in (1, 2, 3)], 1)
+    ref, same, other = pca_of(a), pca_of(a.flip(0)), pca_of(b)
+    sim = similarity_table(ref, {"same": same, "other": other})
+    assert sim.columns.tolist() == ["unit", "kind", "layer", "head", "dataset", "similarity"]
+    assert sim.unit.tolist() == list(ref.labels) * 2
+    np.testing.assert_allclose(sim[sim.dataset == "same"].similarity, 1, atol=1e-6)
+    expected = subspace_similarity(ref, other).numpy()
+    np.testing.assert_allclose(sim[sim.dataset == "other"].similarity, expected)
+    summary = similarity_summary(sim)
+    assert summary.index.tolist() == ["same", "other"]
+    assert summary.loc["other", "heads: min"] == pytest.approx(expected.min())
+    assert head_medians(sim)["other"] == pytest.approx(np.median(expected))
+    chance = chance_similarity(ref, seed=3)
+    assert chance.index.tolist() == list(ref.labels)
+    np.testing.assert_allclose(chance, random_subspace_similarity(ref, seed=3).numpy())
+    robust = weighting_robustness(ref, {"other": other}, seed=3)
+    pd.testing.assert_frame_equal(robust, weighting_robustness(
+        ref, {"other": other}, seed=3, similarity=sim[sim.dataset == "other"]))
+    assert robust.index.tolist() == ["weighted", "unweighted"]
+    assert robust.loc["weighted", "other"] == pytest.approx(np.median(expected))
+    assert robust.loc["unweighted", "chance"] == pytest.approx(
+        float(np.median(random_subspace_similarity(ref, weighted=False, seed=3).numpy())))
+
+
+def test_components_needed_and_distinct_pairs():
+    a = torch.stack([subspace_points(400, 16, r, seed=r) for r in (1, 4, 2)], 1)
+    k = components_needed({"x": pca_of(a)}, threshold=0.999)
+    assert k.index.tolist() == ["median", "min", "max"]
+    assert k.x.tolist() == [2, 1, 4]  # isotropic in 1, 4 and 2 dimensions
+    m = pd.DataFrame([[1.0, 0.2, 0.3], [0.2, 1.0, 0.4], [0.3, 0.4, 1.0]],
+                     index=list("abc"), columns=list("abc"))
+    assert distinct_pairs(m).to_dict() == {"a – b": 0.2, "a – c": 0.3, "b – c": 0.4}
+
+
+def test_twonn_halves_and_id_ranges(known_store: FakeStore):
+    pca = unit_pca(known_store)
+    halves = twonn_halves(known_store, pca, 1000, seed=0)
+    assert halves.index.tolist() == LAYOUT.labels and (halves >= 0).all()
+    a, _ = intrinsic_dimension_table(known_store, pca, max_points=500, seed=1)
+    b, _ = intrinsic_dimension_table(known_store, pca, max_points=500, seed=2)
+    np.testing.assert_allclose(halves.to_numpy(), (a.twonn - b.twonn).abs().to_numpy())
+    table, _ = intrinsic_dimension_table(known_store, pca)
+    ranges = id_ranges(table)
+    assert ranges.index.tolist() == ["head", "mlp"]
+    assert ranges.loc["head", ["linear_min", "linear_max"]].tolist() == [1, 4]
+    assert ranges.loc["mlp", "linear_median"] == 5.5

@@ -17,7 +17,6 @@ classifier, per task:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -27,34 +26,32 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from residual_core.analysis.specialization import classifier_alignment, task_specialization
-from residual_core.core.ablation import ablate, accuracy, coarse_selection, head_labels, rank_heads
+from residual_core.core.ablation import ablate, accuracy, coarse_selection, rank_heads
 from residual_core.core.probes import probe_table
+from residual_core.core.units import Units, is_head, layer_of
 
 __all__ = [
     "ABLATION_KINDS",
+    "RANKING_ORDER",
     "TaskResult",
+    "ablation_by_layer",
     "analyze_task",
+    "correlations",
+    "headroom_findings",
     "layer_ablation",
-    "layer_of",
     "selected_on_val",
+    "selection_counts",
     "selection_summary",
+    "selection_table",
+    "spare_layers",
     "task_table",
-    "units_of_layer",
 ]
 
 ABLATION_KINDS = ("heads", "mlps", "heads+mlps")
-_LAYER = re.compile(r"^L(\d+)(?:H\d+|\.mlp)$")
-
-
-def layer_of(label: str) -> int | None:
-    """Layer of a unit label (``L3H1`` → 3, ``L2.mlp`` → 2, ``embed`` → ``None``)."""
-    match = _LAYER.match(label)
-    return None if match is None else int(match[1])
 
 
 def layer_ablation(
-    units: Float[Tensor, "n unit d_out"],
-    labels: Sequence[str],
+    units: Units,
     means: Float[Tensor, "unit d_out"],
     classifier: Float[Tensor, "d_out k"],
     targets: Int[Tensor, " n"],
@@ -64,8 +61,7 @@ def layer_ablation(
 
     Args:
         units: Per-unit contributions of the evaluated split.
-        labels: Unit labels.
-        means: Reference means of every unit.
+        means: Reference means of every unit (one row per unit of ``units``).
         classifier: Zero-shot classifier ``C``.
         targets: True classes.
         normalize: Cosine logits.
@@ -74,15 +70,15 @@ def layer_ablation(
         Tidy table ``kind`` (one of :data:`ABLATION_KINDS`), ``ablated_layers`` (0..L, the
         first layers ablated), ``kept_layers`` (L − ablated) and ``accuracy``.
     """
-    layers = {u: layer_of(u) for u in labels}
-    n_layers = 1 + max(v for v in layers.values() if v is not None)
-    is_mlp = {u: u.endswith(".mlp") for u in labels}
+    layers = {u: layer_of(u) for u in units.labels}
+    n_layers = units.layout.n_layers
+    is_mlp = {u: u.endswith(".mlp") for u in units.labels}
     rows = []
     for kind in ABLATION_KINDS:
         for n in range(n_layers + 1):
             dropped = [u for u, layer in layers.items() if layer is not None and layer < n and (
                 kind == "heads+mlps" or is_mlp[u] == (kind == "mlps"))]
-            z = ablate(units, labels, dropped, "mean", means)
+            z = ablate(units, dropped, "mean", means)
             rows.append({"kind": kind, "ablated_layers": n, "kept_layers": n_layers - n,
                          "accuracy": accuracy(z, classifier, targets, normalize)})
     return pd.DataFrame(rows)
@@ -120,7 +116,7 @@ class TaskResult:
     @property
     def heads(self) -> list[str]:
         """Head labels (probe rows that are heads)."""
-        return head_labels(list(self.probes.index))
+        return [u for u in self.probes.index if is_head(u)]
 
     def carriers(self, k: int) -> list[str]:
         """The ``k`` heads with the best probe accuracy for the task (ties: label order)."""
@@ -129,10 +125,9 @@ class TaskResult:
 
 def analyze_task(
     task: str,
-    train: tuple[Float[Tensor, "n unit d_out"], Int[Tensor, " n"]],
-    val: tuple[Float[Tensor, "m unit d_out"], Int[Tensor, " m"]],
-    test: tuple[Float[Tensor, "t unit d_out"], Int[Tensor, " t"]],
-    labels: Sequence[str],
+    train: tuple[Units, Int[Tensor, " n"]],
+    val: tuple[Units, Int[Tensor, " m"]],
+    test: tuple[Units, Int[Tensor, " t"]],
     means: Float[Tensor, "unit d_out"],
     classifier,
     *,
@@ -148,8 +143,7 @@ def analyze_task(
         train: ``(units, targets)`` that the probes are fitted on.
         val: ``(units, targets)`` on which heads are ranked and selected.
         test: ``(units, targets)``, only evaluated.
-        labels: Unit labels.
-        means: Reference means of every unit (mean ablation).
+        means: Reference means of every unit (mean ablation), one row per unit.
         classifier: The task's :class:`~residual_core.core.zeroshot.ZeroShotClassifier`.
         random_seeds: Seeds of the random ranking ``R``.
         ks: Numbers of heads kept (default :func:`residual_core.core.ablation.k_values`).
@@ -158,20 +152,18 @@ def analyze_task(
     """
     weights, norm = classifier.weights.cpu().float(), classifier.normalize_features
     (xtr, ytr), (xva, yva), (xte, yte) = train, val, test
-    probes = probe_table(xtr, {task: ytr}, xte, {task: yte}, labels, alpha=probe_alpha)[task]
-    heads = head_labels(labels)
-    idx = [list(labels).index(h) for h in heads]
-    align = classifier_alignment(xva[:, idx], heads, weights)
-    coarse = coarse_selection(xva, yva, xte, yte, labels, means, weights, ks=ks,
+    probes = probe_table(xtr, {task: ytr}, xte, {task: yte}, alpha=probe_alpha)[task]
+    align = classifier_alignment(xva.heads(), weights)
+    coarse = coarse_selection(xva, yva, xte, yte, means, weights, ks=ks,
                               random_seeds=random_seeds, normalize=norm)
-    order = rank_heads("S", xva, labels, means, weights, yva, k_max=s_heads, normalize=norm)
+    order = rank_heads("S", xva, means, weights, yva, k_max=s_heads, normalize=norm)
     counts = np.bincount(np.asarray(yte, dtype=np.int64))
     return TaskResult(
         task=task, n_classes=weights.shape[1],
-        zero_shot=accuracy(xte.sum(1), weights, yte, norm),
-        zero_shot_val=accuracy(xva.sum(1), weights, yva, norm),
+        zero_shot=accuracy(xte.sum(), weights, yte, norm),
+        zero_shot_val=accuracy(xva.sum(), weights, yva, norm),
         probes=probes, alignment=align,
-        layers=layer_ablation(xte, labels, means, weights, yte, norm),
+        layers=layer_ablation(xte, means, weights, yte, norm),
         coarse=coarse, s_order=order[:s_heads], majority=float(counts.max() / counts.sum()),
     )
 
@@ -243,7 +235,117 @@ def task_table(
     return pd.DataFrame(rows)
 
 
-def units_of_layer(labels: Sequence[str], layer: int, kind: str = "heads") -> list[str]:
-    """Labels of one layer's heads (``kind="heads"``) or its MLP (``"mlps"``)."""
-    return [u for u in labels if layer_of(u) == layer and u.endswith(".mlp") == (kind == "mlps")]
+def headroom_findings(table: pd.DataFrame, largest: int = 3) -> tuple[pd.Series, pd.DataFrame]:
+    """Zero-shot against what the units carry, over the tasks of a :func:`task_table`.
 
+    Returns:
+        ``(means, largest)``: ``means`` holds the mean ``zero_shot``, ``embedding_probe`` and
+        ``headroom`` and ``head_beats_zero_shot`` (tasks where the best single head's probe
+        beats zero-shot) of ``tasks``; ``largest`` the tasks with the largest headroom.
+    """
+    means = pd.Series({
+        "zero_shot": float(table.zero_shot.mean()),
+        "embedding_probe": float(table.embedding_probe.mean()),
+        "headroom": float(table.headroom.mean()),
+        "head_beats_zero_shot": int((table.best_head_probe > table.zero_shot).sum()),
+        "tasks": len(table),
+    })
+    top = table.sort_values("headroom", ascending=False, kind="stable").head(largest)
+    return means, top[["task", "zero_shot", "embedding_probe", "headroom"]]
+
+
+def ablation_by_layer(results: Mapping[str, TaskResult]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Layer ablation of every task, and its mean over tasks.
+
+    Returns:
+        ``(layers, by_layer)``: every task's :func:`layer_ablation` rows with a ``task`` column,
+        and the mean accuracy per ``kind`` (rows) and number of ablated first layers (columns,
+        0 = the full model).
+    """
+    layers = pd.concat([r.layers.assign(task=t) for t, r in results.items()], ignore_index=True)
+    by_layer = layers.groupby(["kind", "ablated_layers"]).accuracy.mean().unstack(
+        "ablated_layers")
+    return layers, by_layer
+
+
+def spare_layers(by_layer: pd.DataFrame, tolerance: float = 0.01) -> pd.DataFrame:
+    """How many first layers each kind of unit can lose while staying near the full model.
+
+    Args:
+        by_layer: :func:`ablation_by_layer`'s mean accuracy, kind × ablated first layers.
+        tolerance: The largest drop from the full model (column 0) that counts as "near".
+
+    Returns:
+        Per kind: ``full`` (accuracy with nothing ablated), ``spare`` (the first layers that can
+        be ablated, one after the other, within ``tolerance``), ``layers`` (all of them) and
+        ``all_ablated`` (accuracy with every layer ablated).
+    """
+    rows = {}
+    for kind, row in by_layer.iterrows():
+        spare = 0
+        for n in row.index[1:]:
+            if row[0] - row[n] > tolerance:
+                break
+            spare += 1
+        rows[kind] = {"full": float(row[0]), "spare": spare, "layers": int(row.index.max()),
+                      "all_ablated": float(row.iloc[-1])}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+RANKING_ORDER = ("full", "S", "U|T", "U", "R")
+
+
+def selection_table(results: Mapping[str, TaskResult]) -> pd.DataFrame:
+    """Per task, the test accuracy of each ranking at its validation-chosen k, and those k.
+
+    Returns:
+        Tasks (in order) × ``full``, ``S``, ``U|T``, ``U``, ``R`` (test accuracy, see
+        :func:`selected_on_val`), then ``S k``, ``U|T k``, ``U k``.
+    """
+    picked = pd.concat([selected_on_val(r.coarse).assign(task=t) for t, r in results.items()])
+    tests = picked.pivot(index="task", columns="ranking", values="test_acc")[list(RANKING_ORDER)]
+    ks = picked.pivot(index="task", columns="ranking", values="k")[["S", "U|T", "U"]]
+    return tests.join(ks.add_suffix(" k")).loc[list(results)]
+
+
+def selection_counts(selection: pd.DataFrame, margin: float = 0.005) -> pd.DataFrame:
+    """Per ranking: mean test accuracy, and on how many tasks it beats or trails the full model.
+
+    Args:
+        selection: :func:`selection_table`.
+        margin: Differences within ``±margin`` count as neither.
+
+    Returns:
+        Indexed by ``S``, ``U|T``, ``U``, ``R``: ``mean_test``, ``full`` (the full model's mean),
+        ``better``, ``worse`` and ``tasks``.
+    """
+    gain = selection[list(RANKING_ORDER)].sub(selection["full"], axis=0)
+    return pd.DataFrame({
+        r: {"mean_test": float(selection[r].mean()), "full": float(selection["full"].mean()),
+            "better": int((gain[r] > margin).sum()), "worse": int((gain[r] < -margin).sum()),
+            "tasks": len(selection)}
+        for r in RANKING_ORDER[1:]
+    }).T
+
+
+def correlations(table: pd.DataFrame, columns: Sequence[str], target: str = "zs_lift",
+                 seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+    """Spearman correlation of each column with ``target`` across tasks, with its p-value.
+
+    Args:
+        table: One row per task (e.g. :func:`task_table`).
+        columns: The columns correlated with ``target``.
+        target: The column they are correlated with.
+        seed: Seed of the permutation p-values.
+        alpha: Significance level of ``significant``.
+
+    Returns:
+        Indexed by column: ``rho``, ``p``, ``pearson``, ``n`` and ``significant`` (``p <
+        alpha``; ``False`` with fewer than 3 tasks).
+    """
+    from residual_core.analysis.specialization import rank_correlation
+
+    rows = {c: rank_correlation(table[c], table[target], seed=seed) for c in columns}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out["significant"] = (out.n >= 3) & (out.p < alpha)
+    return out

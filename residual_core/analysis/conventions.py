@@ -10,7 +10,7 @@ dimensions, and the first TextSpan texts of one layer's heads.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -19,9 +19,11 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from residual_core.core.decompose import CENTERINGS, UnitProjector, check_supported, decompose_raw
+from residual_core.core.dictionary import TextDictionary
 from residual_core.core.intrinsic_dim import linear_id, twonn
-from residual_core.core.spectral import StreamingPCA
+from residual_core.core.spectral import unit_pca
 from residual_core.core.textspan import textspan
+from residual_core.core.units import Units, label_table
 
 __all__ = ["CenteringComparison", "compare_centerings"]
 
@@ -51,8 +53,8 @@ class CenteringComparison:
             linear ID differs) and ``median_twonn_change`` (median absolute TwoNN change).
         """
         t = self.units
-        kind = ["embed" if u == "embed" else "MLP" if u.endswith(".mlp") else "head"
-                for u in t.unit]
+        names = {"embed": "embed", "mlp": "MLP", "head": "head"}
+        kind = label_table(t.unit).kind.map(names).tolist()
         t = t.assign(kind=kind,
                      id_changed=t["linear_id_shared"] != t["linear_id_per-unit"],
                      twonn_change=(t["twonn_shared"] - t["twonn_per-unit"]).abs())
@@ -66,8 +68,7 @@ class CenteringComparison:
 def compare_centerings(
     model: nn.Module,
     batches: Iterable[Float[Tensor, "batch 3 height width"]],
-    texts: Sequence[str],
-    text_embeddings: Float[Tensor, "m d_out"],
+    dictionary: TextDictionary,
     *,
     layer: int = -1,
     n_texts: int = 3,
@@ -80,8 +81,7 @@ def compare_centerings(
     Args:
         model: An open_clip model (or vision tower) supported by the decomposition.
         batches: Preprocessed image batches on the model's device.
-        texts: Dictionary texts for TextSpan.
-        text_embeddings: Their embeddings (L2-normalised), one row per text.
+        dictionary: An embedded dictionary for TextSpan (``load_dictionary(name).embed(loaded)``).
         layer: Layer whose heads are explained with TextSpan (negative counts from the end).
         n_texts: TextSpan texts per head.
         threshold: Explained variance of the linear ID.
@@ -93,32 +93,29 @@ def compare_centerings(
     """
     layout = check_supported(model)
     projectors = {c: UnitProjector.from_model(model, c) for c in CENTERINGS}
-    parts: dict[str, list[Tensor]] = {c: [] for c in CENTERINGS}
+    parts: dict[str, list[Units]] = {c: [] for c in CENTERINGS}
     for images in batches:
         raw = decompose_raw(model, images)
         for c, projector in projectors.items():
-            parts[c].append(projector(raw).units.cpu())
-    units = {c: torch.cat(p) for c, p in parts.items()}
+            parts[c].append(projector(raw).to("cpu"))
+    units = {c: Units.cat(p) for c, p in parts.items()}
     labels = layout.labels
-    a, b = units["shared"], units["per-unit"]
+    a, b = units["shared"].data, units["per-unit"].data
     rel = ((a - b).norm(dim=-1) / a.norm(dim=-1).clamp_min(1e-30)).double()  # (n, unit)
     table = pd.DataFrame({"unit": labels, "rel_diff_median": rel.median(0).values.numpy(),
                           "rel_diff_max": rel.max(0).values.numpy()})
-    pcas = {c: StreamingPCA().update(u).compute() for c, u in units.items()}
+    pcas = {c: unit_pca(u) for c, u in units.items()}
     for c, u in units.items():
         table[f"linear_id_{c}"] = linear_id(pcas[c].explained_variance_ratio, threshold).numpy()
-        table[f"twonn_{c}"] = [twonn(u[:, i], max_points=max_points, seed=seed)
-                               for i in range(len(labels))]
+        table[f"twonn_{c}"] = [twonn(u[label], max_points=max_points, seed=seed)
+                               for label in labels]
 
-    n_layers = layout.n_layers
-    layer = layer % n_layers
-    heads = [f"L{layer}H{h}" for h in range(layout.n_heads)]
-    idx = [labels.index(h) for h in heads]
-    picks = {c: textspan(pcas[c], text_embeddings, texts, n_iters=n_texts, units=idx,
-                         unit_names=heads) for c in CENTERINGS}
+    heads = layout.heads(layer)
+    picks = {c: textspan(pcas[c].select(heads), dictionary, n_iters=n_texts)
+             for c in CENTERINGS}
     rows = []
-    for i, head in enumerate(heads):
-        chosen = {c: picks[c][i].texts for c in CENTERINGS}
+    for head in heads:
+        chosen = {c: picks[c][head].texts for c in CENTERINGS}
         rows.append({"unit": head, **{c: chosen[c] for c in CENTERINGS},
                      "common": len(set(chosen["shared"]) & set(chosen["per-unit"]))})
     return CenteringComparison(table, pd.DataFrame(rows))

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from residual_core.core.decompose import Decomposition
+from residual_core.core.units import Units, label_table
 
 __all__ = ["relative_error", "unit_norm_table"]
-
-_LABEL = re.compile(r"^(?:embed|L(?P<layer>\d+)(?:\.(?P<mlp>mlp)|H(?P<head>\d+)))$")
 
 
 def relative_error(
@@ -25,28 +21,19 @@ def relative_error(
     return float((diff / torch.linalg.vector_norm(exact.float(), dim=-1)).max())
 
 
-def unit_norm_table(dec: Decomposition) -> pd.DataFrame:
+def unit_norm_table(units: Units) -> pd.DataFrame:
     """L2 norm of every unit's contribution for every image, in long form.
 
     Args:
-        dec: A decomposition with the standard labels (``embed``, ``L{l}.mlp``, ``L{l}H{h}``).
+        units: Decomposed units (:func:`~residual_core.core.decompose.decompose`).
 
     Returns:
         One row per (image, unit) with columns ``image``, ``unit`` (label), ``kind``
         (``embed``/``mlp``/``head``), ``layer`` (-1 for the embedding), ``head`` (-1 unless a
         head) and ``norm``.
     """
-    norms = torch.linalg.vector_norm(dec.units.float(), dim=-1).cpu().numpy()  # (batch, unit)
-    rows = []
-    for label in dec.labels:
-        match = _LABEL.match(label)
-        if match is None:
-            raise ValueError(f"unexpected unit label {label!r}")
-        kind = "embed" if label == "embed" else "mlp" if match["mlp"] else "head"
-        layer = -1 if kind == "embed" else int(match["layer"])
-        head = int(match["head"]) if kind == "head" else -1
-        rows.append((label, kind, layer, head))
-    meta = pd.DataFrame(rows, columns=["unit", "kind", "layer", "head"])
+    norms = torch.linalg.vector_norm(units.data.float(), dim=-1).cpu().numpy()  # (batch, unit)
+    meta = label_table(units.labels)
     batch = norms.shape[0]
     table = meta.loc[np.tile(np.arange(len(meta)), batch)].reset_index(drop=True)
     table.insert(0, "image", np.repeat(np.arange(batch), len(meta)))

@@ -1,6 +1,7 @@
 """Chapter §5 orchestration: every ResiDual variant on every task, resumable, as tidy rows.
 
-For one model, the reference PCA (:func:`reference_pcas`) is computed once; then for every task
+For one model, the reference PCA (:func:`~residual_core.core.spectral.unit_pca` with
+``output=True``) is computed once; then for every task
 :func:`run_task` builds each variant of :data:`residual_core.core.residual.VARIANTS`, caches its
 inputs for train/val/test (:func:`residual_core.core.residual.cache_inputs`: PCA coordinates, the
 embedding, or the images for fine-tuning), trains it with
@@ -14,8 +15,8 @@ a variant interrupted mid-training resumes from its ``last`` checkpoint. Results
 weights), so changed settings never reuse stale rows, and changing one variant's settings
 reruns only that variant.
 
-:func:`gain_table`, :func:`head_grid` and :func:`pc_texts` turn the results and the trained λ into
-what the chapter shows.
+:func:`gain_table`, :func:`variant_summary`, :func:`lambda_overview`, :func:`pc_text_table` and
+:func:`paper_comparison` turn the results and the trained λ into what the chapter shows.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,35 +39,44 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from residual_core.core.decompose import Centering
+from residual_core.core.dictionary import TextDictionary
 from residual_core.core.residual import (
     VARIANTS,
-    FrozenClassifier,
     Variant,
     build_variant,
     cache_inputs,
-    is_head,
     lambda_summary,
 )
-from residual_core.core.spectral import PCAResult, StreamingPCA
+from residual_core.core.spectral import PCAResult
 from residual_core.core.training import FitResult, TensorData, fit_variant, results_table
-from residual_core.core.units import UnitLayout
+from residual_core.core.units import UnitLayout, Units, unit_grid
+from residual_core.core.zeroshot import ZeroShotClassifier
 
 __all__ = [
     "SPLITS",
     "ExperimentConfig",
     "ExperimentResults",
+    "LambdaOverview",
     "ResultLog",
     "TaskInputs",
+    "gain_summary",
     "gain_table",
     "head_grid",
+    "headroom_summary",
     "headroom_table",
+    "histories",
     "image_tensor",
+    "lambda_overview",
     "load_trained",
+    "paper_comparison",
+    "results_view",
+    "pc_text_findings",
+    "pc_text_table",
     "pc_texts",
-    "reference_pcas",
     "run_experiments",
     "run_task",
     "settings_table",
+    "variant_summary",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -137,6 +147,10 @@ class ExperimentConfig:
         """Learning rate of a variant (``None``: the variant's default)."""
         return self.lrs.get(variant)
 
+    def authors(self) -> ExperimentConfig:
+        """The same settings the authors' way: λ ~ N(1, 1) (seeded), reference means not added."""
+        return replace(self, add_mean=False, init="normal")
+
 
 class ResultLog:
     """Append-only JSON-lines file of result rows, one line per finished (task, variant).
@@ -196,29 +210,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-@torch.no_grad()
-def reference_pcas(
-    units: Float[Tensor, "n unit d_out"] | Iterable[Float[Tensor, "batch unit d_out"]],
-    batch_size: int = 2048,
-) -> tuple[PCAResult, PCAResult]:
-    """PCA of every unit and of the summed output (the spectral adapter's basis).
-
-    Args:
-        units: Reference unit outputs, a tensor or batches of them (e.g. from
-            :meth:`EncodingStore.iter_units`, first element of each pair).
-        batch_size: Chunk size for a tensor.
-
-    Returns:
-        ``(per_unit, output)``: ``output`` has a single unit, the embedding ``Σ_u h_u``.
-    """
-    per_unit, output = StreamingPCA(), StreamingPCA()
-    batches = units.split(batch_size) if isinstance(units, Tensor) else units
-    for batch in batches:
-        per_unit.update(batch)
-        output.update(batch.sum(1, keepdim=True))
-    return per_unit.compute(), output.compute()
-
-
 def image_tensor(dataset, preprocess, size: int | None = None) -> Float[Tensor, "n 3 h w"]:
     """The preprocessed images of a dataset, stacked once (fine-tuning trains on them)."""
     ds = dataset.with_transform(preprocess)
@@ -232,11 +223,9 @@ class TaskInputs:
 
     Attributes:
         task: Dataset name (e.g. ``world.color``).
-        labels: Unit labels of the ``unit`` axis.
-        layout: The model's unit layout.
         classifier: The frozen zero-shot classifier of the task.
-        units: Unit outputs per split, ``(n, unit, d_out)``, or a callable returning an
-            iterable of batches of them (read again for every variant).
+        units: Unit outputs per split, or a callable returning an iterable of batches of them
+            (read again for every variant).
         targets: Class indices per split.
         images: Per split, a dataset of ``(preprocessed image, class index)`` (only needed for
             ``fine-tune``): a ``TensorDataset`` of preloaded images, or the transformed dataset
@@ -244,17 +233,15 @@ class TaskInputs:
     """
 
     task: str
-    labels: list[str]
-    layout: UnitLayout
-    classifier: FrozenClassifier
-    units: dict[str, Float[Tensor, "n unit d_out"] | Callable[[], Iterable[Tensor]]]
+    classifier: ZeroShotClassifier
+    units: dict[str, Units | Callable[[], Iterable[Units]]]
     targets: dict[str, Int[Tensor, " n"]]
     images: dict[str, Dataset] | None = None
 
 
-def _reader(store, device: str) -> Callable[[], Iterable[Tensor]]:
-    def read() -> Iterable[Tensor]:
-        return (units for units, _ in store.iter_units(device))
+def _reader(store, device: str) -> Callable[[], Iterable[Units]]:
+    def read() -> Iterable[Units]:
+        return store.iter_units(device=device)
 
     return read
 
@@ -264,9 +251,9 @@ def _build(name: str, inputs: TaskInputs, pca: PCAResult, output_pca: PCAResult,
     if visual is not None:
         visual = copy.deepcopy(visual).train()  # the loaded model is in eval mode
     return build_variant(
-        name, copy.deepcopy(inputs.classifier), labels=inputs.labels, pca=pca,
-        layout=inputs.layout, output_pca=output_pca, visual=visual, evr=config.evr,
-        add_mean=config.add_mean, init=config.init, seed=config.seed,
+        name, copy.deepcopy(inputs.classifier), reference=pca, output_reference=output_pca,
+        visual=visual, evr=config.evr, add_mean=config.add_mean, init=config.init,
+        seed=config.seed,
     )
 
 
@@ -340,7 +327,7 @@ def run_task(
     Args:
         inputs: The task's units, targets, classifier (and images for fine-tuning).
         variants: Names from :data:`residual_core.core.residual.VARIANTS`.
-        pca: Per-unit reference PCA over ``inputs.labels``.
+        pca: Labelled per-unit reference PCA.
         output_pca: Reference PCA of the summed output.
         config: Training settings.
         model: Model name recorded in the rows.
@@ -394,18 +381,24 @@ class ExperimentResults:
     Attributes:
         table: One row per task × variant (:func:`residual_core.core.training.results_table`).
         variants: ``(task, variant)`` → trained module (``None`` for fine-tune).
-        pca: Per-unit reference PCA.
+        pca: Labelled per-unit reference PCA (its ``layout`` is the model's).
         output_pca: Reference PCA of the summed output.
-        labels: Unit labels.
-        layout: The model's unit layout.
     """
 
     table: pd.DataFrame
     variants: dict[tuple[str, str], Variant | None]
     pca: PCAResult
     output_pca: PCAResult
-    labels: list[str]
-    layout: UnitLayout
+
+    @property
+    def layout(self) -> UnitLayout:
+        """The model's unit layout."""
+        return self.pca.layout
+
+    def trained(self, variant: str) -> dict[str, Variant]:
+        """Task → the trained ``variant`` (tasks where it was not reloaded are left out)."""
+        return {task: module for (task, name), module in self.variants.items()
+                if name == variant and module is not None}
 
 
 def run_experiments(
@@ -429,7 +422,7 @@ def run_experiments(
         tasks: Dataset names with ``train``/``val``/``test`` splits.
         variants: Names from :data:`residual_core.core.residual.VARIANTS`.
         enc: A :class:`residual_core.data.encodings.TaskEncodings` for the task splits.
-        pcas: ``(per_unit, output)`` reference PCAs (:func:`reference_pcas`).
+        pcas: ``(per_unit, output)`` reference PCAs (``unit_pca(reference, output=True)``).
         config: Training settings; its ``weights`` should be ``loaded.fingerprint`` and its
             ``data`` should describe the splits and the reference set.
         results_dir: Holds ``results.jsonl`` and the checkpoints ``ckpt/{model}/...``.
@@ -449,13 +442,11 @@ def run_experiments(
     ckpt_root = Path(results_dir) / "ckpt" / loaded.name
     images: dict[tuple[str, str], Tensor] = {}
     trained: dict[tuple[str, str], Variant | None] = {}
-    labels = layout = None
     for task in tasks:
         store = enc.store(task, "test")
         if store.centering != config.centering:
             raise ValueError(f"the encodings of {task!r} use centering={store.centering!r} but "
                              f"config.centering={config.centering!r}; make them agree")
-        labels, layout = store.labels, store.layout
         zs = enc.classifier(task)
         targets = [enc.targets(task, s) for s in SPLITS]
         if stream_units:
@@ -474,8 +465,7 @@ def run_experiments(
                     size = config.finetune_train_size if s == "train" else None
                     images[src] = image_tensor(ds, loaded.preprocess, size)
                 task_images[s] = TensorDataset(images[src], y[: len(images[src])])
-        inputs = TaskInputs(task, labels, layout,
-                            FrozenClassifier(zs.weights.cpu(), zs.scale, zs.normalize_features),
+        inputs = TaskInputs(task, copy.deepcopy(zs).cpu(),
                             dict(zip(SPLITS, units, strict=True)),
                             dict(zip(SPLITS, targets, strict=True)), task_images)
         out = run_task(inputs, variants, pca, output_pca, config, model=loaded.name, log=log,
@@ -488,7 +478,7 @@ def run_experiments(
     order = {t: i for i, t in enumerate(tasks)} | {v: i for i, v in enumerate(variants)}
     table = table.sort_values(["dataset", "variant"], key=lambda s: s.map(order),
                               ignore_index=True)
-    return ExperimentResults(table, trained, pca, output_pca, list(labels or []), layout)
+    return ExperimentResults(table, trained, pca, output_pca)
 
 
 def gain_table(
@@ -580,31 +570,17 @@ def head_grid(variant: Variant, layout: UnitLayout, value: str = "mean_abs_dev")
         value: A column of :func:`residual_core.core.residual.lambda_summary`.
 
     Returns:
-        Rows ``L0..``; columns ``H0..`` and ``mlp``; NaN for units the variant does not train.
+        Rows ``L0..``; columns ``H0..`` and ``MLP`` (when the variant trains MLPs); NaN for units
+        the variant does not train.
     """
-    summary = lambda_summary(variant).set_index("unit")[value]
-    cols = [f"H{h}" for h in range(layout.n_heads)] + ["mlp"]
-    grid = pd.DataFrame(float("nan"), index=[f"L{i}" for i in range(layout.n_layers)],
-                        columns=cols)
-    for unit, v in summary.items():
-        if is_head(unit):
-            layer, head = unit[1:].split("H")
-            grid.loc[f"L{layer}", f"H{head}"] = v
-        elif unit.endswith(".mlp"):
-            grid.loc[unit.split(".")[0], "mlp"] = v
-    if grid["mlp"].isna().all():
-        grid = grid.drop(columns="mlp")
-    return grid
+    return unit_grid(lambda_summary(variant).set_index("unit")[value], layout)
 
 
 def pc_texts(
     variant: Variant,
     pca: PCAResult,
-    labels: Sequence[str],
-    texts: Sequence[str],
-    text_embeddings: Float[Tensor, "m d_out"],
+    dictionary: TextDictionary,
     *,
-    families: Sequence[Sequence[str]] | None = None,
     units: int = 4,
     top: int = 2,
     min_evr: float = 0.01,
@@ -621,12 +597,8 @@ def pc_texts(
 
     Args:
         variant: Trained ResiDual variant (per-PC λ).
-        pca: The per-unit reference PCA the variant was built from.
-        labels: Unit labels of ``pca``'s unit axis.
-        texts: Dictionary texts.
-        text_embeddings: Their embeddings (rows, any norm).
-        families: Per text, the attribute families it names (e.g.
-            :attr:`residual_core.core.dictionary.TextDictionary.families`), copied to the output.
+        pca: The labelled per-unit reference PCA the variant was built from.
+        dictionary: An embedded dictionary (its texts, families and embeddings).
         units: How many of the most changed units.
         top: Amplified and suppressed PCs listed per unit.
         min_evr: Smallest explained-variance ratio of a PC to be considered.
@@ -634,14 +606,15 @@ def pc_texts(
     Returns:
         One row per (unit, PC): ``unit``, ``pc``, ``lambda``, ``evr`` (the PC's share of the
         unit's reference variance), ``effect`` (amplified / suppressed), ``text``, ``cosine``
-        and, if ``families`` is given, ``families``.
+        and ``families`` (of the text).
     """
-    emb = F.normalize(text_embeddings.float(), dim=-1)
+    texts, families = dictionary.texts, dictionary.families
+    emb = F.normalize(dictionary.require_embeddings().float(), dim=-1)
     ratio = pca.explained_variance_ratio.float()
     candidates = []
     for unit, sl in variant.basis.slices().items():
         lam = variant.lam.detach().cpu()[sl]
-        evr = ratio[list(labels).index(unit), : len(lam)]
+        evr = ratio[pca.index(unit)[0], : len(lam)]
         keep = torch.nonzero(evr >= min_evr).flatten()
         if len(keep):
             score = float((evr[keep] * (lam[keep] - 1).abs()).sum())
@@ -658,7 +631,225 @@ def pc_texts(
             best = int(cos.abs().argmax())
             row = {"unit": unit, "pc": p, "lambda": float(lam[p]), "evr": float(evr[p]),
                    "effect": effect, "text": texts[best], "cosine": float(cos[best])}
-            if families is not None:
-                row["families"] = tuple(families[best])
+            row["families"] = tuple(families[best])
             rows.append(row)
     return pd.DataFrame.from_records(rows)
+
+
+def results_view(table: pd.DataFrame, rename: Callable[[str], str] = str) -> pd.DataFrame:
+    """The results shown to a reader: one row per task × variant, the run's columns.
+
+    Args:
+        table: Results of :func:`run_experiments`.
+        rename: Applied to the task names (e.g. a shorter label).
+
+    Returns:
+        ``dataset``, ``variant``, ``accuracy``, ``val_acc``, ``params``, ``epochs``, ``best``
+        (best epoch) and ``time_s``.
+    """
+    columns = ["dataset", "variant", "accuracy", "val_acc", "params", "epochs", "best_epoch",
+               "wall_time_s"]
+    return (table[columns].assign(dataset=table.dataset.map(rename))
+            .rename(columns={"wall_time_s": "time_s", "best_epoch": "best"}))
+
+
+def variant_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per variant, over the tasks: parameters, test accuracy (mean, min, max), epochs, time.
+
+    Args:
+        table: Results with ``variant``, ``params``, ``accuracy``, ``epochs``, ``wall_time_s``.
+
+    Returns:
+        Indexed by variant (in order of appearance): ``params``, ``mean_accuracy``,
+        ``min_accuracy``, ``max_accuracy``, ``mean_epochs``, ``total_time_s``.
+    """
+    return table.groupby("variant", sort=False).agg(
+        params=("params", "first"), mean_accuracy=("accuracy", "mean"),
+        min_accuracy=("accuracy", "min"), max_accuracy=("accuracy", "max"),
+        mean_epochs=("epochs", "mean"), total_time_s=("wall_time_s", "sum"),
+    )
+
+
+def gain_summary(gains: pd.DataFrame, margin: float = 0.005) -> pd.DataFrame:
+    """Per variant: mean gain over zero-shot and on how many tasks it is better or worse.
+
+    Args:
+        gains: :func:`gain_table` (tasks plus a ``mean`` row × variants).
+        margin: A task counts as better (worse) when the gain exceeds ``+margin`` (``-margin``).
+
+    Returns:
+        Indexed by variant: ``mean_gain``, ``better``, ``worse``, ``tasks``.
+    """
+    per_task = gains.drop(index="mean", errors="ignore")
+    return pd.DataFrame({
+        "mean_gain": per_task.mean(),
+        "better": (per_task > margin).sum(),
+        "worse": (per_task < -margin).sum(),
+        "tasks": per_task.notna().sum(),
+    })
+
+
+def headroom_summary(room: pd.DataFrame, min_room: float = 0.05) -> pd.Series:
+    """The headlines of a :func:`headroom_table`.
+
+    Returns:
+        ``zero_shot``, ``ceiling`` and ``headroom`` (means over tasks), ``tasks_with_room``
+        (tasks with at least ``min_room`` of headroom), ``tasks``, and per variant
+        ``closed_<variant>``: the median over tasks of the share of headroom closed.
+    """
+    tasks = room.drop(index="mean", errors="ignore")
+    out = {"zero_shot": float(tasks.iloc[:, 0].mean()), "ceiling": float(tasks.ceiling.mean()),
+           "headroom": float(tasks.headroom.mean()),
+           "tasks_with_room": int((tasks.headroom >= min_room).sum()), "tasks": len(tasks)}
+    for variant in room.columns[3:]:
+        out[f"closed_{variant}"] = float(tasks[variant].median())
+    return pd.Series(out)
+
+
+@dataclass
+class LambdaOverview:
+    """What one ResiDual variant changed, over the tasks it was trained on.
+
+    Attributes:
+        grids: Task → layer × (heads, MLP) grid of mean ``|λ − 1|`` (:func:`head_grid`).
+        mean_grid: The grids averaged over tasks.
+        changes: Units × tasks, mean ``|λ − 1|`` of each unit.
+        by_layer: Per layer, the mean of ``mean_grid`` over its heads (and MLP).
+    """
+
+    grids: dict[str, pd.DataFrame]
+    mean_grid: pd.DataFrame
+    changes: pd.DataFrame
+    by_layer: pd.Series
+
+    @property
+    def ranked_units(self) -> pd.Series:
+        """Mean ``|λ − 1|`` over tasks per unit, most changed first."""
+        return self.changes.mean(axis=1).sort_values(ascending=False)
+
+    @property
+    def most_changed_layer(self) -> str:
+        """The layer (``L{l}``) with the largest mean change."""
+        return str(self.by_layer.idxmax())
+
+    def describe(self, most: int = 5, least: int = 3) -> str:
+        """The most and least changed units and the change per layer, in three lines."""
+        ranked = self.ranked_units
+        return "\n".join([
+            "most changed units (mean |λ − 1| over tasks): "
+            + ", ".join(f"{u} {x:.2f}" for u, x in ranked.head(most).items()),
+            "least changed: " + ", ".join(f"{u} {x:.2f}" for u, x in ranked.tail(least).items()),
+            "mean |λ − 1| per layer: "
+            + ", ".join(f"{k} {x:.2f}" for k, x in self.by_layer.items())
+            + f"; the most changed layer is {self.most_changed_layer} of {len(self.by_layer)}",
+        ])
+
+
+def lambda_overview(trained: Mapping[str, Variant], layout: UnitLayout) -> LambdaOverview | None:
+    """Mean ``|λ − 1|`` per unit of one variant trained on several tasks (``None`` if none).
+
+    Args:
+        trained: Task → trained ResiDual / coarse variant.
+        layout: The model's unit layout.
+    """
+    if not trained:
+        return None
+    grids = {t: head_grid(v, layout) for t, v in trained.items()}
+    mean_grid = sum(grids.values()) / len(grids)
+    changes = pd.DataFrame({t: lambda_summary(v).set_index("unit").mean_abs_dev
+                            for t, v in trained.items()})
+    return LambdaOverview(grids, mean_grid, changes, mean_grid.mean(axis=1))
+
+
+def pc_text_table(trained: Mapping[str, Variant], pca: PCAResult, dictionary: TextDictionary,
+                  *, units: int = 3, top: int = 1, min_evr: float = 0.01) -> pd.DataFrame:
+    """:func:`pc_texts` of every task's variant in one table, with the task's own family.
+
+    Returns:
+        :func:`pc_texts` rows with ``task``, ``task_family`` (the dictionary family the task's
+        name gives, see :func:`~residual_core.analysis.specialization.task_family`) and
+        ``names_task_family`` (whether the nearest text names it).
+    """
+    from residual_core.analysis.specialization import task_family
+
+    parts = [pc_texts(v, pca, dictionary, units=units, top=top, min_evr=min_evr).assign(task=t)
+             for t, v in trained.items()]
+    if not parts:
+        return pd.DataFrame()
+    pcs = pd.concat(parts, ignore_index=True)
+    families = dictionary.family_names()
+    pcs["task_family"] = [task_family(t, families) for t in pcs.task]
+    pcs["names_task_family"] = [f in fams for f, fams in zip(pcs.task_family, pcs.families,
+                                                            strict=True)]
+    return pcs
+
+
+def pc_text_findings(pcs: pd.DataFrame) -> pd.DataFrame:
+    """Per effect (amplified, suppressed): PCs, median λ and evr, and naming the task's family.
+
+    Args:
+        pcs: :func:`pc_text_table`.
+
+    Returns:
+        Indexed by effect: ``pcs``, ``median_lambda``, ``median_evr`` and ``name_task_family``
+        (PCs whose nearest text names the task's own family).
+    """
+    return pcs.groupby("effect").agg(
+        pcs=("pc", "size"), median_lambda=("lambda", "median"), median_evr=("evr", "median"),
+        name_task_family=("names_task_family", "sum"),
+    ).reindex(["amplified", "suppressed"])
+
+
+def histories(table: pd.DataFrame) -> dict[str, dict[str, list[float]]]:
+    """Task → variant → validation accuracy after every epoch (the ``history`` column)."""
+    return {t: dict(zip(g.variant, g.history, strict=True))
+            for t, g in table.groupby("dataset", sort=False)}
+
+
+def paper_comparison(table: pd.DataFrame, layout: UnitLayout, *, finetune_epochs: int,
+                     finetune_train_size: int | None) -> list[str]:
+    """This run's numbers next to the paper's claims on parameters and accuracy, one line each.
+
+    The paper: ResiDual* trains 8.3k–14k parameters (about 3e-5 of a ViT-L) and reaches 0.90–0.92
+    mean accuracy over ten datasets, "matching full fine-tuning"; the linear adapter needs
+    ~0.6M parameters.
+
+    Args:
+        table: Results (``dataset``, ``variant``, ``accuracy``, ``params``, ``epochs``,
+            ``wall_time_s``).
+        layout: The model's unit layout (its scale next to the paper's towers).
+        finetune_epochs: The epoch cap of ``fine-tune`` in this run.
+        finetune_train_size: Its training images (``None``: all).
+    """
+    summary = variant_summary(table)
+    acc, params = summary.mean_accuracy, summary.params
+    lay = layout
+    lines = [f"scale: {lay.n_layers} layers × {lay.n_heads} heads of width {lay.d_head}, d_out "
+             f"{lay.d_out} (paper: ViT-B/16 12×12 heads of 64, d_out 512; ViT-L/14 24×16, 768)"]
+    if {"residual-fine", "fine-tune"} <= set(acc.index):
+        accuracy = table.pivot(index="dataset", columns="variant", values="accuracy")
+        gap = acc["fine-tune"] - acc["residual-fine"]
+        ratio = params["residual-fine"] / params["fine-tune"]
+        per_task = accuracy["fine-tune"] - accuracy["residual-fine"]
+        lines.append(
+            f"residual-fine: {params['residual-fine']:,} parameters ({ratio:.1e} of "
+            f"fine-tuning's {params['fine-tune']:,}); mean accuracy {acc['residual-fine']:.3f} "
+            f"vs fine-tuning {acc['fine-tune']:.3f} (gap {gap:+.3f}); within 1 point of "
+            f"fine-tuning or better on {int((per_task <= 0.01).sum())} of {len(per_task)} tasks")
+    for v in ["residual-full", "coarse", "spectral-adapter", "linear-adapter"]:
+        if v in acc.index and "zero-shot" in acc.index:
+            lines.append(f"{v}: {params[v]:,} parameters, mean accuracy {acc[v]:.3f} "
+                         f"({acc[v] - acc['zero-shot']:+.3f} over zero-shot "
+                         f"{acc['zero-shot']:.3f})")
+    if {"residual-full", "linear-adapter"} <= set(acc.index):
+        lines.append(f"residual-full vs linear-adapter: "
+                     f"{acc['residual-full'] - acc['linear-adapter']:+.3f} accuracy with "
+                     f"{params['residual-full'] / params['linear-adapter']:.2f}× the parameters")
+    if "fine-tune" in acc.index:
+        ft = table[table.variant == "fine-tune"]
+        lines.append(f"fine-tune: capped at {finetune_epochs} epochs on "
+                     f"{finetune_train_size or 'all'} training images (ran "
+                     f"{ft.epochs.mean():.1f} on average, {ft.wall_time_s.sum():.0f} s in all) "
+                     f"vs {table[table.variant != 'fine-tune'].wall_time_s.sum():.0f} s for "
+                     "every other variant on every task together")
+    return lines

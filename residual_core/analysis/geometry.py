@@ -3,15 +3,14 @@
 The functions here turn an :class:`~residual_core.core.store.EncodingStore` into the tables behind
 the book's §3.1–3.2 chapters: one row per unit (``embed``, ``L{l}.mlp``, ``L{l}H{h}``) with its
 linear and nonlinear intrinsic dimension, per-layer profiles over heads, and the spectral cosine
-similarity (``SPEC.md`` §3) of a unit's principal subspace on one dataset with the same unit's
+similarity of a unit's principal subspace on one dataset with the same unit's
 subspace on another. Findings are returned as small tables of *measured* numbers and whether a paper
 claim holds on them, so chapters print them instead of hard-coding any.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,68 +20,30 @@ from jaxtyping import Float
 from torch import Tensor
 
 from residual_core.core.intrinsic_dim import linear_id, twonn_curve
-from residual_core.core.spectral import PCAResult, StreamingPCA, spectral_similarity_matrix
+from residual_core.core.spectral import PCAResult, spectral_similarity_matrix
+from residual_core.core.units import label_table
 
 __all__ = [
     "TwoNNFit",
+    "chance_similarity",
+    "components_needed",
     "depth_profile",
+    "distinct_pairs",
+    "head_medians",
     "id_findings",
+    "id_ranges",
     "intrinsic_dimension_table",
-    "layer_grid",
     "principal_bases",
     "random_subspace_similarity",
+    "similarity_summary",
+    "similarity_table",
     "stability_findings",
-    "store_pca",
     "subspace_similarity",
     "twonn_fit",
-    "unit_index",
+    "twonn_halves",
     "unit_similarity_matrix",
+    "weighting_robustness",
 ]
-
-_LABEL = re.compile(r"^(?:embed|L(?P<layer>\d+)(?:\.(?P<mlp>mlp)|H(?P<head>\d+)))$")
-
-
-def unit_index(labels: Sequence[str]) -> pd.DataFrame:
-    """Parse unit labels into their kind, layer and head.
-
-    Args:
-        labels: Unit labels in the standard form (``embed``, ``L{l}.mlp``, ``L{l}H{h}``).
-
-    Returns:
-        One row per label, in order, with columns ``unit``, ``kind`` (``embed``/``mlp``/``head``),
-        ``layer`` (-1 for the embedding) and ``head`` (-1 unless a head).
-
-    Raises:
-        ValueError: For a label that is not in the standard form.
-    """
-    rows = []
-    for label in labels:
-        match = _LABEL.match(label)
-        if match is None:
-            raise ValueError(
-                f"unexpected unit label {label!r} (want embed, L{{l}}.mlp or L{{l}}H{{h}})"
-            )
-        kind = "embed" if label == "embed" else "mlp" if match["mlp"] else "head"
-        layer = -1 if kind == "embed" else int(match["layer"])
-        rows.append((label, kind, layer, int(match["head"]) if kind == "head" else -1))
-    return pd.DataFrame(rows, columns=["unit", "kind", "layer", "head"])
-
-
-def store_pca(store, device: str | torch.device = "cpu") -> PCAResult:
-    """Principal components of every unit of a store, streamed chunk by chunk (float64).
-
-    Args:
-        store: An :class:`~residual_core.core.store.EncodingStore`.
-        device: Where the scatter matrices are accumulated.
-
-    Returns:
-        The per-unit PCA, units in ``store.labels`` order.
-    """
-    pca = StreamingPCA()
-    for units, _ in store.iter_units(device=device):
-        pca.update(units)
-    return pca.compute()
-
 
 @dataclass
 class TwoNNFit:
@@ -146,7 +107,7 @@ def intrinsic_dimension_table(
 
     Args:
         store: An :class:`~residual_core.core.store.EncodingStore`.
-        pca: Its per-unit PCA (:func:`store_pca`).
+        pca: Its per-unit PCA (:func:`~residual_core.core.spectral.unit_pca`).
         threshold: Explained variance defining the linear ID (0.99 in the paper).
         max_points: TwoNN subsample size (the paper's 50k); ``None`` uses every point.
         seed: Seed of the TwoNN subsample (the same points for every unit).
@@ -154,7 +115,8 @@ def intrinsic_dimension_table(
         device: Where the nearest-neighbour distances are computed.
 
     Returns:
-        ``(table, fits)``: the table has one row per unit with the :func:`unit_index` columns and
+        ``(table, fits)``: the table has one row per unit with the
+        :func:`~residual_core.core.units.label_table` columns and
         ``linear_id`` (components for ``threshold``), ``evr_pc1`` (first component's explained
         variance ratio), ``twonn``, ``twonn_duplicates`` (rows removed before the TwoNN
         search), ``ratio`` (linear / TwoNN), ``rank_bound`` (the most dimensions the unit can
@@ -165,7 +127,7 @@ def intrinsic_dimension_table(
     """
     labels = store.labels
     lay = store.layout
-    table = unit_index(labels)
+    table = label_table(labels)
     evr = pca.explained_variance_ratio
     table["linear_id"] = linear_id(evr, threshold).cpu().numpy()
     table["evr_pc1"] = evr[:, 0].cpu().numpy()
@@ -173,8 +135,8 @@ def intrinsic_dimension_table(
     for start in range(0, len(labels), group):
         chunk = labels[start : start + group]
         units = store.units(chunk, device=device)
-        for j, label in enumerate(chunk):
-            fits[label] = twonn_fit(units[:, j], max_points=max_points, seed=seed)
+        for label in chunk:
+            fits[label] = twonn_fit(units[label], max_points=max_points, seed=seed)
         del units
     table["twonn"] = [fits[label].dimension for label in labels]
     table["twonn_duplicates"] = [fits[label].n_duplicates for label in labels]
@@ -186,29 +148,11 @@ def intrinsic_dimension_table(
     return table, fits
 
 
-def layer_grid(table: pd.DataFrame, column: str) -> pd.DataFrame:
-    """One column of a unit table as a layer × (heads, MLP) grid.
-
-    Args:
-        table: Has the :func:`unit_index` columns and ``column``.
-        column: The value to lay out.
-
-    Returns:
-        Rows ``L0``..``L{n-1}``, columns ``H0``..``H{h-1}`` then ``MLP`` (if the table has MLPs).
-    """
-    heads = table[table.kind == "head"].pivot(index="layer", columns="head", values=column)
-    heads.columns = [f"H{h}" for h in heads.columns]
-    mlp = table[table.kind == "mlp"].set_index("layer")[column].rename("MLP")
-    grid = heads.join(mlp, how="outer") if len(mlp) else heads
-    grid.index = [f"L{layer}" for layer in grid.index]
-    return grid.astype(float)
-
-
 def depth_profile(table: pd.DataFrame, column: str) -> pd.DataFrame:
     """Per layer, the spread of one value over that layer's heads, and its MLP's value.
 
     Args:
-        table: Has the :func:`unit_index` columns and ``column``.
+        table: Has the :func:`~residual_core.core.units.label_table` columns and ``column``.
         column: The value to summarise.
 
     Returns:
@@ -296,20 +240,19 @@ def id_findings(table: pd.DataFrame, d_out: int) -> pd.DataFrame:
 
 
 def principal_bases(
-    pca: PCAResult, threshold: float = 0.9, units: Sequence[int] | None = None
+    pca: PCAResult, threshold: float = 0.9, units: Sequence[str] | None = None
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Truncated principal bases and their variances, one per unit.
 
     Args:
-        pca: Per-unit PCA.
+        pca: Labelled per-unit PCA.
         threshold: Explained variance at which each basis is cut (0.9 in the paper).
-        units: Unit positions (default: all).
+        units: Unit labels (default: every unit of the PCA).
 
     Returns:
         ``(bases, weights)``: bases ``(k_u, d)`` and variances ``(k_u,)`` per unit.
     """
-    units = range(pca.mean.shape[0]) if units is None else units
-    pairs = [pca.basis(u, threshold) for u in units]
+    pairs = [pca.basis(u, threshold) for u in (pca.labels if units is None else units)]
     return [b for b, _ in pairs], [w for _, w in pairs]
 
 
@@ -319,17 +262,20 @@ def subspace_similarity(
     """Spectral cosine similarity of every unit's principal subspace on two datasets.
 
     Args:
-        pca_x: Per-unit PCA on one dataset.
-        pca_y: Per-unit PCA of the same units (same order) on another dataset.
+        pca_x: Labelled per-unit PCA on one dataset.
+        pca_y: Per-unit PCA of the same units on another dataset.
         threshold: Explained variance at which both bases are cut.
         weighted: Weight directions by their variance (the paper's choice).
 
     Returns:
-        Per unit, the similarity in [0, 1] (1: the same subspace with the same spectrum).
+        Per unit of ``pca_x``, in order, the similarity in [0, 1] (1: the same subspace with the
+        same spectrum).
+
+    Raises:
+        ValueError: If the two PCAs hold different units.
     """
-    if pca_x.mean.shape != pca_y.mean.shape:
-        raise ValueError(f"unit shapes differ: {tuple(pca_x.mean.shape)} vs "
-                         f"{tuple(pca_y.mean.shape)}")
+    if pca_x.labels != pca_y.labels:
+        raise ValueError("subspace_similarity: the two PCAs hold different units")
     bx, wx = principal_bases(pca_x, threshold)
     by, wy = principal_bases(pca_y, threshold)
     return torch.tensor([
@@ -348,13 +294,13 @@ def random_subspace_similarity(
     unrelated subspaces of these sizes.
 
     Args:
-        pca: Per-unit PCA.
+        pca: Labelled per-unit PCA.
         threshold: Explained variance at which the basis is cut.
         weighted: As in :func:`subspace_similarity`.
         seed: Seed of the random bases.
 
     Returns:
-        Per unit, the similarity to a random subspace.
+        Per unit, in order, the similarity to a random subspace.
     """
     gen = torch.Generator().manual_seed(seed)
     bases, weights = principal_bases(pca, threshold)
@@ -368,14 +314,12 @@ def random_subspace_similarity(
 
 
 def unit_similarity_matrix(
-    pca: PCAResult, labels: Sequence[str], units: Sequence[str], threshold: float = 0.9,
-    weighted: bool = True,
+    pca: PCAResult, units: Sequence[str], threshold: float = 0.9, weighted: bool = True,
 ) -> pd.DataFrame:
     """Spectral cosine similarity between the principal subspaces of units of one dataset.
 
     Args:
-        pca: Per-unit PCA, units in ``labels`` order.
-        labels: All unit labels of the PCA.
+        pca: Labelled per-unit PCA.
         units: The units to compare (e.g. every head), by label.
         threshold: Explained variance at which the bases are cut.
         weighted: As in :func:`subspace_similarity`.
@@ -383,8 +327,7 @@ def unit_similarity_matrix(
     Returns:
         A symmetric ``units × units`` frame with ones on the diagonal.
     """
-    positions = [list(labels).index(u) for u in units]
-    bases, weights = principal_bases(pca, threshold, positions)
+    bases, weights = principal_bases(pca, threshold, units)
     sim = spectral_similarity_matrix(bases, weights, bases, weights, weighted)
     sim = (sim + sim.T) / 2  # the greedy matching can break ties differently per side
     return pd.DataFrame(sim.cpu().numpy(), index=list(units), columns=list(units))
@@ -424,3 +367,146 @@ def stability_findings(
             bool(len(natural) and medians[control] < natural.min()),
         ))
     return pd.DataFrame(rows, columns=["claim", "measured", "holds"])
+
+
+def components_needed(pcas: Mapping[str, PCAResult], threshold: float = 0.9,
+                      kind: str = "head") -> pd.DataFrame:
+    """Per dataset, how many principal components the units of one kind need for ``threshold``.
+
+    Args:
+        pcas: Dataset name → labelled per-unit PCA.
+        threshold: Explained variance.
+        kind: ``"head"``, ``"mlp"`` or ``"embed"``.
+
+    Returns:
+        Rows ``median``, ``min``, ``max``; one column per dataset.
+    """
+    out = {}
+    for name, pca in pcas.items():
+        mask = (label_table(pca.labels).kind == kind).to_numpy()
+        out[name] = pd.Series(pca.n_components(threshold).cpu().numpy()[mask])
+    return pd.DataFrame(out).describe().loc[["50%", "min", "max"]].rename(index={"50%": "median"})
+
+
+def similarity_table(reference: PCAResult, pcas: Mapping[str, PCAResult],
+                     threshold: float = 0.9, weighted: bool = True) -> pd.DataFrame:
+    """Every unit's subspace on every dataset against its subspace on the reference, long form.
+
+    Returns:
+        One row per (dataset, unit): the :func:`~residual_core.core.units.label_table` columns,
+        ``dataset`` and ``similarity`` (:func:`subspace_similarity`).
+    """
+    units = label_table(reference.labels)
+    rows = [units.assign(dataset=name,
+                         similarity=subspace_similarity(reference, pca, threshold,
+                                                        weighted).numpy())
+            for name, pca in pcas.items()]
+    return pd.concat(rows, ignore_index=True)
+
+
+def chance_similarity(reference: PCAResult, threshold: float = 0.9, weighted: bool = True,
+                      seed: int = 0) -> pd.Series:
+    """:func:`random_subspace_similarity` of every unit, indexed by label."""
+    sim = random_subspace_similarity(reference, threshold, weighted, seed)
+    return pd.Series(sim.numpy(), index=list(reference.labels), name="chance")
+
+
+def similarity_summary(similarity: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset: the median similarity of heads and of MLPs, the lowest head, the embedding.
+
+    Args:
+        similarity: :func:`similarity_table`.
+
+    Returns:
+        Datasets (in order) × ``heads: median``, ``heads: min``, ``MLPs: median``, ``embed``.
+    """
+    summary = similarity.pivot_table(index="dataset", columns="kind", values="similarity",
+                                     aggfunc="median", sort=False)
+    summary["head_min"] = similarity[similarity.kind == "head"].groupby(
+        "dataset", sort=False).similarity.min()
+    names = {"head": "heads: median", "head_min": "heads: min", "mlp": "MLPs: median",
+             "embed": "embed"}
+    return summary[[c for c in names if c in summary]].rename(columns=names)
+
+
+def head_medians(similarity: pd.DataFrame) -> pd.Series:
+    """Median head similarity per dataset (in order), from a :func:`similarity_table`."""
+    heads = similarity[similarity.kind == "head"]
+    return heads.groupby("dataset", sort=False).similarity.median()
+
+
+def distinct_pairs(matrix: pd.DataFrame) -> pd.Series:
+    """The upper triangle of a symmetric unit × unit matrix: each pair once, ``"a – b"``."""
+    upper = matrix.where(~np.tri(len(matrix), dtype=bool)).stack().dropna()
+    upper.index = [f"{a} – {b}" for a, b in upper.index]
+    return upper.rename("similarity")
+
+
+def weighting_robustness(reference: PCAResult, pcas: Mapping[str, PCAResult],
+                         threshold: float = 0.9, weighted: bool = True, seed: int = 0,
+                         similarity: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Median head similarity per dataset under both weightings, with their chance levels.
+
+    Args:
+        reference: Labelled per-unit PCA of the reference.
+        pcas: Dataset name → per-unit PCA of the same units.
+        threshold: Explained variance at which the bases are cut.
+        weighted: The chosen weighting (its row comes first).
+        seed: Seed of the chance level's random bases.
+        similarity: :func:`similarity_table` under the chosen weighting, if already computed
+            (its head medians are used instead of computing them again).
+
+    Returns:
+        Rows ``weighted`` and ``unweighted`` (the chosen one first); columns the datasets, then
+        ``chance`` (the median over heads of :func:`random_subspace_similarity`).
+    """
+    heads = (label_table(reference.labels).kind == "head").to_numpy()
+    out = {}
+    for w in (weighted, not weighted):
+        if w == weighted and similarity is not None:
+            row = {name: float(v) for name, v in head_medians(similarity).items()}
+        else:
+            row = {name: float(np.median(subspace_similarity(reference, pca, threshold, w)
+                                         .numpy()[heads])) for name, pca in pcas.items()}
+        row["chance"] = float(np.median(
+            random_subspace_similarity(reference, threshold, w, seed).numpy()[heads]))
+        out["weighted" if w else "unweighted"] = row
+    return pd.DataFrame(out).T
+
+
+def twonn_halves(store, pca: PCAResult, points: int, *, seed: int = 0,
+                 threshold: float = 0.99, device: str | torch.device = "cpu") -> pd.Series:
+    """A rough error bar of TwoNN: the estimate on two random halves of the images, per unit.
+
+    Args:
+        store: The encodings (as for :func:`intrinsic_dimension_table`).
+        pca: Their per-unit PCA.
+        points: Images of the full estimate; each half uses half as many (other seeds).
+        seed: The full estimate's seed; the halves use ``seed + 1`` and ``seed + 2``.
+        threshold: Linear-ID threshold (unused by TwoNN, passed on).
+        device: Where the distances are computed.
+
+    Returns:
+        Per unit (label), ``|TwoNN(half 1) − TwoNN(half 2)|``.
+    """
+    half = min(points, store.n_samples) // 2
+    a, b = (intrinsic_dimension_table(store, pca, threshold=threshold, max_points=half,
+                                      seed=seed + 1 + i, device=device)[0].set_index("unit").twonn
+            for i in range(2))
+    return (a - b).abs().rename(f"TwoNN difference of two halves of {half}")
+
+
+def id_ranges(table: pd.DataFrame) -> pd.DataFrame:
+    """Per kind of unit, the range and median of its IDs in an :func:`intrinsic_dimension_table`.
+
+    Returns:
+        Indexed by ``head`` and ``mlp``: min, median and max of ``linear_id`` and ``twonn``, the
+        median ``evr_pc1`` and the largest ``rank_bound``.
+    """
+    units = table[table.kind.isin(["head", "mlp"])]
+    out = units.groupby("kind").agg(
+        linear_min=("linear_id", "min"), linear_median=("linear_id", "median"),
+        linear_max=("linear_id", "max"), twonn_min=("twonn", "min"),
+        twonn_median=("twonn", "median"), twonn_max=("twonn", "max"),
+        evr_pc1_median=("evr_pc1", "median"), rank_bound=("rank_bound", "max"))
+    return out.reindex(["head", "mlp"])

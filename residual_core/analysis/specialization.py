@@ -36,6 +36,7 @@ from torch import Tensor
 
 from residual_core.core.dictionary import TextDictionary
 from residual_core.core.textspan import Span, TextExplanation, somp, textspan
+from residual_core.core.units import Units
 
 __all__ = [
     "NONE_FAMILY",
@@ -46,13 +47,17 @@ __all__ = [
     "explain_heads",
     "family_shares",
     "ground_truth_table",
+    "head_views",
     "names_family",
+    "pick_overlap",
     "probe_lift",
     "probe_specialization",
     "rank_correlation",
     "specialization_scores",
     "task_family",
     "task_specialization",
+    "truth_summary",
+    "views_agreement",
 ]
 
 NONE_FAMILY = "(none)"
@@ -195,7 +200,7 @@ def explanation_table(explanations: Mapping[str, TextExplanation], n_texts: int 
     """Units × pick order, each cell ``"text (gain %)"``, plus the total explained variance."""
     rows = {}
     for unit, expl in explanations.items():
-        k = len(expl.texts) if n_texts is None else n_texts
+        k = len(expl.texts) if n_texts is None else min(n_texts, len(expl.texts))
         cells = {f"#{i + 1}": f"{t} ({100 * g:.1f}%)"
                  for i, (t, g) in enumerate(zip(expl.texts[:k], expl.gains[:k], strict=True))}
         rows[unit] = {**cells, "explained": f"{100 * expl.explained_variance[k - 1]:.1f}%"}
@@ -266,11 +271,9 @@ def ground_truth_table(
 
 
 def explain_heads(
-    units: Float[Tensor, "n unit d_out"],
-    labels: Sequence[str],
+    units: Units,
     heads: Sequence[str],
-    dictionary_embeddings: Float[Tensor, "m d_out"],
-    texts: Sequence[str],
+    dictionary: TextDictionary,
     *,
     method: str = "textspan",
     n_iters: int = 10,
@@ -281,10 +284,8 @@ def explain_heads(
 
     Args:
         units: Per-unit contributions (e.g. of the reference split).
-        labels: Unit labels.
         heads: The units to explain.
-        dictionary_embeddings: L2-normalised text embeddings.
-        texts: One text per embedding.
+        dictionary: An embedded dictionary (``load_dictionary(name).embed(loaded)``).
         method: ``"textspan"`` or ``"somp"``.
         n_iters: Texts picked per unit.
         rank: TextSpan's number of singular directions.
@@ -294,34 +295,29 @@ def explain_heads(
     Returns:
         Unit label → explanation, in the order of ``heads``.
     """
-    idx = [list(labels).index(h) for h in heads]
-    x = units[:, idx]
+    selected = units.select(heads)
     if method == "textspan":
-        out = textspan(x, dictionary_embeddings, texts, n_iters, rank, unit_names=heads,
-                       span=span)
-    elif method == "somp":
-        out = [somp(x[:, i], dictionary_embeddings, texts, n_iters, unit=h)[0]
-               for i, h in enumerate(heads)]
-    else:
-        raise ValueError(f"method must be 'textspan' or 'somp', got {method!r}")
-    return {e.unit: e for e in out}
+        return textspan(selected, dictionary, n_iters=n_iters, rank=rank, span=span)
+    if method == "somp":
+        return {h: somp(selected.select(h), dictionary, n_iters=n_iters)[0] for h in heads}
+    raise ValueError(f"method must be 'textspan' or 'somp', got {method!r}")
 
 
-def classifier_alignment(
-    units: Float[Tensor, "n unit d_out"], labels: Sequence[str],
-    classifier: Float[Tensor, "d_out k"],
-) -> pd.Series:
+def classifier_alignment(units: Units, classifier: Float[Tensor, "d_out k"]) -> pd.Series:
     """Share of each unit's variance that lies in the span of the classifier's directions.
 
     A head whose output varies only inside ``span(C)`` (1) speaks directly to the zero-shot
     classifier; one varying orthogonally to it (0) is invisible to it whatever it carries.
     Chance level for a random direction is ``K / d_out``.
+
+    Returns:
+        Per unit label, the share.
     """
-    x = units.double() - units.double().mean(0)
+    x = units.data.double() - units.data.double().mean(0)
     basis = torch.linalg.qr(classifier.double())[0]
     inside = (x @ basis).pow(2).sum((0, 2))
     total = x.pow(2).sum((0, 2)).clamp_min(1e-30)
-    return pd.Series((inside / total).numpy(), index=list(labels), name="alignment")
+    return pd.Series((inside / total).numpy(), index=list(units.labels), name="alignment")
 
 
 def task_specialization(shares: pd.DataFrame, heads: Sequence[str], family: str | None,
@@ -367,3 +363,66 @@ def rank_correlation(x: Sequence[float], y: Sequence[float], n_permutations: int
     null = corr(ra[None], rb[perms])
     p = float(((np.abs(null) >= abs(rho) - 1e-12).sum() + 1) / (n_permutations + 1))
     return {"rho": rho, "p": p, "pearson": float(corr(a, b)), "n": n}
+
+
+def pick_overlap(a: Mapping[str, TextExplanation], b: Mapping[str, TextExplanation]
+                 ) -> pd.Series:
+    """Per unit explained by both, how many texts the two explanations share."""
+    return pd.Series({u: len(set(a[u].indices) & set(b[u].indices)) for u in a if u in b},
+                     name="shared texts", dtype=int)
+
+
+def truth_summary(truth: pd.DataFrame) -> pd.Series:
+    """How often TextSpan names what the probes find, on a :func:`ground_truth_table`.
+
+    Only each attribute's best head (rank 1) with a family to check counts.
+
+    Returns:
+        ``attributes`` (checked), ``named`` (the first texts name the family), ``by_chance``
+        (how many random texts would name it, summed), ``strong`` (attributes whose best head's
+        probe is over half-way from chance to perfect), ``strong_named`` and ``above_prior``
+        (the head's family share exceeds the dictionary's prior).
+    """
+    best = truth[truth["rank"] == 1]
+    checked = best[best.names_family != "–"]
+    strong = checked[checked.probe_acc - checked.chance > 0.5 * (1 - checked.chance)]
+    return pd.Series({
+        "attributes": len(checked),
+        "named": int((checked.names_family == "yes").sum()),
+        "by_chance": float(checked.by_chance.sum()),
+        "strong": len(strong),
+        "strong_named": int((strong.names_family == "yes").sum()),
+        "above_prior": int((checked.family_share > checked.family_prior).sum()),
+    })
+
+
+def head_views(scores: pd.DataFrame, lift: pd.DataFrame,
+               attribute_families: Mapping[str, str | None]) -> pd.DataFrame:
+    """The text view (:func:`specialization_scores`) of each head beside its probe view.
+
+    Args:
+        scores: Per head, from the TextSpan family shares.
+        lift: :func:`probe_lift` of the same heads, heads × attributes.
+        attribute_families: Attribute → dictionary family.
+
+    Returns:
+        ``scores`` joined with :func:`probe_specialization` (its family as
+        ``top_family_probe``) and ``agree`` (``"yes"`` when both views give the same family).
+    """
+    probe = probe_specialization(lift, attribute_families)
+    view = scores.join(probe.rename(columns={"top_family": "top_family_probe"}))
+    view["agree"] = (view.top_family == view.top_family_probe).map({True: "yes", False: "no"})
+    return view
+
+
+def views_agreement(view: pd.DataFrame, seed: int = 0) -> pd.Series:
+    """How well the text and probe views of :func:`head_views` agree over the heads.
+
+    Returns:
+        ``agree`` and ``heads`` (those with a probe family), and the Spearman ``rho`` and
+        permutation ``p`` of the specialisation score against the probe concentration.
+    """
+    both = view.dropna(subset=["top_family_probe"])
+    rho = rank_correlation(both.score, both.concentration, seed=seed)
+    return pd.Series({"agree": int((both.agree == "yes").sum()), "heads": len(both),
+                      "rho": rho["rho"], "p": rho["p"]})

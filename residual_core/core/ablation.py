@@ -1,10 +1,11 @@
 """Unit ablation and coarse head selection on cached unit contributions.
 
-Everything here works on projected unit outputs ``(n, unit, d_out)`` (from ``decompose`` or an
-encoding store) and a frozen zero-shot classifier ``C`` (``d_out × K``), so no backbone is run.
+Everything here works on labelled unit outputs (:class:`~residual_core.core.units.Units`, from
+``decompose`` or an encoding store) and a frozen zero-shot classifier ``C`` (``d_out × K``), so
+no backbone is run.
 
 - **Ablation**: replace a set of units by zero or by their mean over a reference split.
-- **Coarse selection** (``SPEC.md`` §3): keep the top-k heads under a ranking, mean-ablate the
+- **Coarse selection** (the paper's): keep the top-k heads under a ranking, mean-ablate the
   other heads (the embedding and MLPs are kept, so keeping every head is the full model), and
   measure accuracy. Rankings: ``S`` greedy forward selection by validation accuracy
   (supervised), ``U|T`` share of the head's variance inside the span of the task's classifier
@@ -22,23 +23,19 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from residual_core.core.units import Units, is_head
+
 __all__ = [
     "RANKINGS",
     "ablate",
     "accuracy",
     "coarse_selection",
-    "head_labels",
     "k_values",
     "rank_heads",
 ]
 
 RANKINGS = ("S", "U|T", "U", "R")
 DEFAULT_FRACTIONS = (0.01, 0.05, 0.10, 0.25, 0.50, 0.75)
-
-
-def head_labels(labels: Sequence[str]) -> list[str]:
-    """The attention-head labels (``L{l}H{h}``) among unit labels, in order."""
-    return [u for u in labels if u.startswith("L") and "H" in u and not u.endswith(".mlp")]
 
 
 def accuracy(
@@ -54,8 +51,7 @@ def accuracy(
 
 
 def ablate(
-    units: Float[Tensor, "n unit d_out"],
-    labels: Sequence[str],
+    units: Units,
     ablated: Sequence[str],
     mode: str = "mean",
     means: Float[Tensor, "unit d_out"] | None = None,
@@ -64,25 +60,25 @@ def ablate(
 
     Args:
         units: Per-unit contributions.
-        labels: Label of each unit.
         ablated: Labels of the units to ablate.
         mode: ``"zero"`` or ``"mean"``.
-        means: Per-unit means over a reference split (required for ``"mean"``).
+        means: Per-unit means over a reference split, one row per unit of ``units`` (required
+            for ``"mean"``).
 
     Returns:
         The summed embedding after ablation.
+
+    Raises:
+        KeyError: For a label that is not among the units.
     """
     if mode not in ("zero", "mean"):
         raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
-    pos = {u: i for i, u in enumerate(labels)}
-    unknown = [u for u in ablated if u not in pos]
-    if unknown:
-        raise KeyError(f"unknown unit labels {unknown}")
-    idx = torch.tensor([pos[u] for u in ablated], dtype=torch.long)
-    z = units.sum(1)
+    idx = torch.tensor(units.index(list(ablated)), dtype=torch.long)
+    data = units.data
+    z = data.sum(1)
     if len(idx) == 0:
         return z
-    z = z - units[:, idx].sum(1)
+    z = z - data[:, idx].sum(1)
     if mode == "mean":
         if means is None:
             raise ValueError("mode='mean' needs the reference means")
@@ -132,8 +128,7 @@ def _greedy_supervised(
 
 def rank_heads(
     ranking: str,
-    units: Float[Tensor, "n unit d_out"],
-    labels: Sequence[str],
+    units: Units,
     means: Float[Tensor, "unit d_out"],
     classifier: Float[Tensor, "d_out k"],
     targets: Int[Tensor, " n"] | None = None,
@@ -146,8 +141,7 @@ def rank_heads(
     Args:
         ranking: One of :data:`RANKINGS`.
         units: Validation-split unit contributions.
-        labels: Unit labels.
-        means: Reference-split means of every unit.
+        means: Reference-split means of every unit (one row per unit of ``units``).
         classifier: Zero-shot classifier of the task.
         targets: Validation labels (used by ``S`` only).
         k_max: For ``S``, how many heads to select greedily (default all).
@@ -159,16 +153,16 @@ def rank_heads(
     """
     if ranking not in RANKINGS:
         raise ValueError(f"unknown ranking {ranking!r}; valid: {list(RANKINGS)}")
-    heads = head_labels(labels)
-    pos = {u: i for i, u in enumerate(labels)}
-    head_idx = torch.tensor([pos[h] for h in heads])
-    deltas = _centered_heads(units, head_idx, means)  # restoring head h adds deltas[:, h]
+    heads = [u for u in units.labels if is_head(u)]
+    head_idx = torch.tensor(units.index(heads))
+    data = units.data
+    deltas = _centered_heads(data, head_idx, means)  # restoring head h adds deltas[:, h]
     if ranking == "R":
         order = np.random.default_rng(seed).permutation(len(heads)).tolist()
     elif ranking == "S":
         if targets is None:
             raise ValueError("ranking 'S' is supervised: pass the validation targets")
-        base = units.sum(1) - deltas.sum(1)  # every head mean-ablated
+        base = data.sum(1) - deltas.sum(1)  # every head mean-ablated
         order = _greedy_supervised(base, deltas, classifier, targets,
                                    k_max or len(heads), normalize)
     else:
@@ -177,7 +171,7 @@ def rank_heads(
             basis = torch.linalg.qr(classifier.double())[0].to(centred.dtype)  # (d, K)
             inside = (centred @ basis).pow(2).sum((0, 2))
         else:  # "U": variance along the full output's centred direction, per sample
-            out = units.sum(1)
+            out = data.sum(1)
             out = out - out.mean(0)
             unit_out = out / out.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             inside = (centred * unit_out[:, None]).sum(-1).pow(2).sum(0)
@@ -187,11 +181,10 @@ def rank_heads(
 
 
 def coarse_selection(
-    val_units: Float[Tensor, "n_val unit d_out"],
+    val_units: Units,
     val_targets: Int[Tensor, " n_val"],
-    test_units: Float[Tensor, "n_test unit d_out"],
+    test_units: Units,
     test_targets: Int[Tensor, " n_test"],
-    labels: Sequence[str],
     means: Float[Tensor, "unit d_out"],
     classifier: Float[Tensor, "d_out k"],
     rankings: Sequence[str] = RANKINGS,
@@ -206,23 +199,23 @@ def coarse_selection(
     Returns:
         A tidy table: ``ranking, seed, k, fraction, val_acc, test_acc`` (+ one ``full`` row).
     """
-    heads = head_labels(labels)
+    heads = [u for u in val_units.labels if is_head(u)]
     ks = k_values(len(heads)) if ks is None else sorted(ks)
     rows = []
     for ranking in rankings:
         seeds = range(random_seeds) if ranking == "R" else [0]
         for seed in seeds:
-            order = rank_heads(ranking, val_units, labels, means, classifier, val_targets,
+            order = rank_heads(ranking, val_units, means, classifier, val_targets,
                                k_max=max(ks), seed=seed, normalize=normalize)
             for k in ks:
                 dropped = order[k:] + [h for h in heads if h not in order]
                 row = {"ranking": ranking, "seed": seed, "k": k, "fraction": k / len(heads)}
                 for split, u, t in (("val", val_units, val_targets),
                                     ("test", test_units, test_targets)):
-                    z = ablate(u, labels, dropped, "mean", means)
+                    z = ablate(u, dropped, "mean", means)
                     row[f"{split}_acc"] = accuracy(z, classifier, t, normalize)
                 rows.append(row)
     full = {"ranking": "full", "seed": 0, "k": len(heads), "fraction": 1.0}
-    full["val_acc"] = accuracy(val_units.sum(1), classifier, val_targets, normalize)
-    full["test_acc"] = accuracy(test_units.sum(1), classifier, test_targets, normalize)
+    full["val_acc"] = accuracy(val_units.sum(), classifier, val_targets, normalize)
+    full["test_acc"] = accuracy(test_units.sum(), classifier, test_targets, normalize)
     return pd.DataFrame([*rows, full])

@@ -42,14 +42,12 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from residual_core.core.units import UnitLayout, unit_labels
+from residual_core.core.units import UnitLayout, Units, parse_label
 
 __all__ = [
     "CENTERINGS",
     "Centering",
-    "Decomposition",
     "RawUnits",
-    "UnitLayout",
     "UnitProjector",
     "UnsupportedModelError",
     "check_centering",
@@ -57,7 +55,6 @@ __all__ = [
     "decompose",
     "decompose_raw",
     "get_visual",
-    "unit_labels",
 ]
 
 
@@ -87,7 +84,7 @@ class RawUnits:
     Heads are kept as their ``d_head`` outputs (before the out-projection), the embedding and
     MLPs as their residual-stream writes, plus the per-sample LayerNorm statistics ``sigma``
     and ``mu``. A :class:`UnitProjector` of the same model turns them into
-    :class:`Decomposition` exactly.
+    :class:`~residual_core.core.units.Units` exactly.
 
     Attributes:
         embed: CLS embedding after ``ln_pre``.
@@ -118,46 +115,6 @@ class RawUnits:
     def cat(parts: Sequence[RawUnits]) -> RawUnits:
         """Concatenate along the batch dimension."""
         return RawUnits(*(torch.cat(ts) for ts in zip(*(p.tensors() for p in parts), strict=True)))
-
-
-@dataclass
-class Decomposition:
-    """Per-unit direct contributions to the image embedding.
-
-    Attributes:
-        units: Contribution of every unit; ``units.sum(1)`` is ``encode_image`` (unnormalised).
-        labels: Unit labels, in the order of the ``unit`` dimension.
-    """
-
-    units: Float[Tensor, "batch unit d_out"]
-    labels: list[str]
-
-    def index(self, labels: str | Sequence[str]) -> list[int]:
-        """Positions of one or more labels.
-
-        Raises:
-            KeyError: For a label that is not one of :attr:`labels`.
-        """
-        wanted = [labels] if isinstance(labels, str) else list(labels)
-        positions = {label: i for i, label in enumerate(self.labels)}
-        missing = [label for label in wanted if label not in positions]
-        if missing:
-            raise KeyError(
-                f"unknown unit labels {missing}; this decomposition has {len(self.labels)} units "
-                f"labelled {self.labels[0]!r}, {self.labels[1]!r}, ..., {self.labels[-1]!r}"
-            )
-        return [positions[label] for label in wanted]
-
-    def select(self, labels: str | Sequence[str]) -> Float[Tensor, "batch k d_out"]:
-        """Contributions of the given units, in the order asked."""
-        return self.units[:, self.index(labels)]
-
-    def __getitem__(self, label: str) -> Float[Tensor, "batch d_out"]:
-        return self.units[:, self.index(label)[0]]
-
-    def total(self) -> Float[Tensor, "batch d_out"]:
-        """Sum over units: the reconstructed (unnormalised) image embedding."""
-        return self.units.sum(1)
 
 
 def get_visual(model: nn.Module) -> nn.Module:
@@ -390,18 +347,19 @@ class UnitProjector(nn.Module):
         """
         layout = self.layout
         layout.index(label)  # validates the label
+        unit = parse_label(label)
         n_writes = 2 * layout.n_layers + 1
         dtype = self.resid_map.dtype
         inv_sigma = (1.0 / sigma.to(dtype))[:, None]
         with torch.autocast(x.device.type, enabled=False):
-            if label == "embed" or label.endswith(".mlp"):
+            if unit.kind != "head":
                 out = (x.to(dtype) @ self.resid_map) * inv_sigma
                 return out + self._constant(sigma, mu, n_writes)
-            layer, head = (int(v) for v in label[1:].split("H"))
+            layer, head = unit.layer, unit.head
             out = (x.to(dtype) @ self.head_maps[layer, head] + self.head_bias[layer]) * inv_sigma
             return out + self._constant(sigma, mu, n_writes * layout.n_heads)
 
-    def forward(self, raw: RawUnits) -> Decomposition:
+    def forward(self, raw: RawUnits) -> Units:
         """Project raw unit outputs to their contributions to the image embedding."""
         with torch.autocast(raw.embed.device.type, enabled=False):
             n_layers, n_heads = self.layout.n_layers, self.layout.n_heads
@@ -414,7 +372,7 @@ class UnitProjector(nn.Module):
             heads = (heads + self.head_bias[:, None]).flatten(1, 2) * inv_sigma
             heads = heads + self._constant(raw.sigma, raw.mu, n_writes * n_heads)[:, None]
             units = torch.cat([resid, heads], 1)
-        return Decomposition(units, self.labels)
+        return Units.full(units, self.layout)
 
 
 def _ln_param(
@@ -435,11 +393,11 @@ def decompose(
     projector: UnitProjector | None = None,
     centering: Centering | None = None,
     requires_grad: bool = False,
-) -> Decomposition:
+) -> Units:
     """Decompose the image embedding into the direct contributions of every unit.
 
-    ``decompose(model, x).units.sum(1)`` equals ``model.encode_image(x)`` (unnormalised) up to
-    float rounding. The model is not modified.
+    ``decompose(model, x).sum()`` equals ``model.encode_image(x)`` (unnormalised) up to float
+    rounding. The model is not modified.
 
     Args:
         model: An open_clip CLIP model or its vision tower (see :func:`check_supported`).
@@ -451,12 +409,13 @@ def decompose(
         requires_grad: Keep the autograd graph (default: run under ``torch.no_grad``).
 
     Returns:
-        Units ``(batch, unit, d_out)`` in float32 (float64 for a float64 model) and their
-        labels.
+        The labelled :class:`~residual_core.core.units.Units`, data ``(batch, unit, d_out)`` in
+        float32 (float64 for a float64 model).
 
     Example:
-        >>> dec = decompose(model, images)
-        >>> dec.select(["L11H3", "L11.mlp"]).shape  # (batch, 2, d_out)
+        >>> units = decompose(model, images)
+        >>> units["L11H3"].shape                       # (batch, d_out)
+        >>> units[["L11H3", "L11.mlp"]].data.shape     # (batch, 2, d_out)
     """
     if projector is None:
         projector = UnitProjector.from_model(model, centering or "shared")

@@ -27,7 +27,7 @@ from jaxtyping import Float
 from safetensors.torch import load_file, save
 from torch import Tensor
 
-from residual_core.core.io import DEFAULT_CACHE, atomic_write
+from residual_core.core.io import atomic_write, cache_root
 
 __all__ = ["TextDictionary", "cache_path", "embed_texts", "read_tsv", "to_tsv"]
 
@@ -94,11 +94,11 @@ def cache_path(loaded, texts: Sequence[str], cache_dir: str | os.PathLike | None
         loaded: A :class:`~residual_core.core.model.LoadedModel` (its ``name`` and
             ``fingerprint``).
         texts: The texts, in order (the order is part of the key).
-        cache_dir: Cache root (default :data:`residual_core.core.io.DEFAULT_CACHE`).
+        cache_dir: Cache root (default :func:`residual_core.core.io.cache_root`).
     """
     digest = hashlib.sha256()
     digest.update(json.dumps([loaded.fingerprint, list(texts)]).encode())
-    return Path(cache_dir or DEFAULT_CACHE) / "text" / loaded.name / (
+    return Path(cache_dir or cache_root()) / "text" / loaded.name / (
         f"{digest.hexdigest()[:20]}.safetensors")
 
 
@@ -117,7 +117,7 @@ def embed_texts(
         loaded: A :class:`~residual_core.core.model.LoadedModel`.
         texts: The texts to embed.
         normalize: L2-normalise each row of the result.
-        cache_dir: Cache root (default :data:`residual_core.core.io.DEFAULT_CACHE`).
+        cache_dir: Cache root (default :func:`residual_core.core.io.cache_root`).
         batch_size: Texts per forward pass.
 
     Returns:

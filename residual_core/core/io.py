@@ -11,12 +11,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["DEFAULT_CACHE", "atomic_write", "file_lock", "lock_holder", "temp_name"]
+__all__ = ["atomic_write", "cache_root", "file_lock", "lock_holder", "temp_name"]
 
-DEFAULT_CACHE = Path(os.environ.get("RESIDUAL_CACHE", Path(__file__).resolve().parents[2]
-                                    / ".cache"))
-"""Root of cached encodings, text embeddings and trained variants (``$RESIDUAL_CACHE`` or
-``.cache/`` in the repository)."""
+
+def cache_root() -> Path:
+    """Root of cached encodings, text embeddings and trained variants, read when asked.
+
+    ``$RESIDUAL_CACHE``, else ``.cache/`` in the repository.
+    """
+    env = os.environ.get("RESIDUAL_CACHE")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / ".cache"
 
 
 def temp_name(path: Path) -> Path:

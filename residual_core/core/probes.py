@@ -6,12 +6,14 @@ for every unit at once with one batched solve, so probing hundreds of units is o
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from residual_core.core.units import Units
 
 __all__ = ["probe_table", "ridge_probe"]
 
@@ -53,23 +55,35 @@ def ridge_probe(
 
 
 def probe_table(
-    train_units: Float[Tensor, "n unit d"],
+    train_units: Units,
     train_attributes: Mapping[str, Int[Tensor, " n"]],
-    test_units: Float[Tensor, "m unit d"],
+    test_units: Units,
     test_attributes: Mapping[str, Int[Tensor, " m"]],
-    labels: Sequence[str],
     alpha: float = 0.1,
 ) -> pd.DataFrame:
     """Probe accuracy of every unit (and of the summed embedding) for every attribute.
 
+    Args:
+        train_units: The units the probes are fitted on.
+        train_attributes: Attribute name → class index per training sample.
+        test_units: The same units of the test samples.
+        test_attributes: Attribute name → class index per test sample.
+        alpha: Ridge penalty on the standardised features.
+
     Returns:
         A DataFrame indexed by unit label (plus ``"embedding"``), one column per attribute.
+
+    Raises:
+        ValueError: If train and test hold different units.
     """
+    if train_units.labels != test_units.labels:
+        raise ValueError("probe_table: the train and test units differ")
     cols = {}
-    total_tr, total_te = train_units.sum(1, keepdim=True), test_units.sum(1, keepdim=True)
+    xtr, xte = train_units.data, test_units.data
+    total_tr, total_te = xtr.sum(1, keepdim=True), xte.sum(1, keepdim=True)
     for attr, y_tr in train_attributes.items():
         y_tr, y_te = torch.as_tensor(y_tr), torch.as_tensor(test_attributes[attr])
-        per_unit = ridge_probe(train_units, y_tr, test_units, y_te, alpha=alpha)
+        per_unit = ridge_probe(xtr, y_tr, xte, y_te, alpha=alpha)
         whole = ridge_probe(total_tr, y_tr, total_te, y_te, alpha=alpha)
         cols[attr] = [*per_unit.tolist(), float(whole[0])]
-    return pd.DataFrame(cols, index=[*labels, "embedding"])
+    return pd.DataFrame(cols, index=[*train_units.labels, "embedding"])

@@ -1,7 +1,8 @@
 """ResiDual and its baselines: small modules from cached unit data to logits of a frozen classifier.
 
-Every variant of ``SPEC.md`` §4 maps cached per-sample data to an adapted image embedding ``z``
-(``d_out``) and then to logits through a :class:`FrozenClassifier` (a buffer, never trained):
+Every variant of the paper maps cached per-sample data to an adapted image embedding ``z``
+(``d_out``) and then to logits through the frozen zero-shot classifier
+(:class:`~residual_core.core.zeroshot.ZeroShotClassifier`, a buffer, never trained):
 
 - ``zero-shot`` (:class:`ZeroShot`): nothing trained; input the embedding.
 - ``coarse`` (:class:`Coarse`, "Optimized"): one scalar per head; PCA coordinates.
@@ -11,6 +12,10 @@ Every variant of ``SPEC.md`` §4 maps cached per-sample data to an adapted image
 - ``linear-adapter`` (:class:`LinearAdapter`): ``z W + b`` on the embedding.
 - ``fine-tune`` (:class:`FineTune`): the whole vision tower, trained on images.
 
+The variants read unit labels and the model's layout from their input: the reference PCA
+(:class:`~residual_core.core.spectral.PCAResult`) and the :class:`~residual_core.core.units.Units`
+they encode; no position along the unit axis is assumed.
+
 ResiDual reweights each selected unit ``r`` in its principal basis ``B_r`` (rows, from reference
 data) around its reference mean ``μ_r``: ``ĥ_r = B_rᵀ diag(λ_r) B_r (h_r − μ_r) [+ μ_r]``. The
 PCA coordinates ``c_r = B_r (h_r − μ_r)`` do not depend on λ, so they are computed once
@@ -18,7 +23,7 @@ PCA coordinates ``c_r = B_r (h_r − μ_r)`` do not depend on λ, so they are co
 ``z = (λ ⊙ c) @ B_stack + offset [+ rest]``, with every selected unit's basis stacked in
 ``B_stack``; the backbone never runs during training.
 
-Defaults (documented choice, see ``SPEC.md`` §4 note): λ starts at 1 and ``μ_r`` is added back,
+Defaults (the book's choice; the authors' is an option): λ starts at 1 and ``μ_r`` is added back,
 so a variant that keeps every unit and every direction starts *exactly* at the zero-shot model,
 and a truncated one at its projection. The authors' code instead drops ``μ_r`` and draws
 λ ~ N(1, 1) (unseeded); ``init="normal", add_mean=False`` reproduces it (seeded here).
@@ -26,25 +31,23 @@ and a truncated one at its projection. The authors' code instead drops ``μ_r`` 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from residual_core.core.spectral import PCAResult
-from residual_core.core.units import UnitLayout
+from residual_core.core.units import Units, is_head
+from residual_core.core.zeroshot import ZeroShotClassifier
 
 __all__ = [
     "VARIANTS",
     "Coarse",
     "FineTune",
-    "FrozenClassifier",
     "LinearAdapter",
     "ResiDual",
     "StackedBasis",
@@ -52,7 +55,6 @@ __all__ = [
     "ZeroShot",
     "build_variant",
     "cache_inputs",
-    "is_head",
     "lambda_matrix",
     "lambda_summary",
     "make_basis",
@@ -72,41 +74,6 @@ VARIANTS = (
 
 Rest = Literal["drop", "keep", "mean"]
 PCSpec = int | float | str | Mapping[str, int | float | str] | Callable[[str], int | float | str]
-
-_HEAD = re.compile(r"^L\d+H\d+$")
-
-
-def is_head(label: str) -> bool:
-    """Whether a unit label names an attention head (``L{l}H{h}``)."""
-    return bool(_HEAD.match(label))
-
-
-class FrozenClassifier(nn.Module):
-    """Zero-shot classifier ``logits = scale · normalize(z) @ C`` with ``C`` frozen (a buffer).
-
-    Args:
-        weights: Class directions as columns, ``(d_out, n_classes)``.
-        scale: Logit scale (CLIP: ``model.logit_scale.exp()``, 100 for trained CLIPs).
-        normalize: L2-normalise ``z`` first (``SPEC.md`` §2 note: the paper's runs did not).
-    """
-
-    weights: Float[Tensor, "d_out n_classes"]
-
-    def __init__(
-        self, weights: Float[Tensor, "d_out n_classes"], scale: float = 100.0,
-        normalize: bool = True,
-    ):
-        super().__init__()
-        self.register_buffer("weights", weights.detach().float().clone())
-        self.scale = float(scale)
-        self.normalize = normalize
-
-    def forward(self, z: Float[Tensor, "batch d_out"]) -> Float[Tensor, "batch n_classes"]:
-        """Logits of the embeddings ``z``."""
-        if self.normalize:
-            z = F.normalize(z, dim=-1)
-        return self.scale * (z @ self.weights)
-
 
 @dataclass
 class StackedBasis:
@@ -174,16 +141,15 @@ def _resolve_k(spec: int | float | str, ev: Tensor, d: int, label: str) -> int:
 
 def make_basis(
     pca: PCAResult,
-    labels: Sequence[str],
     selected: Sequence[str],
     n_pcs: PCSpec = "all",
 ) -> StackedBasis:
     """Stack the leading principal components of the selected units.
 
     Args:
-        pca: Per-unit PCA of reference data, over the units ``labels`` (in that order).
-        labels: Labels of the ``unit`` dimension of ``pca`` (and of the data to encode).
-        selected: Units to reweight, by label; the others follow the variant's ``rest`` policy.
+        pca: Labelled per-unit PCA of reference data (:func:`~residual_core.core.spectral.
+            unit_pca`); its units not selected follow the variant's ``rest`` policy.
+        selected: Units to reweight, by label.
         n_pcs: Components kept per unit: an int (at most that many), a float in (0, 1] (the
             fewest reaching that explained-variance ratio, e.g. 0.9), ``"all"`` (``d_out``),
             ``"rank"`` (the directions with non-zero reference variance), or a mapping /
@@ -193,16 +159,15 @@ def make_basis(
         The stacked basis (float32).
 
     Raises:
-        KeyError: For a selected label that is not in ``labels``.
-        ValueError: If ``pca`` and ``labels`` disagree in length, or a label is selected twice.
+        KeyError: For a selected label that is not a unit of ``pca`` (or an unlabelled PCA).
+        ValueError: If a label is selected twice.
     """
-    labels = list(labels)
-    if pca.mean.shape[0] != len(labels):
-        raise ValueError(f"pca has {pca.mean.shape[0]} units but {len(labels)} labels were given")
+    labels = list(pca.labels or ())
     position = {label: i for i, label in enumerate(labels)}
     missing = [s for s in selected if s not in position]
     if missing:
-        raise KeyError(f"selected units {missing[:5]} are not among the {len(labels)} labels")
+        raise KeyError(f"selected units {missing[:5]} are not among the {len(labels)} units of "
+                       "the reference PCA")
     if len(set(selected)) != len(selected):
         raise ValueError("a unit is selected twice")
     d = pca.mean.shape[-1]
@@ -253,9 +218,8 @@ def _coordinates(
 
 @torch.no_grad()
 def pca_coordinates(
-    source: Tensor | Iterable[Tensor],
+    source: Units | Iterable[Units],
     pca: PCAResult,
-    labels: Sequence[str],
     selected: Sequence[str],
     n_pcs: PCSpec = "all",
     *,
@@ -264,24 +228,23 @@ def pca_coordinates(
     """PCA coordinates ``c_r = B_r (h_r − μ_r)`` of the selected units, computed once.
 
     Args:
-        source: Unit outputs ``(n, unit, d_out)`` in the order of ``labels``, or batches of them.
-        pca: Per-unit PCA of reference data over ``labels``.
-        labels: Labels of the unit dimension.
+        source: Unit outputs, or batches of them.
+        pca: Labelled per-unit PCA of reference data.
         selected: Units whose coordinates to compute.
         n_pcs: Components per unit (see :func:`make_basis`).
-        batch_size: Chunk size for a tensor source.
+        batch_size: Chunk size for a :class:`Units` source.
 
     Returns:
         ``(coords, basis)``: coordinates stacked in the order of ``basis.components``.
     """
-    basis = make_basis(pca, labels, selected, n_pcs)
-    idx = [list(labels).index(u) for u in basis.labels]
-    if isinstance(source, Tensor):
+    basis = make_basis(pca, selected, n_pcs)
+    if isinstance(source, Units):
         source = source.split(batch_size)
     parts = []
     for units in source:
-        centred = units[:, idx].float() - basis.mean.to(units.device)
-        parts.append(_coordinates(centred, basis.components.to(units.device), basis.sizes))
+        data = units.data
+        centred = data[:, units.index(basis.labels)].float() - basis.mean.to(data.device)
+        parts.append(_coordinates(centred, basis.components.to(data.device), basis.sizes))
     return torch.cat(parts), basis
 
 
@@ -295,7 +258,7 @@ class Variant(nn.Module):
     name: str = "variant"
     default_lr: float = 1e-3
 
-    def __init__(self, classifier: FrozenClassifier):
+    def __init__(self, classifier: ZeroShotClassifier):
         super().__init__()
         self.classifier = classifier
 
@@ -304,8 +267,8 @@ class Variant(nn.Module):
         """Number of trainable parameters (the classifier is a buffer, never counted)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
-    def encode(self, units: Float[Tensor, "batch unit d_out"]) -> tuple[Tensor, ...]:
-        """Turn unit outputs (in the order of the variant's ``labels``) into cached inputs."""
+    def encode(self, units: Units) -> tuple[Tensor, ...]:
+        """Turn unit outputs into the cached inputs the variant trains on."""
         raise NotImplementedError(f"{type(self).__name__} does not train on cached units")
 
     def embed(self, *inputs: Tensor) -> Float[Tensor, "batch d_out"]:
@@ -318,7 +281,7 @@ class Variant(nn.Module):
 
     def options(self) -> dict[str, object]:
         """Settings worth recording next to a result (init, mean, rest policy...)."""
-        return {"normalize": self.classifier.normalize}
+        return {"normalize": self.classifier.normalize_features}
 
 
 class ZeroShot(Variant):
@@ -327,9 +290,9 @@ class ZeroShot(Variant):
     name = "zero-shot"
     default_lr = 0.0
 
-    def encode(self, units: Float[Tensor, "batch unit d_out"]) -> tuple[Tensor]:
+    def encode(self, units: Units) -> tuple[Tensor]:
         """The embedding ``Σ_u h_u``."""
-        return (units.sum(1),)
+        return (units.sum(),)
 
     def embed(self, z: Float[Tensor, "batch d_out"]) -> Float[Tensor, "batch d_out"]:
         """Identity."""
@@ -345,15 +308,15 @@ class LinearAdapter(Variant):
     name = "linear-adapter"
     default_lr = 1e-3
 
-    def __init__(self, classifier: FrozenClassifier):
+    def __init__(self, classifier: ZeroShotClassifier):
         super().__init__(classifier)
         d = classifier.weights.shape[0]
         self.weight = nn.Parameter(torch.eye(d))
         self.bias = nn.Parameter(torch.zeros(d))
 
-    def encode(self, units: Float[Tensor, "batch unit d_out"]) -> tuple[Tensor]:
+    def encode(self, units: Units) -> tuple[Tensor]:
         """The embedding ``Σ_u h_u``."""
-        return (units.sum(1),)
+        return (units.sum(),)
 
     def embed(self, z: Float[Tensor, "batch d_out"]) -> Float[Tensor, "batch d_out"]:
         """``z W + b``."""
@@ -371,7 +334,7 @@ class FineTune(Variant):
     name = "fine-tune"
     default_lr = 1e-5
 
-    def __init__(self, visual: nn.Module, classifier: FrozenClassifier):
+    def __init__(self, visual: nn.Module, classifier: ZeroShotClassifier):
         super().__init__(classifier)
         self.visual = visual
         for p in self.visual.parameters():
@@ -391,9 +354,8 @@ class _Reweighting(Variant):
 
     def __init__(
         self,
-        classifier: FrozenClassifier,
+        classifier: ZeroShotClassifier,
         basis: StackedBasis,
-        labels: Sequence[str],
         *,
         n_lambda: int,
         rest: Rest,
@@ -406,19 +368,11 @@ class _Reweighting(Variant):
             raise ValueError(f"rest must be 'drop', 'keep' or 'mean', got {rest!r}")
         if init not in ("ones", "normal"):
             raise ValueError(f"init must be 'ones' or 'normal', got {init!r}")
-        labels = list(labels)
-        position = {label: i for i, label in enumerate(labels)}
-        missing = [u for u in basis.labels + basis.other_labels if u not in position]
-        if missing:
-            raise KeyError(f"basis units {missing[:5]} are not among the data labels")
         self.basis = basis
-        self.labels = labels
         self.rest = rest
         self.init = init
         self.seed = seed
         self.keep_residue = keep_residue
-        self._sel_idx = [position[u] for u in basis.labels]
-        self._other_idx = [position[u] for u in basis.other_labels]
         self.register_buffer("components", basis.components.float().clone())
         self.register_buffer("unit_mean", basis.mean.float().clone())
         unit_of_pc = torch.repeat_interleave(
@@ -438,29 +392,32 @@ class _Reweighting(Variant):
     @property
     def uses_rest(self) -> bool:
         """Whether the cached inputs carry a per-sample ``rest`` vector."""
-        return (self.rest == "keep" and bool(self._other_idx)) or self.keep_residue
+        return (self.rest == "keep" and bool(self.basis.other_labels)) or self.keep_residue
 
     @torch.no_grad()
-    def encode(self, units: Float[Tensor, "batch unit d_out"]) -> tuple[Tensor, ...]:
+    def encode(self, units: Units) -> tuple[Tensor, ...]:
         """PCA coordinates ``c_r = B_r (h_r − μ_r)`` of the selected units, stacked.
 
         Args:
-            units: Unit outputs in the order of :attr:`labels` (all units, float).
+            units: Unit outputs, holding every unit of the reference PCA (by label).
 
         Returns:
             ``(coords,)`` or ``(coords, rest)``: ``rest`` is the per-sample sum of the kept
             non-selected units (``rest="keep"``) plus, with ``keep_residue``, the part of each
             selected unit outside its kept PCs.
+
+        Raises:
+            KeyError: If a unit of the reference PCA is not among ``units``.
         """
-        if units.shape[1] != len(self.labels):
-            raise ValueError(f"expected {len(self.labels)} units, got {units.shape[1]}")
-        centred = units[:, self._sel_idx].float() - self.unit_mean.to(units.device)
-        coords = _coordinates(centred, self.components.to(units.device), self.basis.sizes)
+        data = units.data
+        centred = data[:, units.index(self.basis.labels)].float() - self.unit_mean.to(
+            data.device)
+        coords = _coordinates(centred, self.components.to(data.device), self.basis.sizes)
         if not self.uses_rest:
             return (coords,)
-        rest = units.new_zeros(units.shape[0], units.shape[-1], dtype=torch.float32)
-        if self.rest == "keep" and self._other_idx:
-            rest += units[:, self._other_idx].float().sum(1)
+        rest = data.new_zeros(data.shape[0], data.shape[-1], dtype=torch.float32)
+        if self.rest == "keep" and self.basis.other_labels:
+            rest += data[:, units.index(self.basis.other_labels)].float().sum(1)
         if self.keep_residue:
             rest += centred.sum(1) - self._unit_reconstruction(coords).sum(1)
         return coords, rest
@@ -492,7 +449,6 @@ class ResiDual(_Reweighting):
     Args:
         classifier: Frozen zero-shot classifier.
         basis: Stacked bases of the selected units (:func:`make_basis`).
-        labels: Labels of the unit dimension of the data :meth:`encode` will receive.
         rest: Non-selected units: ``"drop"`` (zero), ``"keep"`` (added unchanged, per sample)
             or ``"mean"`` (replaced by their reference mean).
         add_mean: Add ``μ_r`` back for the selected units (default; the authors' code does not).
@@ -507,9 +463,8 @@ class ResiDual(_Reweighting):
 
     def __init__(
         self,
-        classifier: FrozenClassifier,
+        classifier: ZeroShotClassifier,
         basis: StackedBasis,
-        labels: Sequence[str],
         *,
         rest: Rest = "drop",
         add_mean: bool = True,
@@ -518,7 +473,7 @@ class ResiDual(_Reweighting):
         keep_residue: bool = False,
         name: str = "residual",
     ):
-        super().__init__(classifier, basis, labels, n_lambda=basis.n_components, rest=rest,
+        super().__init__(classifier, basis, n_lambda=basis.n_components, rest=rest,
                          init=init, seed=seed, keep_residue=keep_residue)
         self.name = name
         self.add_mean = add_mean
@@ -552,15 +507,14 @@ class Coarse(_Reweighting):
 
     def __init__(
         self,
-        classifier: FrozenClassifier,
+        classifier: ZeroShotClassifier,
         basis: StackedBasis,
-        labels: Sequence[str],
         *,
         rest: Rest = "drop",
         init: Literal["ones", "normal"] = "ones",
         seed: int = 0,
     ):
-        super().__init__(classifier, basis, labels, n_lambda=len(basis.labels), rest=rest,
+        super().__init__(classifier, basis, n_lambda=len(basis.labels), rest=rest,
                          init=init, seed=seed, keep_residue=False)
 
     def embed(
@@ -577,19 +531,17 @@ class Coarse(_Reweighting):
 class _OutputSpectral(ResiDual):
     """Spectral adapter: ResiDual on one unit, the summed output (``encode`` sums first)."""
 
-    def encode(self, units: Float[Tensor, "batch unit d_out"]) -> tuple[Tensor, ...]:
+    def encode(self, units: Units) -> tuple[Tensor, ...]:
         """Coordinates of the summed embedding in its own principal basis."""
-        return super().encode(units.sum(1, keepdim=True))
+        return super().encode(Units(units.data.sum(1, keepdim=True), ("output",), units.layout))
 
 
 def build_variant(
     name: str,
-    classifier: FrozenClassifier,
+    classifier: ZeroShotClassifier,
     *,
-    labels: Sequence[str] | None = None,
-    pca: PCAResult | None = None,
-    layout: UnitLayout | None = None,
-    output_pca: PCAResult | None = None,
+    reference: PCAResult | None = None,
+    output_reference: PCAResult | None = None,
     visual: nn.Module | None = None,
     evr: float = 0.9,
     add_mean: bool = True,
@@ -599,14 +551,16 @@ def build_variant(
 ) -> Variant:
     """Build one of :data:`VARIANTS` with the paper's settings.
 
+    The units and the model's layout are read from ``reference``: a head keeps at most
+    ``d_head`` PCs (``residual-full`` keeps ``d_head`` per head and ``d_out`` per MLP).
+
     Args:
         name: One of :data:`VARIANTS`.
         classifier: Frozen zero-shot classifier.
-        labels: Unit labels of the data (needed by coarse / residual-*).
-        pca: Per-unit PCA over ``labels`` (coarse / residual-*).
-        layout: The model's :class:`UnitLayout`: a head has at most ``d_head`` PCs
-            (residual-full keeps ``d_head`` per head and ``d_out`` per MLP).
-        output_pca: PCA of the summed embedding, one unit (spectral-adapter).
+        reference: Labelled per-unit PCA of reference data, with the model's layout
+            (:func:`~residual_core.core.spectral.unit_pca`; coarse / residual-*).
+        output_reference: PCA of the summed embedding, one unit (spectral-adapter;
+            ``unit_pca(..., output=True)``).
         visual: The vision tower (fine-tune).
         evr: Explained-variance ratio of the fine variant's PCs (0.9).
         add_mean: Add the reference means back (ResiDual variants).
@@ -616,6 +570,9 @@ def build_variant(
 
     Returns:
         The variant module; its ``n_trainable`` is the paper's parameter count.
+
+    Raises:
+        ValueError: For an unknown name (listing the valid ones) or a missing input.
     """
     if name == "zero-shot":
         return ZeroShot(classifier)
@@ -626,39 +583,45 @@ def build_variant(
             raise ValueError("fine-tune needs the vision tower (visual=...)")
         return FineTune(visual, classifier)
     if name == "spectral-adapter":
-        if output_pca is None:
-            raise ValueError("spectral-adapter needs the PCA of the summed output (output_pca=)")
-        basis = make_basis(output_pca, ["output"], ["output"], "all")
-        return _OutputSpectral(classifier, basis, ["output"], add_mean=add_mean, init=init,
-                               seed=seed, name=name, **kwargs)
+        if output_reference is None:
+            raise ValueError("spectral-adapter needs the PCA of the summed output "
+                             "(output_reference=, from unit_pca(..., output=True))")
+        output = PCAResult(output_reference.mean, output_reference.components,
+                           output_reference.explained_variance, output_reference.n_samples,
+                           ("output",))
+        basis = make_basis(output, ["output"], "all")
+        return _OutputSpectral(classifier, basis, add_mean=add_mean, init=init, seed=seed,
+                               name=name, **kwargs)
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; choose one of {VARIANTS}")
-    if pca is None or labels is None:
-        raise ValueError(f"{name} needs the per-unit PCA and the unit labels (pca=, labels=)")
-    labels = list(labels)
+    if reference is None or reference.labels is None:
+        raise ValueError(f"{name} needs the labelled per-unit reference PCA (reference=, from "
+                         "unit_pca)")
+    labels = list(reference.labels)
     heads = [label for label in labels if is_head(label)]
     if name == "coarse":
-        basis = make_basis(pca, labels, heads, "rank")
-        return Coarse(classifier, basis, labels, init=init, seed=seed, **kwargs)
+        basis = make_basis(reference, heads, "rank")
+        return Coarse(classifier, basis, init=init, seed=seed, **kwargs)
     if name == "residual-fine":
-        basis = make_basis(pca, labels, heads, float(evr))
-        return ResiDual(classifier, basis, labels, add_mean=add_mean, init=init, seed=seed,
-                        name=name, **kwargs)
+        basis = make_basis(reference, heads, float(evr))
+        return ResiDual(classifier, basis, add_mean=add_mean, init=init, seed=seed, name=name,
+                        **kwargs)
+    layout = reference.layout
     if layout is None:
-        raise ValueError("residual-full needs the model's UnitLayout (layout=) for d_head")
+        raise ValueError("residual-full needs the model's layout (d_head) with the reference "
+                         "PCA: compute it from Units (unit_pca)")
     selected = [label for label in labels if label != "embed"]
-    basis = make_basis(
-        pca, labels, selected, lambda u: layout.d_head if is_head(u) else layout.d_out
-    )
+    basis = make_basis(reference, selected,
+                       lambda u: layout.d_head if is_head(u) else layout.d_out)
     kwargs.setdefault("rest", "keep")  # embed kept, untrained
-    return ResiDual(classifier, basis, labels, add_mean=add_mean, init=init, seed=seed,
-                    name=name, **kwargs)
+    return ResiDual(classifier, basis, add_mean=add_mean, init=init, seed=seed, name=name,
+                    **kwargs)
 
 
 @torch.no_grad()
 def cache_inputs(
     variant: Variant,
-    source: Tensor | Iterable[Tensor | tuple[Tensor, Tensor]],
+    source: Units | Iterable[Units | tuple[Units, Tensor]],
     *,
     batch_size: int = 1024,
     device: str | torch.device | None = None,
@@ -667,27 +630,27 @@ def cache_inputs(
 
     Args:
         variant: Any variant with an :meth:`Variant.encode`.
-        source: A ``(n, unit, d_out)`` tensor (encoded in chunks of ``batch_size``) or an
-            iterable of such batches or of ``(units, targets)`` pairs (e.g.
-            :meth:`EncodingStore.iter_units`).
-        batch_size: Chunk size for a tensor source.
+        source: :class:`Units` (encoded in chunks of ``batch_size``), or an iterable of
+            batches of them (e.g. :meth:`EncodingStore.iter_units`) or of ``(units, targets)``
+            pairs.
+        batch_size: Chunk size for a :class:`Units` source.
         device: Where to encode (default: the source's device); results stay there.
 
     Returns:
         ``(inputs, targets)``: the concatenated cached inputs and the concatenated targets
         (``None`` if the source had none).
     """
-    if isinstance(source, Tensor):
+    if isinstance(source, Units):
         source = source.split(batch_size)
     parts: list[tuple[Tensor, ...]] = []
     targets: list[Tensor] = []
     for item in source:
-        units, target = (item, None) if isinstance(item, Tensor) else item
+        units, target = (item, None) if isinstance(item, Units) else item
         if device is not None:
             units = units.to(device)
         parts.append(variant.encode(units))
         if target is not None:
-            targets.append(torch.as_tensor(target).to(units.device))
+            targets.append(torch.as_tensor(target).to(units.data.device))
     inputs = tuple(torch.cat(ts) for ts in zip(*parts, strict=True))
     return inputs, (torch.cat(targets) if targets else None)
 

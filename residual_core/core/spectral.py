@@ -2,24 +2,31 @@
 
 PCA is accumulated as per-unit means and centred scatter matrices merged batch by batch
 (Chan et al.'s parallel update, float64), so a dataset whose unit encodings exceed memory is
-never materialised. The spectral cosine similarity compares two principal bases, weighting
-directions by their variance (``SPEC.md`` §3).
+never materialised; :func:`unit_pca` runs it over :class:`~residual_core.core.units.Units`, a
+stream of them or an encoding store, and its :class:`PCAResult` is indexed by unit label. The
+spectral cosine similarity compares two principal bases, weighting directions by their variance.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from residual_core.core.units import UnitLayout, Units
+
 __all__ = [
     "PCAResult",
     "StreamingPCA",
+    "UnitPCA",
     "n_components_for",
     "spectral_similarity",
     "spectral_similarity_matrix",
+    "unit_pca",
 ]
 
 
@@ -45,20 +52,67 @@ def n_components_for(
 
 
 @dataclass
+class UnitPCA:
+    """Principal components of one unit.
+
+    Attributes:
+        mean: The unit's mean.
+        components: Principal directions as rows, sorted by decreasing variance.
+        explained_variance: Variance along each direction (unbiased, ``n - 1``).
+        n_samples: Number of samples the statistics were computed from.
+    """
+
+    mean: Float[Tensor, " d"]
+    components: Float[Tensor, "k d"]
+    explained_variance: Float[Tensor, " k"]
+    n_samples: int
+
+    @property
+    def explained_variance_ratio(self) -> Float[Tensor, " k"]:
+        """Explained variance normalised to sum to one."""
+        total = self.explained_variance.sum(-1, keepdim=True)
+        return self.explained_variance / total.clamp_min(torch.finfo(total.dtype).tiny)
+
+    def n_components(self, threshold: float) -> int:
+        """The number of components reaching ``threshold`` explained variance."""
+        return int(n_components_for(self.explained_variance_ratio, threshold))
+
+    def basis(self, threshold: float = 1.0) -> tuple[Float[Tensor, "k d"], Float[Tensor, " k"]]:
+        """Directions and variances, truncated at ``threshold`` explained variance."""
+        k = self.n_components(threshold)
+        return self.components[:k], self.explained_variance[:k]
+
+
+@dataclass
 class PCAResult:
-    """Principal components of every unit.
+    """Principal components of every unit, indexed by unit label.
 
     Attributes:
         mean: Per-unit mean.
         components: Principal directions as rows, sorted by decreasing variance.
         explained_variance: Variance along each direction (unbiased, ``n - 1``).
         n_samples: Number of samples the statistics were computed from.
+        labels: Unit labels of the ``unit`` dimension (``None`` for unlabelled data).
+        layout: The model's unit layout (``None`` for unlabelled data).
+
+    Example:
+        >>> pca = unit_pca(store)
+        >>> pca["L3H1"].basis(0.9)            # one unit: (components (k, d), variances (k,))
+        >>> pca.select(pca.layout.heads())    # every head, still a PCAResult
     """
 
     mean: Float[Tensor, "unit d"]
     components: Float[Tensor, "unit k d"]
     explained_variance: Float[Tensor, "unit k"]
     n_samples: int
+    labels: tuple[str, ...] | None = None
+    layout: UnitLayout | None = None
+
+    def __post_init__(self) -> None:
+        if self.labels is not None:
+            self.labels = tuple(self.labels)
+            if len(self.labels) != self.mean.shape[0]:
+                raise ValueError(f"{len(self.labels)} labels for {self.mean.shape[0]} units")
 
     @property
     def explained_variance_ratio(self) -> Float[Tensor, "unit k"]:
@@ -70,14 +124,41 @@ class PCAResult:
         """Per unit, the number of components reaching ``threshold`` explained variance."""
         return n_components_for(self.explained_variance_ratio, threshold)
 
-    def basis(self, unit: int, threshold: float = 1.0) -> tuple[Tensor, Tensor]:
+    def index(self, labels: str | Sequence[str]) -> list[int]:
+        """Positions of unit labels along the ``unit`` dimension.
+
+        Raises:
+            KeyError: For a label that is not here (or a PCA without labels).
+        """
+        if self.labels is None:
+            raise KeyError("this PCA has no unit labels: compute it from Units (unit_pca)")
+        return Units(self.mean[None], self.labels, self.layout).index(labels)
+
+    def __getitem__(self, key: str | Sequence[str]) -> UnitPCA | PCAResult:
+        """``pca["L3H1"]`` → that unit's :class:`UnitPCA`; a list of labels → a PCAResult."""
+        if not isinstance(key, str):
+            return self.select(key)
+        i = self.index(key)[0]
+        return UnitPCA(self.mean[i], self.components[i], self.explained_variance[i],
+                       self.n_samples)
+
+    def __len__(self) -> int:
+        """Number of units."""
+        return self.mean.shape[0]
+
+    def select(self, labels: str | Sequence[str]) -> PCAResult:
+        """The PCA of the given units, in the order asked."""
+        idx = self.index(labels)
+        return PCAResult(self.mean[idx], self.components[idx], self.explained_variance[idx],
+                         self.n_samples, tuple(self.labels[i] for i in idx), self.layout)
+
+    def basis(self, label: str, threshold: float = 1.0) -> tuple[Tensor, Tensor]:
         """Directions and variances of one unit, truncated at ``threshold`` explained variance.
 
         Returns:
             ``(components (k, d), explained_variance (k,))``.
         """
-        k = int(self.n_components(threshold)[unit])
-        return self.components[unit, :k], self.explained_variance[unit, :k]
+        return self[label].basis(threshold)
 
 
 class StreamingPCA:
@@ -85,9 +166,9 @@ class StreamingPCA:
 
     Example:
         >>> pca = StreamingPCA()
-        >>> for units in batches:          # (batch, unit, d), e.g. Decomposition.units
+        >>> for units in store.iter_units():   # Units, or (batch, unit, d) tensors
         ...     pca.update(units)
-        >>> result = pca.compute()
+        >>> result = pca.compute()             # labelled when Units were given
     """
 
     def __init__(self, dtype: torch.dtype = torch.float64):
@@ -95,9 +176,21 @@ class StreamingPCA:
         self.n = 0
         self.mean: Tensor | None = None
         self.scatter: Tensor | None = None
+        self.labels: tuple[str, ...] | None = None
+        self.layout: UnitLayout | None = None
 
-    def update(self, x: Float[Tensor, "batch unit d"]) -> StreamingPCA:
-        """Merge one batch into the running statistics (on the batch's device)."""
+    def update(self, x: Float[Tensor, "batch unit d"] | Units) -> StreamingPCA:
+        """Merge one batch into the running statistics (on the batch's device).
+
+        Raises:
+            ValueError: For a batch that is not ``(batch, unit, d)``, or Units with other
+                labels than the batches before.
+        """
+        if isinstance(x, Units):
+            if self.labels is not None and x.labels != self.labels:
+                raise ValueError("StreamingPCA.update: these units differ from the earlier ones")
+            self.labels, self.layout = x.labels, x.layout
+            x = x.data
         if x.ndim != 3:
             raise ValueError(f"expected (batch, unit, d), got shape {tuple(x.shape)}")
         x = x.to(self.dtype)
@@ -113,6 +206,8 @@ class StreamingPCA:
         """Merge statistics accumulated elsewhere (another process or shard)."""
         if other.n == 0:
             return self
+        if self.labels is None:
+            self.labels, self.layout = other.labels, other.layout
         return self._merge(other.n, other.mean, other.scatter)
 
     def _merge(self, n_b: int, mean_b: Tensor, scatter_b: Tensor) -> StreamingPCA:
@@ -142,7 +237,58 @@ class StreamingPCA:
         evals, evecs = torch.linalg.eigh(cov)  # ascending
         evals = evals.flip(-1).clamp_min(0)
         components = evecs.flip(-1).transpose(-1, -2)
-        return PCAResult(self.mean.clone(), components, evals, self.n)
+        return PCAResult(self.mean.clone(), components, evals, self.n, self.labels, self.layout)
+
+
+@overload
+def unit_pca(source, *, device: str | torch.device | None = None,
+             output: Literal[False] = False) -> PCAResult: ...
+
+
+@overload
+def unit_pca(source, *, device: str | torch.device | None = None,
+             output: Literal[True]) -> tuple[PCAResult, PCAResult]: ...
+
+
+@torch.no_grad()
+def unit_pca(
+    source: Units | Iterable[Units] | object,
+    *,
+    device: str | torch.device | None = None,
+    output: bool = False,
+) -> PCAResult | tuple[PCAResult, PCAResult]:
+    """Principal components of every unit, in one streamed pass (float64), indexed by label.
+
+    Args:
+        source: :class:`Units`, an iterable of them (batches), or anything with an
+            ``iter_units`` method (an :class:`~residual_core.core.store.EncodingStore`: read
+            chunk by chunk).
+        device: Where the scatter matrices are accumulated (default: where the units are).
+        output: Also the PCA of the summed output ``Σ_u h_u`` (the spectral adapter's basis),
+            from the same pass, as a one-unit PCA labelled ``"output"``.
+
+    Returns:
+        The per-unit PCA, or ``(per_unit, output)`` with ``output=True``.
+    """
+    if isinstance(source, Units):
+        batches: Iterable[Units] = [source]
+    elif hasattr(source, "iter_units"):
+        batches = source.iter_units(device=device or "cpu")
+    else:
+        batches = source
+    per_unit, total = StreamingPCA(), StreamingPCA()
+    for units in batches:
+        if device is not None:
+            units = units.to(device)
+        per_unit.update(units)
+        if output:
+            total.update(units.data.sum(1, keepdim=True))
+    result = per_unit.compute()
+    if not output:
+        return result
+    out = total.compute()
+    out.labels, out.layout = ("output",), result.layout
+    return result, out
 
 
 def _greedy_pick(c: Float[Tensor, "pair kx ky"], k: Tensor) -> Float[Tensor, "pair kmax"]:

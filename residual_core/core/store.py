@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -44,13 +43,13 @@ from tqdm.auto import tqdm
 from residual_core.core.decompose import (
     Centering,
     RawUnits,
-    UnitLayout,
     UnitProjector,
     check_centering,
     check_supported,
     decompose_raw,
 )
 from residual_core.core.io import atomic_write, file_lock
+from residual_core.core.units import UnitLayout, Units
 
 __all__ = [
     "FORMAT_VERSION",
@@ -90,10 +89,10 @@ class EncodingStore:
     """Read access to a finished (or partially built) store.
 
     Example:
-        >>> store = EncodingStore.open("cache/tutorial/world-reference/train")
-        >>> heads = store.units(["L3H1", "L3H2"])        # (n, 2, d_out), only those read
-        >>> for dec in store.iter_units(batch_size=4096):  # Decomposition per batch
-        ...     pca.update(dec.units)
+        >>> store = EncodingStore.open("cache/encodings/tutorial/world.reference/train-5000")
+        >>> heads = store.units(["L3H1", "L3H2"])         # Units (n, 2, d_out), only those read
+        >>> for units in store.iter_units(batch_size=4096):  # Units per batch
+        ...     pca.update(units)
     """
 
     def __init__(self, root: Path, meta: dict[str, Any]):
@@ -258,12 +257,17 @@ class EncodingStore:
         return self._load(i, "heads")[pos - n_resid]
 
     def units(
-        self, labels: str | Sequence[str], device: str | torch.device = "cpu"
-    ) -> Float[Tensor, "n k d_out"]:
-        """Projected contributions of the given units for every sample (float32).
+        self, labels: str | Sequence[str] | None = None, device: str | torch.device = "cpu"
+    ) -> Units:
+        """Projected contributions of every sample, as labelled :class:`Units` (float32).
 
-        Reads only those units' slices of each chunk.
+        Args:
+            labels: The units to read (only their slices of each chunk are read); ``None``:
+                every unit, chunk by chunk.
+            device: Where the projection runs and the result lives.
         """
+        if labels is None:
+            return Units.cat(list(self.iter_units(device=device)))
         labels = [labels] if isinstance(labels, str) else list(labels)
         projector = self.projector.to(device)
         parts = []
@@ -277,7 +281,7 @@ class EncodingStore:
                 for label in labels
             ]
             parts.append(torch.stack(cols, 1))
-        return torch.cat(parts)
+        return Units(torch.cat(parts), tuple(labels), self.layout)
 
     def raw(self, chunk: int) -> RawUnits:
         """Raw form of one chunk (as stored, e.g. float16)."""
@@ -294,13 +298,23 @@ class EncodingStore:
         )
 
     def iter_units(
-        self, device: str | torch.device = "cpu", progress: bool = False
-    ) -> Iterator[tuple[Float[Tensor, "batch unit d_out"], Tensor]]:
-        """Yield ``(units, targets)`` chunk by chunk: every unit, projected, float32."""
+        self, batch_size: int | None = None, *, device: str | torch.device = "cpu",
+        progress: bool = False,
+    ) -> Iterator[Units]:
+        """Every unit of every sample, projected (float32), as :class:`Units`, chunk by chunk.
+
+        Args:
+            batch_size: At most this many samples at a time (default: one stored chunk).
+            device: Where the projection runs and the units live.
+            progress: Show a progress bar over the chunks.
+        """
         projector = self.projector.to(device)
         for i in tqdm(range(self.n_chunks), desc=f"read {self.root.name}", disable=not progress):
-            dec = projector(self.raw(i).to(device))
-            yield dec.units, torch.from_numpy(np.array(self._load(i, "target")))
+            units = projector(self.raw(i).to(device))
+            if batch_size is None:
+                yield units
+            else:
+                yield from units.split(batch_size)
 
 
 def _check_fingerprint(root: Path, stored: dict[str, Any], wanted: dict[str, Any]) -> None:

@@ -30,7 +30,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from residual_core.core.dictionary import TextDictionary
 from residual_core.core.spectral import PCAResult
+from residual_core.core.units import Units
 
 __all__ = ["SPANS", "Span", "TextExplanation", "somp", "textspan", "textspan_from_covariance"]
 
@@ -60,6 +62,20 @@ class TextExplanation:
         if not self.gains:
             ev = [0.0, *self.explained_variance]
             self.gains = [b - a for a, b in zip(ev[:-1], ev[1:], strict=True)]
+
+
+def _dictionary(dictionary: TextDictionary | Tensor, texts: Sequence[str] | None
+                ) -> tuple[Tensor, Sequence[str]]:
+    """Embeddings and texts from an embedded :class:`TextDictionary`, or as given."""
+    if isinstance(dictionary, TextDictionary):
+        if texts is not None:
+            raise ValueError("a TextDictionary carries its texts: do not pass texts= as well")
+        return dictionary.require_embeddings(), dictionary.texts
+    if texts is None:
+        raise ValueError("pass the texts of the embeddings (texts=), or an embedded "
+                         "TextDictionary (load_dictionary(name).embed(loaded))")
+    _check_dictionary(dictionary, texts)
+    return dictionary, texts
 
 
 def _check_dictionary(dictionary: Tensor, texts: Sequence[str]) -> None:
@@ -141,76 +157,95 @@ def textspan_from_covariance(
 
 
 def textspan(
-    x: Float[Tensor, "n d"] | Float[Tensor, "n unit d"] | PCAResult,
-    dictionary: Float[Tensor, "m d"],
-    texts: Sequence[str],
+    x: Units | PCAResult | Float[Tensor, "n d"] | Float[Tensor, "n unit d"],
+    dictionary: TextDictionary | Float[Tensor, "m d"],
+    texts: Sequence[str] | None = None,
     n_iters: int = 10,
     rank: int = 80,
-    units: Sequence[int] | None = None,
+    *,
     unit_names: Sequence[str] | None = None,
     span: Span = "uncentred",
-) -> list[TextExplanation]:
-    """TextSpan on samples of one or several units, or on several units of a :class:`PCAResult`.
+) -> dict[str, TextExplanation] | list[TextExplanation]:
+    """TextSpan on the units of a :class:`Units` or a :class:`PCAResult`, or on bare samples.
 
     Args:
-        x: Samples of one unit ``(n, d)`` or of several ``(n, unit, d)``, or a per-unit PCA.
-        dictionary: L2-normalised text embeddings.
-        texts: One text per dictionary row.
+        x: Labelled units (or their PCA: many units at once, streamed), or samples of one unit
+            ``(n, d)`` or of several ``(n, unit, d)``.
+        dictionary: An embedded :class:`TextDictionary` (texts and embeddings together), or
+            L2-normalised text embeddings with their ``texts``.
+        texts: One text per embedding row (only with bare embeddings).
         n_iters: Texts to pick per unit.
         rank: Singular directions the dictionary is projected on (80 in the paper).
-        units: Which units (indices along the unit axis); default all.
-        unit_names: Names of the units in the output.
+        unit_names: Names of bare samples' units in the output (default ``"0"``, ``"1"``, ...).
         span: ``"uncentred"`` (the authors': right singular vectors of the raw samples) or
             ``"centred"`` (principal directions of the centred samples).
 
     Returns:
-        One :class:`TextExplanation` per unit.
+        For labelled input, unit label → :class:`TextExplanation`, in order; for bare samples,
+        one explanation per unit, in order.
+
+    Example:
+        >>> words = load_dictionary("tutorial").embed(loaded)
+        >>> textspan(units.heads(layer=3), words, n_iters=5)["L3H1"].texts
     """
     if span not in SPANS:
         raise ValueError(f"span={span!r} is not one of {list(SPANS)}")
+    embeddings, texts = _dictionary(dictionary, texts)
+    labelled = isinstance(x, Units | PCAResult) and x.labels is not None
     if isinstance(x, PCAResult):
-        idx = list(range(x.mean.shape[0])) if units is None else list(units)
-        comps, ev = x.components[idx].double(), x.explained_variance[idx].double()
+        comps, ev = x.components.double(), x.explained_variance.double()
         cov = comps.transpose(1, 2) @ (ev[:, :, None] * comps)
-        mean, n = x.mean[idx].double(), x.n_samples
+        mean, n = x.mean.double(), x.n_samples
     else:
-        if x.ndim not in (2, 3):
-            raise ValueError(f"samples must be (n, d) or (n, unit, d), got {tuple(x.shape)}")
-        x = x.double() if x.ndim == 3 else x.double()[:, None]
-        if units is not None:
-            x = x[:, list(units)]
-        mean, n = x.mean(0), x.shape[0]
-        xc = x - mean
+        data = x.data if isinstance(x, Units) else x
+        if data.ndim not in (2, 3):
+            raise ValueError(f"samples must be (n, d) or (n, unit, d), got {tuple(data.shape)}")
+        data = data.double() if data.ndim == 3 else data.double()[:, None]
+        mean, n = data.mean(0), data.shape[0]
+        xc = data - mean
         cov = torch.einsum("nud,nue->ude", xc, xc) / max(1, n - 1)
     second = None
     if span == "uncentred":  # XᵀX / n = Σ·(n−1)/n + μμᵀ: same eigenvectors as X's SVD
         second = cov * ((n - 1) / n) + mean[:, :, None] * mean[:, None, :]
-    return textspan_from_covariance(cov, dictionary, texts, n_iters, rank, unit_names,
-                                    second_moment=second)
+    names = list(x.labels) if labelled else unit_names
+    out = textspan_from_covariance(cov, embeddings, texts, n_iters, rank, names,
+                                   second_moment=second)
+    return {e.unit: e for e in out} if labelled else out
 
 
 def somp(
-    x: Float[Tensor, "n d"],
-    dictionary: Float[Tensor, "m d"],
-    texts: Sequence[str],
+    x: Units | Float[Tensor, "n d"],
+    dictionary: TextDictionary | Float[Tensor, "m d"],
+    texts: Sequence[str] | None = None,
     n_iters: int = 10,
-    unit: str = "unit",
+    unit: str | None = None,
     center: bool = True,
 ) -> tuple[TextExplanation, Float[Tensor, "n k"]]:
     """Simultaneous orthogonal matching pursuit of one unit's samples over the dictionary.
 
     Args:
-        x: Samples of one unit.
-        dictionary: L2-normalised text embeddings.
-        texts: One text per dictionary row.
+        x: One unit: :class:`Units` holding a single unit, or its samples ``(n, d)``.
+        dictionary: An embedded :class:`TextDictionary`, or L2-normalised text embeddings
+            with their ``texts``.
+        texts: One text per embedding row (only with bare embeddings).
         n_iters: Atoms to pick.
-        unit: Name of the unit in the output.
+        unit: Name of the unit in the output (default: its label, else ``"unit"``).
         center: Remove the mean of ``x`` first (explain variance, like TextSpan).
 
     Returns:
         The explanation, and the least-squares coefficients of the chosen atoms per sample.
+
+    Raises:
+        ValueError: For :class:`Units` of more than one unit.
     """
-    _check_dictionary(dictionary, texts)
+    if isinstance(x, Units):
+        if len(x) != 1:
+            raise ValueError(f"somp explains one unit; got {len(x)} ({', '.join(x.labels)}): "
+                             "select one, e.g. units.select('L3H1')")
+        unit = unit or x.labels[0]
+        x = x.data[:, 0]
+    unit = unit or "unit"
+    dictionary, texts = _dictionary(dictionary, texts)
     if n_iters > dictionary.shape[0]:
         raise ValueError(f"n_iters={n_iters} exceeds the dictionary size {dictionary.shape[0]}")
     x = x.double()

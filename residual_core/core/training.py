@@ -41,7 +41,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from residual_core.core.residual import Variant
+from residual_core.core.io import atomic_write
+from residual_core.core.residual import Variant, build_variant, cache_inputs, unit_lambdas
+from residual_core.core.spectral import PCAResult
+from residual_core.core.units import Units
+from residual_core.core.zeroshot import ZeroShotClassifier
 
 __all__ = [
     "FitResult",
@@ -54,6 +58,7 @@ __all__ = [
     "quiet_lightning",
     "results_table",
     "train_epoch",
+    "train_variant",
     "trainable_state",
 ]
 
@@ -299,6 +304,15 @@ class FitResult:
     history: list[float] = field(default_factory=list)
     checkpoint: Path | None = None
 
+    @property
+    def accuracy(self) -> float:
+        """Test accuracy of the best-on-validation weights."""
+        return float(self.row["test_acc"])
+
+    def lambdas(self, label: str) -> Tensor:
+        """The trained λ of one unit (per PC for ResiDual, one value for coarse)."""
+        return unit_lambdas(self.variant, label)
+
 
 @torch.no_grad()
 def evaluate(variant: Variant, data: TensorData | DataLoader | TensorBatcher,
@@ -470,7 +484,7 @@ def fit_variant(
         "engine": engine if variant.n_trainable else "none",
         **variant.options(),
     }
-    (ckpt_dir / "result.json").write_text(json.dumps({**row, "history": history}, indent=1,
+    atomic_write(ckpt_dir / "result.json", json.dumps({**row, "history": history}, indent=1,
                                                       default=str))
     if tmp is not None:
         best_path = None
@@ -550,12 +564,12 @@ def _fit_lean(variant, train: TensorBatcher, val: TensorBatcher, test: TensorBat
         history.append(acc)
         if acc > best:  # strict, like Lightning's EarlyStopping / ModelCheckpoint ("max")
             best, wait = acc, 0
-            _atomic_save({"state_dict": trainable_state(variant), "epoch": epoch,
+            _save({"state_dict": trainable_state(variant), "epoch": epoch,
                           "val_acc": acc}, best_path)
         else:
             wait += 1
             stop = wait >= patience
-        _atomic_save({"state_dict": trainable_state(variant), "optimizer": opt.state_dict(),
+        _save({"state_dict": trainable_state(variant), "optimizer": opt.state_dict(),
                       "history": history, "best": best, "wait": wait}, last_path)
         bar.update(1)
         bar.set_postfix(val_acc=f"{acc:.4f}", loss=f"{float(loss):.4f}")
@@ -567,10 +581,8 @@ def _fit_lean(variant, train: TensorBatcher, val: TensorBatcher, test: TensorBat
     return history, best_path, test_acc
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _save(obj: Any, path: Path) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 _COLUMNS = ["model", "dataset", "variant", "test_acc", "val_acc", "params", "epochs",
@@ -591,3 +603,73 @@ def results_table(rows: Sequence[dict[str, Any] | FitResult]) -> pd.DataFrame:
     front = [c for c in _COLUMNS if c in df.columns]
     df = df[front + [c for c in df.columns if c not in front]]
     return df.rename(columns={"test_acc": "accuracy"})
+
+
+Split = tuple[Units, Tensor] | Any
+
+
+def _split(data: Split) -> tuple[Units, Tensor]:
+    """``(units, targets)`` of a split given as such a pair or as an encoding store."""
+    if isinstance(data, tuple):
+        units, targets = data
+        return units, torch.as_tensor(targets)
+    if hasattr(data, "iter_units") and hasattr(data, "targets"):
+        return data.units(), torch.as_tensor(data.targets())
+    raise TypeError(f"a split is (Units, targets) or an EncodingStore, got {type(data).__name__}")
+
+
+def train_variant(
+    name: str,
+    classifier: ZeroShotClassifier,
+    train: Split,
+    val: Split,
+    test: Split,
+    *,
+    reference: PCAResult,
+    output_reference: PCAResult | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    variant_kwargs: dict[str, Any] | None = None,
+    **fit_kwargs: Any,
+) -> FitResult:
+    """Train one variant on cached unit encodings of a task: build, cache inputs, fit.
+
+    The variant is built from the reference PCA (:func:`~residual_core.core.residual.
+    build_variant`, units and layout read from it), every split is encoded once into the
+    cached inputs it trains on, and it is trained with :func:`fit_variant` (lean engine).
+
+    Args:
+        name: A variant of :data:`~residual_core.core.residual.VARIANTS` other than
+            ``fine-tune`` (which trains on images).
+        classifier: The task's frozen zero-shot classifier.
+        train: ``(Units, targets)`` or an :class:`~residual_core.core.store.EncodingStore`.
+        val: The same for validation (early stopping, checkpoint choice).
+        test: The same for test (evaluated once).
+        reference: Labelled per-unit PCA of reference data (:func:`~residual_core.core.
+            spectral.unit_pca`).
+        output_reference: PCA of the summed output (``spectral-adapter``).
+        seed: Seeds batch order and any random init.
+        device: Where to train.
+        variant_kwargs: Passed to ``build_variant`` (``evr``, ``add_mean``, ``init``, ...).
+        **fit_kwargs: Passed to :func:`fit_variant` (``max_epochs``, ``patience``, ``lr``...).
+
+    Returns:
+        The fit: ``.accuracy`` (test), ``.lambdas(label)``, ``.row``, the trained ``.variant``.
+
+    Example:
+        >>> fit = train_variant("residual-full", classifier, train, val, test,
+        ...                     reference=unit_pca(reference_store))
+        >>> fit.accuracy, fit.lambdas("L3H1")
+    """
+    if name == "fine-tune":
+        raise ValueError("fine-tune trains on images, not cached units: build it with "
+                         "build_variant('fine-tune', ..., visual=...) and fit_variant")
+    variant = build_variant(name, classifier, reference=reference,
+                            output_reference=output_reference, seed=seed,
+                            **(variant_kwargs or {}))
+    data = []
+    for split in (train, val, test):
+        units, targets = _split(split)
+        inputs, _ = cache_inputs(variant, units, device=device)
+        data.append(TensorData(inputs, targets.to(device)))
+    return fit_variant(variant, *data, seed=seed, device=device, **fit_kwargs)

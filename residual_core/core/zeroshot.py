@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -45,40 +45,61 @@ CLASS_MEAN = "<class mean of train images>"
 """The ``templates`` entry of a class-mean classifier (no prompts were used)."""
 
 
-@dataclass
-class ZeroShotClassifier:
+class ZeroShotClassifier(nn.Module):
     """A frozen linear classifier on image embeddings, built from text prompts (or class means).
 
-    Attributes:
+    ``logits = scale · normalize(z) @ C``; ``C`` is a buffer, never trained, so the same object
+    is the zero-shot model and the frozen head every ResiDual variant is trained through.
+
+    Args:
         weights: Unit-norm class columns ``C``.
-        classnames: Class names, aligned with the columns.
+        classnames: Class names, aligned with the columns (default ``'0'``, ``'1'``, ...).
         templates: The prompt templates that were averaged (``[CLASS_MEAN]`` for a class-mean
             classifier).
         scale: Multiplies the logits (the model's ``logit_scale.exp()``; argmax does not care).
-        normalize_features: Whether image embeddings are L2-normalised before ``@ C``.
+        normalize_features: Whether image embeddings are L2-normalised before ``@ C`` (the
+            paper's reported runs did not; the authors' released code does).
     """
 
     weights: Float[Tensor, "d_out k"]
-    classnames: list[str]
-    templates: list[str]
-    scale: float = 100.0
-    normalize_features: bool = True
 
-    def logits(self, features: Float[Tensor, "batch d_out"]) -> Float[Tensor, "batch k"]:
-        """``scale · normalize(z) @ C`` (or ``scale · z @ C`` without normalisation)."""
+    def __init__(
+        self,
+        weights: Float[Tensor, "d_out k"],
+        classnames: Sequence[str] | None = None,
+        templates: Sequence[str] = (),
+        scale: float = 100.0,
+        normalize_features: bool = True,
+    ):
+        super().__init__()
+        self.register_buffer("weights", weights.detach().float().clone())
+        k = weights.shape[1]
+        self.classnames = [str(c) for c in range(k)] if classnames is None else list(classnames)
+        if len(self.classnames) != k:
+            raise ValueError(f"{len(self.classnames)} class names for {k} columns")
+        self.templates = list(templates)
+        self.scale = float(scale)
+        self.normalize_features = bool(normalize_features)
+
+    def forward(self, features: Float[Tensor, "batch d_out"]) -> Float[Tensor, "batch k"]:
+        """``scale · (normalize(z) @ C)`` (or ``scale · (z @ C)`` without normalisation)."""
         z = features.to(self.weights)
         if self.normalize_features:
             z = F.normalize(z, dim=-1)
-        return self.scale * z @ self.weights
+        return self.scale * (z @ self.weights)
+
+    def logits(self, features: Float[Tensor, "batch d_out"]) -> Float[Tensor, "batch k"]:
+        """Same as calling the classifier."""
+        return self(features)
 
     def predict(self, features: Float[Tensor, "batch d_out"]) -> Int[Tensor, " batch"]:
         """Predicted class indices."""
-        return self.logits(features).argmax(-1)
+        return self(features).argmax(-1)
 
-    def to(self, device: str | torch.device) -> ZeroShotClassifier:
-        """A copy with the weights on ``device``."""
-        return ZeroShotClassifier(self.weights.to(device), self.classnames, self.templates,
-                                  self.scale, self.normalize_features)
+    def extra_repr(self) -> str:
+        """Classes, templates and settings, for ``repr``."""
+        return (f"{len(self.classnames)} classes, {len(self.templates)} templates, "
+                f"scale={self.scale:g}, normalize_features={self.normalize_features}")
 
 
 @dataclass
@@ -109,8 +130,8 @@ def classifier_from_text_features(
 ) -> ZeroShotClassifier:
     """Prompt ensemble: normalise each template's embedding, average, normalise again."""
     columns = F.normalize(F.normalize(text_features.float(), dim=-1).mean(1), dim=-1)
-    return ZeroShotClassifier(columns.T.contiguous(), list(classnames), list(templates),
-                              float(scale), normalize_features)
+    return ZeroShotClassifier(columns.T.contiguous(), classnames, templates, scale,
+                              normalize_features)
 
 
 def class_mean_classifier(
@@ -153,18 +174,15 @@ def class_mean_classifier(
     z = F.normalize(features.float(), dim=-1)
     sums = torch.zeros(n_classes, z.shape[1], device=z.device).index_add_(0, labels, z)
     columns = F.normalize(sums / counts[:, None], dim=-1)
-    names = [str(k) for k in range(n_classes)] if classnames is None else list(classnames)
-    if len(names) != n_classes:
-        raise ValueError(f"{len(names)} class names for {n_classes} classes")
-    return ZeroShotClassifier(columns.T.contiguous(), names, [CLASS_MEAN], float(scale),
+    return ZeroShotClassifier(columns.T.contiguous(), classnames, [CLASS_MEAN], scale,
                               normalize_features)
 
 
 @torch.no_grad()
 def build_classifier(
     loaded: LoadedModel,
-    classnames: Sequence[str],
-    templates: Sequence[str],
+    classnames: Sequence[str] | Any,
+    templates: Sequence[str] | None = None,
     *,
     normalize_features: bool = True,
     scale: float | None = None,
@@ -180,8 +198,10 @@ def build_classifier(
 
     Args:
         loaded: The model (its tokenizer and ``encode_text`` are used).
-        classnames: One name per class.
-        templates: Templates with one ``{}`` for the class name (``str.format``).
+        classnames: One name per class, or a dataset carrying ``classnames`` and ``templates``
+            (a :class:`~residual_core.data.base.ClassificationDataset`).
+        templates: Templates with one ``{}`` for the class name (``str.format``); not with a
+            dataset.
         normalize_features: Record that image embeddings get L2-normalised (default, as in
             the authors' current code) or not (as in the paper's runs).
         scale: Logit scale; default the model's ``logit_scale.exp()`` (100 if it has none).
@@ -195,6 +215,10 @@ def build_classifier(
     Raises:
         NoTextTowerError: For a model without a text tower when no training features are given.
     """
+    if templates is None:
+        if not hasattr(classnames, "templates"):
+            raise ValueError("pass the templates, or a dataset carrying classnames and templates")
+        classnames, templates = classnames.classnames, classnames.templates
     if not loaded.has_text:
         if train_features is None or train_labels is None:
             raise NoTextTowerError(

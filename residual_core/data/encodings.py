@@ -24,9 +24,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from residual_core.core.decompose import Centering, check_centering
-from residual_core.core.io import DEFAULT_CACHE
+from residual_core.core.io import cache_root
 from residual_core.core.probes import probe_table
 from residual_core.core.store import EncodingStore, build_store, store_lock
+from residual_core.core.units import Units
 from residual_core.core.zeroshot import ZeroShotClassifier, build_classifier
 from residual_core.data.base import ClassificationDataset
 from residual_core.data.registry import load_dataset
@@ -60,7 +61,7 @@ def encode_dataset(
         dataset_name: A name from :func:`~residual_core.data.registry.list_datasets`.
         split: ``train``, ``val`` or ``test``.
         size: Number of samples (``None``: the dataset's default).
-        cache_dir: Cache root (default :data:`DEFAULT_CACHE`).
+        cache_dir: Cache root (default :func:`~residual_core.core.io.cache_root`).
         batch_size: Images per forward pass.
         dtype: Storage dtype of the raw form.
         centering: Split of the final LayerNorm's mean over the units (``"shared"``, the
@@ -87,7 +88,7 @@ def encode_dataset(
     }
     # The centring is in the path too, so both centrings of one dataset can stay cached.
     suffix = "" if centering == "shared" else f"-{centering}"
-    root = Path(cache_dir or DEFAULT_CACHE) / "encodings" / loaded.name / dataset_name / (
+    root = Path(cache_dir or cache_root()) / "encodings" / loaded.name / dataset_name / (
         f"{split}-{len(dataset)}{suffix}"
     )
     with store_lock(root):
@@ -158,14 +159,14 @@ class TaskEncodings:
                               size=self.sizes.get(split), cache_dir=self.cache_dir,
                               centering=self.centering, progress=self.progress)
 
-    def units(self, task: str, split: str) -> Float[Tensor, "n unit d_out"]:
+    def units(self, task: str, split: str) -> Units:
         """Every unit's projected contribution for every sample of the split (float32, CPU)."""
         key = (self.source(task, split), split)
         if key in self._units:
             self._units.move_to_end(key)
         else:
             store = self.store(task, split)  # all units, chunk by chunk (faster than by label)
-            self._units[key] = torch.cat([units for units, _ in store.iter_units()])
+            self._units[key] = store.units()
             while len(self._units) > self.keep:
                 self._units.popitem(last=False)
         return self._units[key]
@@ -174,13 +175,13 @@ class TaskEncodings:
         """The image embeddings of a split (the sum of its units), read chunk by chunk."""
         key = (self.source(task, split), split)
         if key in self._units:
-            return self._units[key].sum(1)
-        return torch.cat([units.sum(1) for units, _ in self.store(task, split).iter_units()])
+            return self._units[key].sum()
+        return torch.cat([units.sum() for units in self.store(task, split).iter_units()])
 
     def classifier(self, task: str, train_split: str = "train") -> ZeroShotClassifier:
         """The task's zero-shot classifier (memoised).
 
-        The prompt ensemble of SPEC §2 for models with a text tower; for vision-only encoders
+        The prompt ensemble for models with a text tower; for vision-only encoders
         (``vit_l``, ``dinov2_l``) the class means of the ``train_split`` embeddings, the paper's
         stand-in for a text classifier.
         """
@@ -190,19 +191,14 @@ class TaskEncodings:
             if not getattr(self.loaded, "has_text", True):
                 train = {"train_features": self.embeddings(task, train_split),
                          "train_labels": self.targets(task, train_split)}
-            self._classifiers[task] = build_classifier(self.loaded, ds.classnames, ds.templates,
-                                                       **train)
+            self._classifiers[task] = build_classifier(self.loaded, ds, **train)
         return self._classifiers[task]
-
-    def labels(self, task: str, split: str = "test") -> list[str]:
-        """Unit labels, in the order of the ``unit`` axis."""
-        return self.store(task, split).labels
 
     def targets(self, task: str, split: str) -> Int[Tensor, " n"]:
         """The task's class index of every sample."""
         return torch.as_tensor(self.dataset(task, split).labels)
 
-    def get(self, task: str, split: str) -> tuple[Float[Tensor, "n unit d_out"], Int[Tensor, " n"]]:
+    def get(self, task: str, split: str) -> tuple[Units, Int[Tensor, " n"]]:
         """``(units, targets)`` of a task split."""
         return self.units(task, split), self.targets(task, split)
 
@@ -213,7 +209,7 @@ class TaskEncodings:
 
     def means(self, task: str, split: str) -> Float[Tensor, "unit d_out"]:
         """Mean contribution of every unit over a split (e.g. the reference split)."""
-        return self.units(task, split).mean(0)
+        return self.units(task, split).mean()
 
     def probes(self, tasks: Sequence[str], train: str = "train", test: str = "test",
                alpha: float = 0.1) -> pd.DataFrame:
@@ -230,7 +226,7 @@ class TaskEncodings:
             cols.append(probe_table(
                 self.units(source, train), {t: self.targets(t, train) for t in group},
                 self.units(source, test), {t: self.targets(t, test) for t in group},
-                self.labels(source, train), alpha=alpha))
+                alpha=alpha))
         return pd.concat(cols, axis=1)[list(tasks)]
 
     def groups(self, tasks: Sequence[str], split: str) -> dict[str, list[str]]:

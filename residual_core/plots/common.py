@@ -7,8 +7,16 @@ import re
 from collections.abc import Mapping
 
 import numpy as np
+import pandas as pd
 
-__all__ = ["figure_picker", "figure_png", "log_norm", "plain_colorbar_ticks", "task_label"]
+__all__ = [
+    "figure_picker",
+    "figure_png",
+    "log_norm",
+    "plain_colorbar_ticks",
+    "styled",
+    "task_label",
+]
 
 
 def task_label(task: str) -> str:
@@ -82,3 +90,21 @@ def figure_picker(figures: Mapping[str, object], description: str = "Show",
     stack = widgets.Stack(images, selected_index=index)
     widgets.jslink((dropdown, "index"), (stack, "selected_index"))
     return widgets.VBox([dropdown, stack])
+
+
+def styled(table: pd.DataFrame, precision: int = 3, *, hide_index: bool = False,
+           integers: tuple[str, ...] = ()):
+    """A table rendered with padded cells and fixed precision (integers for ``integers``).
+
+    Args:
+        table: The table.
+        precision: Digits after the point of every number.
+        hide_index: Leave the index out.
+        integers: Columns shown as integers (those that exist).
+    """
+    style = table.style.format(precision=precision)
+    if integers:
+        style = style.format("{:.0f}", subset=[c for c in integers if c in table.columns])
+    style = style.set_table_styles(
+        [{"selector": "td, th", "props": "padding: 0.15em 0.6em; text-align: right;"}])
+    return style.hide(axis="index") if hide_index else style

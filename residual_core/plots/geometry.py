@@ -9,6 +9,7 @@ import pandas as pd
 
 from residual_core.analysis.geometry import TwoNNFit
 from residual_core.core.spectral import PCAResult
+from residual_core.core.units import layer_of
 
 __all__ = [
     "plot_depth_profiles",
@@ -37,7 +38,7 @@ def plot_unit_grid(
     """Heatmap of a layer × (heads, MLP) grid, the MLP column set apart by a white line.
 
     Args:
-        grid: Output of :func:`residual_core.analysis.geometry.layer_grid`.
+        grid: A layer × (heads, MLP) grid (:func:`residual_core.core.units.unit_grid`).
         title: Figure title.
         label: Colour bar label.
         fmt: Format of the cell annotations (written when the grid is small).
@@ -108,7 +109,6 @@ def plot_depth_profiles(profiles: Mapping[str, pd.DataFrame], *, ncols: int = 2)
 
 def plot_layer_spectra(
     pca: PCAResult,
-    labels: list[str],
     fits: Mapping[str, TwoNNFit],
     layer: int,
     threshold: float = 0.99,
@@ -120,8 +120,7 @@ def plot_layer_spectra(
     each unit's fitted line through the origin (its slope is the TwoNN ID).
 
     Args:
-        pca: Per-unit PCA, units in ``labels`` order.
-        labels: Unit labels.
+        pca: Labelled per-unit PCA.
         fits: Unit → TwoNN fit (from
             :func:`~residual_core.analysis.geometry.intrinsic_dimension_table`).
         layer: The layer to show.
@@ -132,15 +131,14 @@ def plot_layer_spectra(
     """
     import matplotlib.pyplot as plt
 
-    units = [u for u in labels if u.startswith(f"L{layer}H") or u == f"L{layer}.mlp"]
+    units = [u for u in pca.labels if layer_of(u) == layer]
     if not units:
         raise ValueError(f"no units in layer {layer}")
-    evr = pca.explained_variance_ratio.cpu().numpy()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
     for i, unit in enumerate(units):
         style = dict(color="black", linestyle="--") if unit.endswith(".mlp") else \
             dict(color=f"C{i % 10}")
-        cum = np.cumsum(evr[labels.index(unit)])
+        cum = np.cumsum(pca[unit].explained_variance_ratio.cpu().numpy())
         left.plot(np.arange(1, len(cum) + 1), cum, label=unit, **style)
         fit = fits[unit]
         right.plot(fit.log_mu, fit.neg_log_survival, ".", markersize=2, alpha=0.6,

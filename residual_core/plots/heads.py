@@ -357,14 +357,3 @@ def truth_table_view(truth: pd.DataFrame):
             .set_table_styles([{"selector": "td, th", "props": "padding: 0.15em 0.6em;"}])
             .set_properties(subset=["TextSpan's first texts"],
                             **{"min-width": "12em", "font-size": "0.85em", "text-align": "left"}))
-
-
-def styled(table: pd.DataFrame, precision: int = 3, *, hide_index: bool = False,
-           integers: tuple[str, ...] = ()):
-    """A table rendered with padded cells and fixed precision (integers for ``integers``)."""
-    style = table.style.format(precision=precision)
-    if integers:
-        style = style.format("{:.0f}", subset=[c for c in integers if c in table.columns])
-    style = style.set_table_styles(
-        [{"selector": "td, th", "props": "padding: 0.15em 0.6em; text-align: right;"}])
-    return style.hide(axis="index") if hide_index else style

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from jaxtyping import Float
 from torch import Tensor
 
+from residual_core.analysis.experiments import histories
+from residual_core.core.residual import lambda_matrix, lambda_summary
 from residual_core.plots.common import task_label
 
 __all__ = [
@@ -19,6 +21,8 @@ __all__ = [
     "plot_lambda_grid",
     "plot_lambda_pcs",
     "plot_task_card",
+    "plot_top_lambdas",
+    "task_cards",
 ]
 
 VARIANT_COLORS = {
@@ -227,3 +231,43 @@ def plot_task_card(
     fig.suptitle(task)
     fig.tight_layout()
     return fig
+
+
+def plot_top_lambdas(variant, n_units: int, *, title: str, ax=None):
+    """:func:`plot_lambda_pcs` of the ``n_units`` units whose λ moved most (mean ``|λ − 1|``).
+
+    Args:
+        variant: A trained ResiDual / coarse variant.
+        n_units: How many units.
+        title: Axes title.
+        ax: Axes to draw on (default: a new figure).
+    """
+    top = lambda_summary(variant).unit.head(n_units).tolist()
+    matrix, labels = lambda_matrix(variant, top)
+    return plot_lambda_pcs(matrix, labels, title=title, ax=ax)
+
+
+def task_cards(table: pd.DataFrame, trained: Mapping[str, object],
+               grids: Mapping[str, pd.DataFrame], *, n_units: int, lambda_variant: str
+               ) -> dict[str, object]:
+    """One :func:`plot_task_card` per task of the results, for a figure picker.
+
+    Args:
+        table: Results of every task (with the ``history`` column).
+        trained: Task → the trained ``lambda_variant`` (tasks without one get no λ panels).
+        grids: Task → its mean ``|λ − 1|`` grid.
+        n_units: Units shown in the λ-per-PC panel.
+        lambda_variant: The variant whose λ are shown.
+
+    Returns:
+        Task → figure, in the order of the results.
+    """
+    cards = {}
+    for task, history in histories(table).items():
+        matrix, labels = None, ()
+        if task in trained:
+            top = lambda_summary(trained[task]).unit.head(n_units).tolist()
+            matrix, labels = lambda_matrix(trained[task], top)
+        cards[task] = plot_task_card(table, task, history, grids.get(task), matrix, labels,
+                                     lambda_variant=lambda_variant)
+    return cards

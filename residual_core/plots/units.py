@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import pandas as pd
 
+from residual_core.core.units import unit_grid
 from residual_core.plots.common import log_norm, plain_colorbar_ticks
 
-__all__ = ["layer_head_grid", "plot_layer_head_heatmap", "plot_layer_units"]
+__all__ = ["norm_grid", "plot_layer_head_heatmap", "plot_layer_units"]
 
 
-def layer_head_grid(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean norm over images as a layer × (heads, MLP) grid.
+def norm_grid(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean norm over images of every unit as the layer × (heads, MLP) grid.
 
     Args:
-        table: Output of :func:`unit_norm_table`.
-
-    Returns:
-        Rows ``L0``..``L{n-1}``; columns ``H0``..``H{h-1}`` then ``MLP``.
+        table: :func:`residual_core.analysis.decomposition.unit_norm_table`.
     """
-    mean = table.groupby(["kind", "layer", "head"], as_index=False)["norm"].mean()
-    heads = mean[mean.kind == "head"].pivot(index="layer", columns="head", values="norm")
-    heads.columns = [f"H{h}" for h in heads.columns]
-    mlp = mean[mean.kind == "mlp"].set_index("layer")["norm"].rename("MLP")
-    grid = heads.join(mlp)
-    grid.index = [f"L{layer}" for layer in grid.index]
-    return grid
+    return unit_grid(table.groupby("unit", sort=False).norm.mean())
 
 
 def plot_layer_head_heatmap(grid: pd.DataFrame, embed_norm: float | None = None, *, ax=None,
@@ -32,7 +24,7 @@ def plot_layer_head_heatmap(grid: pd.DataFrame, embed_norm: float | None = None,
     """Heatmap of a :func:`layer_head_grid`, the MLP column set apart by a line.
 
     Args:
-        grid: Layers × (heads, ``MLP``) values.
+        grid: Layers × (heads, ``MLP``) values (:func:`norm_grid`).
         embed_norm: The embedding unit's value, shown in the title when given.
         ax: Axes to draw on (default: a new figure).
         title: Figure title.

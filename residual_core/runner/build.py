@@ -29,7 +29,7 @@ WIDGET_PACKAGES = {
     "@jupyter-widgets/html-manager@1.0.15": ("package/dist/", "embed-amd.js"),
     "requirejs@2.3.8": ("package/", "require.js"),
 }
-"""npm packages whose files the static widgets need (see ``ENV.md``): package → (dir, main file)."""
+"""npm packages whose files the static widgets need offline: package → (dir, main file)."""
 
 _FONT_SUFFIXES = (".eot", ".svg", ".ttf", ".woff", ".woff2")
 _ANSI = re.compile("\x1b\\[[0-9;]*[A-Za-z]")
@@ -46,7 +46,7 @@ def _fetch_npm(packages: Sequence[str], target: Path, pick) -> None:
         raise RunnerError(
             f"npm is needed once to fetch {', '.join(packages)} into {_rel(target)} for the "
             "offline book; install Node.js/npm (e.g. `apt-get install npm`) or copy the files "
-            "there by hand (see ENV.md)"
+            "there by hand"
         )
     _log(f"fetching {', '.join(packages)} with npm into {_rel(target)}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,7 +73,8 @@ def ensure_widget_assets(target: Path = WIDGETS) -> Path:
     """Fetch the widget JavaScript for offline static pages with ``npm pack`` if missing.
 
     Copies ``embed-amd.js`` and its font files from ``@jupyter-widgets/html-manager`` and
-    ``require.js`` from ``requirejs`` into ``target`` (git-ignored), see ``ENV.md``.
+    ``require.js`` from ``requirejs`` into ``target`` (git-ignored): Jupyter Book 1 loads them
+    from CDNs otherwise, and the widgets do not show offline.
 
     Raises:
         RunnerError: If npm is not installed or the packages cannot be fetched.

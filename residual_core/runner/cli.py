@@ -191,14 +191,15 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
 
 def _dry_run(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
-    from residual_core.core.io import DEFAULT_CACHE
+    from residual_core.core.io import cache_root
     from residual_core.runner import dryrun
 
     plan = dryrun.plan(runs)
-    where = next(p for p in [DEFAULT_CACHE, *DEFAULT_CACHE.parents] if p.exists())
+    cache = cache_root()
+    where = next(p for p in [cache, *cache.parents] if p.exists())
     free = shutil.disk_usage(where).free / 2**30
     verdict = "enough" if free >= plan.disk_gb else "NOT ENOUGH"
-    return (f"{dryrun.format_plan(plan)}\nfree disk at the cache ({DEFAULT_CACHE}): "
+    return (f"{dryrun.format_plan(plan)}\nfree disk at the cache ({cache}): "
             f"{free:,.0f} GiB ({verdict} for {plan.disk_gb:,.0f} GiB)")
 
 

@@ -40,11 +40,13 @@ RUNS: dict[str, dict[str, dict[str, Any]]] = {
         "tutorial": {},
         "paper": {"model": "openclip_b", "images_from": "imagenet", "n_images": 64,
                   "dictionary": "general", "device": "cuda"},
+        "smoke": {"n_images": 4, "compare_images": 64},
     },
     "01_intrinsic_dimension": {
         "tutorial": {},
         "paper": {"model": "openclip_b", "reference": "imagenet", "size": 80000,
                   "device": "cuda"},
+        "smoke": {"size": 200, "twonn_points": 200},
     },
     "02_spectral_geometry": {
         "tutorial": {},
@@ -54,17 +56,24 @@ RUNS: dict[str, dict[str, dict[str, Any]]] = {
                          "random": "random"},
             "control": "random", "split": "val", "size": 10000, "device": "cuda",
         },
+        "smoke": {"reference_size": 200, "size": 100,
+                  "datasets": {"world": "world.color", "random": "world_random.color"}},
     },
     "03_head_specialization": {
         "tutorial": {},
         # units of a split are held in RAM here: ViT-L/14, 409 units × 768 × 5k ≈ 6 GB each
         "paper": {**_PAPER_TASK_CHAPTER, "train_size": 5000, "test_size": 5000,
                   "reference_size": 10000},
+        "smoke": {"tasks": ["world.shape", "world.color"], "train_size": 100, "test_size": 100,
+                  "reference_size": 200, "n_texts": 3},
     },
     "04_alignment_and_zeroshot": {
         "tutorial": {},
         "paper": {**_PAPER_TASK_CHAPTER, "train_size": 5000, "val_size": 2000,
                   "test_size": 5000, "reference_size": 10000, "default_task": "eurosat"},
+        "smoke": {"tasks": ["world_clutter.color", "world_sketch.shape", "world_noise.shape"],
+                  "train_size": 100, "val_size": 60, "test_size": 100, "reference_size": 200,
+                  "n_texts": 3, "random_seeds": 2},
     },
     "05_residual": {
         "tutorial": {},
@@ -74,6 +83,10 @@ RUNS: dict[str, dict[str, dict[str, Any]]] = {
                     "reference": "synthetic", "reference_size": 5000, "train_size": 2000,
                     "val_size": 1000, "test_size": 2000, "finetune_epochs": 2,
                     "default_task": "synthetic"},
+        "smoke": {"tasks": ["world_clutter.color", "world_sketch.shape"], "train_size": 100,
+                  "val_size": 60, "test_size": 100, "reference_size": 200, "max_epochs": 2,
+                  "finetune_epochs": 1, "finetune_train_size": 32,
+                  "authors_settings": ["residual-full"]},
     },
 }
 """Named parameter sets per chapter: ``{stem: {run name: parameter overrides}}``.
@@ -81,7 +94,9 @@ RUNS: dict[str, dict[str, dict[str, Any]]] = {
 A chapter missing here gets a single ``tutorial`` run with its own defaults. The ``tutorial``
 profile is what ``make book`` builds (offline, CPU); ``paper`` uses the paper's models and
 datasets on a GPU box (``python -m residual_core.runner book --profile paper``); ``standin``
-runs chapter 05's paper code path on random weights and the ``synthetic`` dataset.
+runs chapter 05's paper code path on random weights and the ``synthetic`` dataset; ``smoke`` runs
+every chapter's code at tiny sizes (under a minute each on 2 CPU cores: what the notebook tests
+run).
 """
 
 

@@ -443,9 +443,9 @@ def run_local(
     if gpus is None:
         gpus = (_visible_gpus() or [str(i) for i in range(workers)]) if workers > 1 else []
     isolate = workers > 1 if isolate_cache is None else isolate_cache
-    from residual_core.core.io import DEFAULT_CACHE
+    from residual_core.core.io import cache_root
 
-    cache = Path(os.environ.get("RESIDUAL_CACHE", DEFAULT_CACHE))
+    cache = cache_root()
     n_procs = min(workers, len(todo))
     _log(f"{sweep.stem} [{sweep.run}]: {len(pairs)} pairs over {', '.join(sweep.axes)}; "
          f"{before.line(len(pairs))}; {n_procs} worker(s) on {socket.gethostname()}; "

@@ -544,7 +544,7 @@ def unit_probes(loaded: Any, n_train: int = 2000, n_test: int = 2000) -> list[di
     for split, n in (("train", n_train), ("test", n_test)):
         ds = load_dataset("world.shape", split, loaded.preprocess, size=n)
         images = torch.stack([ds[i][0] for i in range(len(ds))])
-        units = torch.cat([decompose(loaded.model, images[i:i + 256]).units
+        units = torch.cat([decompose(loaded.model, images[i:i + 256]).data
                            for i in range(0, len(images), 256)])
         feats[split] = (units, {k: torch.as_tensor(v) for k, v in ds.attributes.items()})
     (u_tr, y_tr), (u_te, y_te) = feats["train"], feats["test"]
@@ -684,8 +684,9 @@ def write_model_card(path: Path = CHECKPOINT_PATH, probes: bool = True) -> Path:
     lines += [
         "## Zero-shot accuracy (test split, 2,000 images per distribution)",
         "",
-        "Prompt-ensemble classifier of SPEC §2, logits `scale · normalize(z) @ C`; `world` is the "
-        "training distribution, the other columns its shifted variants. Reproduce with "
+        "Prompt-ensemble classifier (the book's Method and conventions page), logits "
+        "`scale · normalize(z) @ C`; `world` is the training distribution, the other columns "
+        "its shifted variants. Reproduce with "
         "`python -m residual_core.analysis.zeroshot --model tutorial`.",
         "",
         format_table(rows),

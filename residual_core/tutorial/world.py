@@ -17,7 +17,7 @@ Captions are templated and mention each attribute only with a configured probabi
 (``WorldConfig.mention``). That is the lever that sets how well contrastive training aligns the
 text side with each attribute: frequently captioned attributes are easy zero-shot tasks; rarely
 captioned ones stay visible to the image tower but weakly aligned, the analogue of the paper's
-weak zero-shot datasets (SPEC §6). Defaults:
+weak zero-shot datasets. Defaults:
 
 ==============  ===========  =============================================================
 family          P(mention)   role

@@ -1,0 +1,49 @@
+"""The README's "Using the library" section: short, and its code runs as written."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import torch
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def library_blocks() -> list[str]:
+    """The python blocks of the README's "Using the library" section, in order."""
+    section = README.read_text().split("\n## Using the library\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def test_library_section_has_three_short_blocks():
+    blocks = library_blocks()
+    assert len(blocks) == 3
+    lines = [line for block in blocks for line in block.splitlines() if line.strip()]
+    assert len(lines) <= 30, f"{len(lines)} lines of code"
+
+
+def test_library_section_runs_on_the_tutorial_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RESIDUAL_CACHE", str(tmp_path))
+    namespace: dict = {}
+    started = time.perf_counter()
+    for block in library_blocks():
+        exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
+    seconds = time.perf_counter() - started
+    printed = capsys.readouterr().out
+    units, head, fit = namespace["units"], namespace["head"], namespace["fit"]
+    # Block 1: the stack adds up to the embedding and picks units by label.
+    with torch.no_grad():
+        embedding = namespace["model"].model.encode_image(namespace["images"])
+    torch.testing.assert_close(units.sum(), embedding, rtol=1e-4, atol=1e-5)
+    assert torch.equal(units["L3H1"], units.data[:, units.index("L3H1")[0]])
+    # Block 2: three texts of the tutorial dictionary, explaining more and more variance.
+    assert head.unit == "L3H1" and len(head.texts) == 3
+    assert set(head.texts) <= set(namespace["words"].texts)
+    assert head.explained_variance == sorted(head.explained_variance)
+    # Block 3: trained, evaluated once on test, λ of every PC of the head.
+    assert 0 <= fit.accuracy <= 1 and fit.row["variant"] == "residual-full"
+    assert fit.lambdas("L3H1").shape == (units.layout.d_head,)
+    assert "test accuracy" in printed and (tmp_path / "encodings" / "tutorial").is_dir()
+    assert seconds < 60, f"the README's library section took {seconds:.0f} s"
