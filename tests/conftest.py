@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jaxtyping
 import pytest
 import torch
 
@@ -11,6 +12,36 @@ from residual_core.core.zeroshot import ZeroShotClassifier
 from residual_core.tutorial import world
 from residual_core.tutorial.model import build_tiny_clip, preprocess_transform, tiny_clip_config
 from residual_core.tutorial.tokenizer import WordTokenizer
+
+# ------------------------------------------------------------------------------- test tiers
+
+TIERS = ("unit", "integration", "notebook")
+"""Every test belongs to exactly one tier (its module's), given as a marker: ``-m unit``."""
+
+INTEGRATION = {
+    "test_bookcheck", "test_environment", "test_experiments", "test_gpu", "test_gpu_suite",
+    "test_hf_models", "test_models", "test_paper_datasets", "test_readme", "test_runner",
+    "test_store", "test_sweep", "test_tasks", "test_text_cache", "test_training",
+    "test_tutorial_model",
+}
+"""Modules that go through files, processes, a trained model or several layers at once."""
+
+NOTEBOOK = {"test_chapters", "test_lab", "test_notebooks"}
+"""Modules about the chapters as notebooks (their sources, their execution, JupyterLab)."""
+
+SLOW = {"test_chapters", "test_gpu_suite", "test_sweep"}
+"""Modules whose every test takes seconds to minutes (single slow tests carry the marker)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every test its tier marker (and ``slow`` for the slow modules)."""
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2]
+        tier = "integration" if module in INTEGRATION else (
+            "notebook" if module in NOTEBOOK else "unit")
+        item.add_marker(getattr(pytest.mark, tier))
+        if module in SLOW:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +56,11 @@ def loaded() -> LoadedModel:
     model = build_tiny_clip(cfg).eval()
     return LoadedModel(model, preprocess_transform(64), tok, "random-tiny", "tutorial-tiny-clip",
                        None, f"random-{weights_fingerprint(model)}")
+
+
+SHAPE_ERRORS = (ValueError, jaxtyping.TypeCheckError)
+"""What mismatched shapes raise in the tests: the library's own check names them (ValueError),
+unless the runtime check of the annotated shapes (jaxtyping, on in the tests) comes first."""
 
 
 # ------------------------------------------------------- a task only a reweighting can solve

@@ -52,3 +52,29 @@ def test_pyproject_runtime_dependencies_are_in_requirements():
     for dep in deps:
         name = re.match(r"[A-Za-z0-9_.\-]+", dep).group().lower().replace("_", "-")
         assert name in pins, f"{name} is a package dependency but not in requirements.txt"
+
+
+def test_every_package_the_code_imports_is_declared():
+    """`pip install .` (with the extras) gives every third-party package residual_core imports."""
+    import ast
+    import sys
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project.get("optional-dependencies", {})
+    declared = {re.match(r"[A-Za-z0-9_.\-]+", d).group().lower().replace("_", "-")
+                for d in [*project["dependencies"], *(d for g in extras.values() for d in g)]}
+    distributions = md.packages_distributions()
+    missing = {}
+    for path in (ROOT / "residual_core").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module
+                and node.level == 0 else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "residual_core":
+                    continue
+                dists = {d.lower().replace("_", "-") for d in distributions.get(top, [top])}
+                if not dists & declared:
+                    missing[top] = str(path.relative_to(ROOT))
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"

@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 import torch
+from conftest import SHAPE_ERRORS
 
 from residual_core.analysis.exemplars import disagreements, pc_extremes, spread_sample
 from residual_core.plots.images import plot_disagreements, plot_image_grid, plot_pc_extremes
@@ -27,7 +28,7 @@ def test_pc_extremes_on_planted_coordinates():
     assert ext[0].top == [1, 4] and ext[0].bottom == [5, 2]  # c0: 5, 4 … −3, −6
     assert ext[1].top == [7, 2] and ext[1].bottom == [3, 6]
     assert ext[0].top_values == pytest.approx([5, 4]) and ext[0].explained == pytest.approx(0.7)
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(SHAPE_ERRORS, match="do not match|parameter 'components'"):
         pc_extremes(outputs[:, :5], basis, mean, torch.ones(2))
 
 
@@ -38,7 +39,7 @@ def test_disagreements_both_ways():
     assert disagreements(first, second, targets) == ([0, 3], [1])
     few = disagreements(first, second, targets, n_images=1, seed=3)
     assert len(few[0]) == 1 and few[0][0] in (0, 3) and few[1] == [1]
-    with pytest.raises(ValueError, match="differ in shape"):
+    with pytest.raises(SHAPE_ERRORS, match="differ in shape|parameter 'second'"):
         disagreements(first[:3], second, targets)
 
 

@@ -118,7 +118,8 @@ def _table(rows: Sequence[dict[str, object]]) -> pd.DataFrame:
     return pd.DataFrame(list(rows), columns=list(COLUMNS))
 
 
-def spearman_greater(x: Sequence[float], y: Sequence[float], n_permutations: int = 10_000,
+def spearman_greater(x: Sequence[float] | np.ndarray | pd.Series,
+                     y: Sequence[float] | np.ndarray | pd.Series, n_permutations: int = 10_000,
                      seed: int = 0) -> tuple[float, float, int]:
     """Spearman's rho with a one-sided (rho > 0) permutation p-value, seeded.
 
@@ -148,7 +149,7 @@ def spearman_greater(x: Sequence[float], y: Sequence[float], n_permutations: int
 def _clear_excess(mean_a: float, se_a: float, mean_b: float, se_b: float) -> tuple[float, bool]:
     """``a − b`` and whether it exceeds twice the standard error of the difference."""
     diff = mean_a - mean_b
-    return diff, diff > 2 * math.hypot(se_a, se_b)
+    return float(diff), bool(diff > 2 * math.hypot(se_a, se_b))
 
 
 def id_claims(table: pd.DataFrame, d_head: int, seed: int = 0,

@@ -54,7 +54,7 @@ class CenteringComparison:
         """
         t = self.units
         names = {"embed": "embed", "mlp": "MLP", "head": "head"}
-        kind = label_table(t.unit).kind.map(names).tolist()
+        kind = label_table(t.unit.tolist()).kind.map(names).tolist()
         t = t.assign(kind=kind,
                      id_changed=t["linear_id_shared"] != t["linear_id_per-unit"],
                      twonn_change=(t["twonn_shared"] - t["twonn_per-unit"]).abs())

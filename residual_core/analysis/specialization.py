@@ -35,7 +35,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from residual_core.core.dictionary import TextDictionary
-from residual_core.core.textspan import Span, TextExplanation, somp, textspan
+from residual_core.core.textspan import TextExplanation, somp, textspan
 from residual_core.core.units import Units
 
 __all__ = [
@@ -278,7 +278,7 @@ def explain_heads(
     method: str = "textspan",
     n_iters: int = 10,
     rank: int = 80,
-    span: Span = "uncentred",
+    span: str = "uncentred",
 ) -> dict[str, TextExplanation]:
     """TextSpan (from each head's covariance) or SOMP (on its samples) for the given units.
 
@@ -321,7 +321,7 @@ def classifier_alignment(units: Units, classifier: Float[Tensor, "d_out k"]) -> 
 
 
 def task_specialization(shares: pd.DataFrame, heads: Sequence[str], family: str | None,
-                        weights: Sequence[float] | None = None) -> float:
+                        weights: Sequence[float] | np.ndarray | None = None) -> float:
     """(Weighted) mean over ``heads`` of the share of their explanation naming ``family``.
 
     ``nan`` when the task has no family in the dictionary.
@@ -333,7 +333,8 @@ def task_specialization(shares: pd.DataFrame, heads: Sequence[str], family: str 
     return float((values * w).sum() / w.sum())
 
 
-def rank_correlation(x: Sequence[float], y: Sequence[float], n_permutations: int = 10_000,
+def rank_correlation(x: Sequence[float] | np.ndarray | pd.Series,
+                     y: Sequence[float] | np.ndarray | pd.Series, n_permutations: int = 10_000,
                      seed: int = 0) -> dict[str, float]:
     """Spearman correlation with a two-sided permutation p-value (seeded, so reproducible).
 

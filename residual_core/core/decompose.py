@@ -260,7 +260,7 @@ class UnitProjector(nn.Module):
     beta_out: Float[Tensor, " d_out"]
     gamma_out: Float[Tensor, " d_out"]
 
-    def __init__(self, layout: UnitLayout, centering: Centering = "shared",
+    def __init__(self, layout: UnitLayout, centering: str = "shared",
                  dtype: torch.dtype = torch.float32):
         super().__init__()
         self.layout = layout
@@ -275,7 +275,7 @@ class UnitProjector(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def from_model(cls, model: nn.Module, centering: Centering = "shared") -> UnitProjector:
+    def from_model(cls, model: nn.Module, centering: str = "shared") -> UnitProjector:
         """Build the projector of an open_clip ViT (see :func:`check_supported`).
 
         Args:
@@ -391,7 +391,7 @@ def decompose(
     images: Float[Tensor, "batch 3 height width"],
     *,
     projector: UnitProjector | None = None,
-    centering: Centering | None = None,
+    centering: str | None = None,
     requires_grad: bool = False,
 ) -> Units:
     """Decompose the image embedding into the direct contributions of every unit.

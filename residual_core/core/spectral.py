@@ -179,8 +179,8 @@ class StreamingPCA:
         self.labels: tuple[str, ...] | None = None
         self.layout: UnitLayout | None = None
 
-    def update(self, x: Float[Tensor, "batch unit d"] | Units) -> StreamingPCA:
-        """Merge one batch into the running statistics (on the batch's device).
+    def update(self, x: Tensor | Units) -> StreamingPCA:
+        """Merge one batch ``(batch, unit, d)`` into the running statistics (on its device).
 
         Raises:
             ValueError: For a batch that is not ``(batch, unit, d)``, or Units with other
@@ -308,10 +308,10 @@ def _greedy_pick(c: Float[Tensor, "pair kx ky"], k: Tensor) -> Float[Tensor, "pa
 
 
 def spectral_similarity_matrix(
-    bases_x: list[Float[Tensor, "kx d"]],
-    weights_x: list[Float[Tensor, " kx"]],
-    bases_y: list[Float[Tensor, "ky d"]],
-    weights_y: list[Float[Tensor, " ky"]],
+    bases_x: list[Float[Tensor, "_kx d"]],
+    weights_x: list[Float[Tensor, " _kx"]],
+    bases_y: list[Float[Tensor, "_ky d"]],
+    weights_y: list[Float[Tensor, " _ky"]],
     weighted: bool = True,
 ) -> Float[Tensor, "nx ny"]:
     """Spectral cosine similarity of every basis in ``x`` with every basis in ``y``.

@@ -336,7 +336,7 @@ def build_store(
     batch_size: int = 256,
     chunk_size: int = 4096,
     dtype: str = "float16",
-    centering: Centering = "shared",
+    centering: str = "shared",
     device: str | torch.device = "cpu",
     autocast_dtype: torch.dtype | None = None,
     num_workers: int = 0,

@@ -164,7 +164,7 @@ def textspan(
     rank: int = 80,
     *,
     unit_names: Sequence[str] | None = None,
-    span: Span = "uncentred",
+    span: str = "uncentred",
 ) -> dict[str, TextExplanation] | list[TextExplanation]:
     """TextSpan on the units of a :class:`Units` or a :class:`PCAResult`, or on bare samples.
 

@@ -211,21 +211,21 @@ class VariantTask(L.LightningModule):
         """Logits."""
         return self.variant(*inputs)
 
-    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
         """Cross-entropy on one batch."""
         *inputs, y = batch
         return F.cross_entropy(self.variant(*inputs), y)
 
-    def _count(self, batch: tuple[Tensor, ...]) -> None:
+    def _count(self, batch: Sequence[Tensor]) -> None:
         *inputs, y = batch
         self._correct += int((self.variant(*inputs).argmax(-1) == y).sum())
         self._total += len(y)
 
-    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+    def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         """Count correct predictions."""
         self._count(batch)
 
-    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+    def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         """Count correct predictions."""
         self._count(batch)
 

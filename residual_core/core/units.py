@@ -72,7 +72,7 @@ def parse_label(label: str) -> UnitLabel:
     return UnitLabel(label, "head", layer, int(match["head"]))
 
 
-def is_head(label: str) -> bool:
+def is_head(label: object) -> bool:
     """Whether a label names an attention head (``L{l}H{h}``); ``False`` for any other string."""
     match = _LABEL.match(label) if isinstance(label, str) else None
     return bool(match and match["head"] is not None)

@@ -244,7 +244,7 @@ def build_classifier(
 
 
 def _collate_with(preprocess: Callable[[Any], Tensor]):
-    def collate(batch: list[tuple[Any, int]]) -> tuple[Tensor, Tensor]:
+    def collate(batch: list[tuple[Any, Any]]) -> tuple[Tensor, Tensor]:
         images = [img if isinstance(img, Tensor) else preprocess(img) for img, _ in batch]
         return torch.stack(images), torch.tensor([label for _, label in batch])
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -21,9 +21,18 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["SPLITS", "ClassificationDataset", "DatasetSpec"]
+__all__ = ["SPLITS", "ClassificationDataset", "DatasetSpec", "Indexable"]
 
 SPLITS = ("train", "val", "test")
+
+
+@runtime_checkable
+class Indexable(Protocol):
+    """What a dataset's images may be: anything with a length and integer indexing."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
 
 
 class ClassificationDataset(Dataset):
@@ -45,7 +54,7 @@ class ClassificationDataset(Dataset):
         self,
         name: str,
         split: str,
-        images: np.ndarray | Sequence[Any],
+        images: Indexable,
         labels: np.ndarray,
         classnames: Sequence[str],
         templates: Sequence[str],

@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from residual_core.core.decompose import Centering, check_centering
+from residual_core.core.decompose import check_centering
 from residual_core.core.io import cache_root
 from residual_core.core.probes import probe_table
 from residual_core.core.store import EncodingStore, build_store, store_lock
@@ -44,7 +44,7 @@ def encode_dataset(
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 256,
     dtype: str = "float32",
-    centering: Centering = "shared",
+    centering: str = "shared",
     device: str | torch.device | None = None,
     autocast_dtype: torch.dtype | None = None,
     num_workers: int = 0,
@@ -124,7 +124,7 @@ class TaskEncodings:
         *,
         cache_dir: str | os.PathLike | None = None,
         keep: int = 4,
-        centering: Centering = "shared",
+        centering: str = "shared",
         progress: bool = False,
     ) -> None:
         self.loaded = loaded

@@ -427,7 +427,7 @@ def _three_way(labels: np.ndarray) -> dict[str, np.ndarray]:
 class _Files:
     """Image files opened on access, as RGB."""
 
-    def __init__(self, paths: Sequence[str]) -> None:
+    def __init__(self, paths: Sequence[str] | np.ndarray) -> None:
         self.paths = np.asarray(paths, dtype=object)
 
     def __len__(self) -> int:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from torch import Tensor
 
 from residual_core.analysis.exemplars import PCExtremes
 
@@ -33,7 +34,8 @@ def _show(ax, image, title: str | None = None, fontsize: float = 7, color: str =
 
 
 def plot_image_grid(
-    images: Sequence, titles: Sequence[str] | None = None, ncols: int = 8, size: float = 1.3,
+    images: Sequence | np.ndarray, titles: Sequence[str] | None = None, ncols: int = 8,
+    size: float = 1.3,
     suptitle: str | None = None, wrap: int = 22,
 ) -> Figure:
     """Images in a grid, each with an optional (wrapped) title.
@@ -67,7 +69,7 @@ def plot_image_grid(
 
 
 def plot_pc_extremes(
-    images: Sequence, extremes: Sequence[PCExtremes], unit: str,
+    images: Sequence | np.ndarray, extremes: Sequence[PCExtremes], unit: str,
     texts: Sequence[str] = (), size: float = 1.1,
 ) -> Figure:
     """What a unit's first principal components respond to: the images at both ends of each.
@@ -110,9 +112,10 @@ def plot_pc_extremes(
 
 
 def plot_disagreements(
-    images: Sequence, first_wrong: Sequence[int], second_wrong: Sequence[int],
-    classnames: Sequence[str], targets: Sequence[int], first: Sequence[int],
-    second: Sequence[int], names: tuple[str, str] = ("zero-shot", "ResiDual"),
+    images: Sequence | np.ndarray, first_wrong: Sequence[int], second_wrong: Sequence[int],
+    classnames: Sequence[str], targets: Sequence[int] | np.ndarray | Tensor,
+    first: Sequence[int] | np.ndarray | Tensor, second: Sequence[int] | np.ndarray | Tensor,
+    names: tuple[str, str] = ("zero-shot", "ResiDual"),
     size: float = 1.3,
 ) -> Figure:
     """Two rows of images: where the first classifier errs and the second is right, and back.
