@@ -233,7 +233,9 @@ def test_submitit_array_killed_task_and_resubmission(tiny: Path, tmp_path: Path,
     assert [t["pair"] for t in todo] == [a_x.id, a_yy.id]
     final, merged = sw.wait(sweep, todo, jobs, poll=0.5)
     assert [p.id for p in final.pending] == [a_yy.id], "the killed task left no record"
-    assert sweep.folder.joinpath(f"01_tiny-{a_yy.id}.results.csv").exists(), "table was written"
+    table = sweep.folder / f"01_tiny-{a_yy.id}.results.csv"
+    assert not table.exists(), "a killed task's table is never put in place"
+    assert list(sweep.folder.glob(f".{table.name}.*.partial.csv")), "it was written aside"
     assert merged.sweep_pair.tolist() == [a_x.id]
     assert f"{a_yy.id} FAILED" in capsys.readouterr().out
     with pytest.raises(submitit.core.utils.UncompletedJobError):
