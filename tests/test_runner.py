@@ -313,3 +313,56 @@ def test_chapter_00_writes_its_results_table(tmp_path: Path, monkeypatch):
     assert table.groupby("image").unit.nunique().tolist() == [len(table) // 2] * 2
     assert (table.model == "tutorial").all() and (table.max_rel_error < 1e-5).all()
     assert (table.run_wall_s > 0).all() and table.peak_gpu_mib.isna().all()  # CPU run
+
+
+def test_killed_rerun_leaves_the_earlier_complete_run_intact(tmp_path: Path):
+    """kill -9 of a rerun mid-notebook, after it wrote its table: the earlier complete notebook,
+    table and record stay byte for byte; the next success replaces them and leaves no partial."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    nb = write_notebook(
+        tmp_path / "04_rerun.py",
+        '# %% tags=["parameters"]\nx = 1\nhold = ""\nresults_file = None',
+        """
+        # %%
+        import os, time
+        open(results_file, "w").write(f"x\\n{x}\\n")
+        if hold:
+            open(hold, "w").close()
+            time.sleep(120)
+        """,
+    )
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "residual_core.runner", "run", str(nb), "--name", "r",
+           "--out", str(out)]
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    table, record = records.results_paths(out, "04_rerun", "r")
+    notebook = out / "04_rerun-r.ipynb"
+    earlier = {p: p.read_bytes() for p in (table, record, notebook)}
+
+    hold = tmp_path / "holding"
+    proc = subprocess.Popen([*cmd, "--param", "x=2", "--param", f"hold={hold}"], cwd=root,
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not hold.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert hold.exists(), "the rerun never reached its last cell"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the runner and its kernel
+        proc.wait()
+    assert {p: p.read_bytes() for p in earlier} == earlier, "the earlier run is intact"
+    assert records.read_record(record)["parameters"]["x"] == 1
+    assert len(list(out.glob(".*.partial.*"))) == 2, "the killed rerun wrote only aside"
+
+    done = subprocess.run([*cmd, "--param", "x=3"], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert table.read_text() == "x\n3\n" and records.read_record(record)["parameters"]["x"] == 3
+    assert not list(out.glob(".*")), "the killed run's partial files are removed"

@@ -219,7 +219,8 @@ def execute(
         papermill.execute_notebook(
             nb, str(staged), parameters=overrides, progress_bar=False, log_output=log_output,
             cwd=str(ROOT), execution_timeout=timeout,
-            extra_arguments=["--log-level=ERROR"],  # quiet the kernel app's own start-up log
+            # quiet the kernel app: its own log (start-up; a reply it cannot send after a timeout)
+            extra_arguments=["--log-level=CRITICAL"],
         )
     except PapermillExecutionError as err:
         failed = _keep_failed(staged, output, table if has_results else None)
