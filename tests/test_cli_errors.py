@@ -80,12 +80,13 @@ def test_unwritable_out_is_refused_up_front(a_file: Path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
-def test_cuda_without_a_gpu_names_the_parameter():
+def test_cuda_without_a_gpu_names_the_parameter(tmp_path: Path):
     assert_user_error(cli(*RUNNER, "run", "00", "--param", "device=cuda"),
                       "device='cuda', but torch finds no CUDA GPU", "use device='cpu'")
     assert_user_error(cli(*RUNNER, "sweep", "01", "--preset", "smoke", "--axis", "seed=0",
-                          "--param", "device=cuda:1", "--out", "/tmp/residual-probe-sweep"),
+                          "--param", "device=cuda:1", "--out", str(tmp_path)),
                       "device='cuda:1', but torch finds no CUDA GPU")
+    assert_user_error(cli(*RUNNER, "book", "--profile", "paper"), "00_units.py: device='cuda'")
 
 
 def test_a_cell_past_the_timeout_names_the_cell_and_the_limit(tmp_path: Path):

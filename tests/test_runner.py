@@ -194,6 +194,8 @@ def test_execute_writes_results_table_and_record(with_results: Path, tmp_path: P
     rec = records.read_record(record)
     assert rec is not None and rec["rows"] == 1 and rec["columns"] == ["x", "y"]
     assert rec["parameters"]["x"] == 3 and rec["notebook"] == "03_results-r.ipynb"
+    shown = result.output.read_text()  # the table was written aside; the book shows its place
+    assert f'results_file = \\"{table.resolve()}\\"' in shown and ".partial" not in shown
 
     table.write_text("x,y\n3,10\n")  # a table changed after the record: not finished
     assert records.read_record(record) is None

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from residual_core.runner.chapters import ROOT, RunnerError, _log, _rel, check_overrides
-from residual_core.runner.execute import NotebookError, execute
+from residual_core.runner.execute import NotebookError, check_device_here, execute
 from residual_core.runner.presets import DEFAULT_PROFILE, runs_for
 from residual_core.runner.records import ChapterRun
 
@@ -223,7 +223,7 @@ def book(profile: str = DEFAULT_PROFILE, *, log_output: bool = False,
     if not selected:
         raise RunnerError(f"no chapter has a run named {profile!r}")
     for source, _, overrides in selected:  # every chapter's parameters, before any kernel
-        check_overrides(source, overrides)
+        check_device_here(source, check_overrides(source, overrides))
     ensure_widget_assets()
     ensure_mathjax()
     _log(f"profile {profile!r}: {len(selected)} chapter(s)")

@@ -52,7 +52,7 @@ from residual_core.runner.chapters import (
     read_parameters,
     writable_dir,
 )
-from residual_core.runner.execute import execute
+from residual_core.runner.execute import check_device_here, execute
 from residual_core.runner.presets import DEFAULT_PROFILE, RUNS, SWEEPS, preset, runs_for
 
 if TYPE_CHECKING:
@@ -344,16 +344,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _check_devices_here(source: Path, pairs: Sequence[Pair]) -> None:
     """Refuse, before any worker starts, pairs asking for a device this machine lacks."""
-    from residual_core.core.checks import check_device
-    from residual_core.core.errors import ResidualError
-
-    for device in dict.fromkeys(str(p.overrides.get("device", "")) for p in pairs):
-        if device.startswith(("cuda", "mps")):
-            try:
-                check_device(device)
-            except ResidualError as err:
-                raise ParameterError(f"{source.name}: {err} (--executor local runs the pairs "
-                                     "on this machine)") from None
+    for pair in pairs:
+        check_device_here(source, pair.overrides)
 
 
 def _cmd_list() -> None:

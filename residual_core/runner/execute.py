@@ -24,7 +24,8 @@ from residual_core.runner.chapters import (
 from residual_core.runner.presets import DEFAULT_PROFILE
 from residual_core.runner.records import RESULTS_PARAMETER, ChapterRun, results_paths, write_record
 
-__all__ = ["ChapterRun", "NotebookError", "NotebookTimeoutError", "execute", "failed_path"]
+__all__ = ["ChapterRun", "NotebookError", "NotebookTimeoutError", "check_device_here", "execute",
+           "failed_path"]
 
 
 class NotebookError(RunnerError):
@@ -115,8 +116,12 @@ def failed_path(output: Path) -> Path:
     return output.with_name(output.name.removesuffix(".ipynb") + ".failed.ipynb")
 
 
-def _check_device(source: Path, full: Mapping[str, Any]) -> None:
-    """Refuse ``device="cuda"`` (or ``"mps"``) before a kernel starts if this machine lacks it."""
+def check_device_here(source: Path, full: Mapping[str, Any]) -> None:
+    """Refuse ``device="cuda"`` (or ``"mps"``) before a kernel starts if this machine lacks it.
+
+    Raises:
+        ParameterError: Naming the chapter and the ``device`` parameter.
+    """
     device = full.get("device")
     if not (isinstance(device, str) and device.startswith(("cuda", "mps"))):
         return
@@ -194,7 +199,7 @@ def execute(
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int)
                                 or timeout < 1):
         raise ParameterError(f"timeout must be a whole number of seconds ≥ 1, got {timeout!r}")
-    _check_device(source, full)
+    check_device_here(source, full)
     nb = _read_notebook(source)
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3",
                                           "language": "python"})
@@ -271,6 +276,7 @@ def execute(
         # the table, then the notebook, then the record: until the record is replaced, the old
         # record's sha256 no longer matches the table, so the run reads as unfinished, never
         # as a mix of two runs
+        _show_final_path(staged, overrides[RESULTS_PARAMETER], full[RESULTS_PARAMETER])
         os.replace(_partial(table), table)
         os.replace(staged, output)
         write_record(result, full, table, record)
@@ -279,6 +285,21 @@ def execute(
         os.replace(staged, output)
     failed_path(output).unlink(missing_ok=True)
     return result
+
+
+def _show_final_path(notebook: Path, partial: str, final: str) -> None:
+    """Show the table's final path, not its temporary one, in the injected parameters cell.
+
+    The book renders that cell; a temporary name (host, pid) would differ on every build.
+    """
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    for cell in nb.cells:
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell.source = cell.source.replace(repr(partial), repr(final)).replace(
+                f'"{partial}"', f'"{final}"')
+    nbformat.write(nb, notebook)
 
 
 def _keep_failed(staged: Path, output: Path, table: Path | None) -> Path:
