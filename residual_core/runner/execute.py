@@ -276,7 +276,7 @@ def execute(
         # the table, then the notebook, then the record: until the record is replaced, the old
         # record's sha256 no longer matches the table, so the run reads as unfinished, never
         # as a mix of two runs
-        _show_final_path(staged, overrides[RESULTS_PARAMETER], full[RESULTS_PARAMETER])
+        _show_final_path(staged, output, overrides[RESULTS_PARAMETER], full[RESULTS_PARAMETER])
         os.replace(_partial(table), table)
         os.replace(staged, output)
         write_record(result, full, table, record)
@@ -287,10 +287,12 @@ def execute(
     return result
 
 
-def _show_final_path(notebook: Path, partial: str, final: str) -> None:
-    """Show the table's final path, not its temporary one, in the injected parameters cell.
+def _show_final_path(notebook: Path, output: Path, partial: str, final: str) -> None:
+    """Show the final paths, not the temporary ones, in the executed notebook.
 
-    The book renders that cell; a temporary name (host, pid) would differ on every build.
+    The injected parameters cell (which the book renders) and papermill's record of the run
+    (``metadata.papermill``) name the table and the notebook where they end up: a temporary
+    name (host, pid) would differ on every build.
     """
     import nbformat
 
@@ -299,6 +301,11 @@ def _show_final_path(notebook: Path, partial: str, final: str) -> None:
         if "injected-parameters" in cell.metadata.get("tags", []):
             cell.source = cell.source.replace(repr(partial), repr(final)).replace(
                 f'"{partial}"', f'"{final}"')
+    record = nb.metadata.get("papermill", {})
+    if record.get("parameters", {}).get(RESULTS_PARAMETER) == partial:
+        record["parameters"][RESULTS_PARAMETER] = final
+    if "output_path" in record:
+        record["output_path"] = str(output)
     nbformat.write(nb, notebook)
 
 
