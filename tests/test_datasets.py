@@ -37,7 +37,7 @@ def test_unknown_name_or_split_lists_valid_choices():
     assert "world.shape" in str(err.value) and "world.reference" in str(err.value)
     with pytest.raises(ValueError, match="valid splits: train, val, test"):
         D.load_dataset("world.shape", "validation")
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="size must be an int ≥ 1 or None"):
         D.load_dataset("world.shape", "train", size=0)
 
 

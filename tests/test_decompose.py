@@ -290,8 +290,8 @@ def test_model_unchanged_after_decompose_and_after_error():
     before = _snapshot(visual)
     decompose(visual, x)
     _assert_same(before, visual)
-    with pytest.raises(RuntimeError):
-        decompose(visual, images(2, 40))  # wrong size: fails inside the forward
+    with pytest.raises(ValueError, match="40×40 but this model takes 32×32"):
+        decompose(visual, images(2, 40))  # wrong size: refused before the forward
     _assert_same(before, visual)
     with torch.no_grad():
         assert torch.equal(visual(x), y0)

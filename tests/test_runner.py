@@ -102,13 +102,13 @@ def test_execute_injects_overrides(tiny: Path, tmp_path: Path):
 def test_unknown_parameter_is_rejected_listing_valid_ones(tiny: Path, capsys):
     code = cli.main(["run", str(tiny), "--param", "y=3", "--param", "x=2"])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2, "a user error"
     assert "unknown parameter(s) y" in err
     assert "x = 1" in err and "label = 'default'" in err
 
 
 def test_string_for_numeric_parameter_is_rejected(tiny: Path):
-    with pytest.raises(chapters.ParameterError, match="expects a int"):
+    with pytest.raises(chapters.ParameterError, match="expects an int; got the str 'many'"):
         chapters.check_overrides(tiny, {"x": "many"})
 
 
@@ -125,7 +125,9 @@ def test_failing_notebook_exits_nonzero_naming_the_cell(tmp_path: Path, capsys):
     assert "02_fails.py" in err and "failed in code cell 3" in err
     assert "ValueError: boom 2" in err
     assert "02_fails.py:" in err  # the source line of the failing cell
-    assert (tmp_path / "out" / "02_fails-t.ipynb").is_file()  # kept for the full traceback
+    failed = tmp_path / "out" / "02_fails-t.failed.ipynb"
+    assert failed.is_file() and str(failed.name) in err  # kept for the full traceback
+    assert not (tmp_path / "out" / "02_fails-t.ipynb").exists(), "only a success is in place"
 
 
 def test_find_chapter_by_stem_and_number(tmp_path: Path, tiny: Path):
@@ -154,6 +156,8 @@ def test_build_warning_fails_the_build(tmp_path: Path):
 def test_chapters_without_named_runs_get_a_tutorial_run(tmp_path: Path, tiny: Path):
     assert presets.runs_for("tutorial", tmp_path) == [(tiny, "tutorial", {})]
     assert presets.runs_for("paper", tmp_path) == []
+    with pytest.raises(chapters.ParameterError, match="'nope'; profiles: tutorial, paper"):
+        presets.runs_for("nope", tmp_path)
 
 
 def test_place_chapters_replaces_stale_notebooks(tmp_path: Path):
@@ -190,6 +194,8 @@ def test_execute_writes_results_table_and_record(with_results: Path, tmp_path: P
     rec = records.read_record(record)
     assert rec is not None and rec["rows"] == 1 and rec["columns"] == ["x", "y"]
     assert rec["parameters"]["x"] == 3 and rec["notebook"] == "03_results-r.ipynb"
+    shown = result.output.read_text()  # the table was written aside; the book shows its place
+    assert f'results_file = \\"{table.resolve()}\\"' in shown and ".partial" not in shown
 
     table.write_text("x,y\n3,10\n")  # a table changed after the record: not finished
     assert records.read_record(record) is None
@@ -202,10 +208,16 @@ def test_execute_writes_results_table_and_record(with_results: Path, tmp_path: P
 def test_a_run_without_its_table_is_not_finished(with_results: Path, tmp_path: Path):
     out = tmp_path / "out"
     execute.execute(with_results, "r", out_dir=out)
+    table, record = records.results_paths(out, "03_results", "r")
+    earlier = (table.read_text(), record.read_text())
     with pytest.raises(chapters.RunnerError, match="wrote no results table"):
         execute.execute(with_results, "r", {"write": False}, out_dir=out)
-    table, record = records.results_paths(out, "03_results", "r")
-    assert not record.exists() and not table.exists(), "the earlier run's files must not count"
+    # the failed rerun is not finished; the earlier complete run stays as it was, whole
+    assert (table.read_text(), record.read_text()) == earlier
+    assert records.read_record(record)["parameters"]["write"] is True
+    assert sorted(p.name for p in out.iterdir()) == [
+        "03_results-r.failed.ipynb", "03_results-r.ipynb", "03_results-r.results.csv",
+        "03_results-r.results.json"], "no partial file left"
 
 
 def test_every_chapter_has_a_paper_preset():
@@ -303,3 +315,56 @@ def test_chapter_00_writes_its_results_table(tmp_path: Path, monkeypatch):
     assert table.groupby("image").unit.nunique().tolist() == [len(table) // 2] * 2
     assert (table.model == "tutorial").all() and (table.max_rel_error < 1e-5).all()
     assert (table.run_wall_s > 0).all() and table.peak_gpu_mib.isna().all()  # CPU run
+
+
+def test_killed_rerun_leaves_the_earlier_complete_run_intact(tmp_path: Path):
+    """kill -9 of a rerun mid-notebook, after it wrote its table: the earlier complete notebook,
+    table and record stay byte for byte; the next success replaces them and leaves no partial."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    nb = write_notebook(
+        tmp_path / "04_rerun.py",
+        '# %% tags=["parameters"]\nx = 1\nhold = ""\nresults_file = None',
+        """
+        # %%
+        import os, time
+        open(results_file, "w").write(f"x\\n{x}\\n")
+        if hold:
+            open(hold, "w").close()
+            time.sleep(120)
+        """,
+    )
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "residual_core.runner", "run", str(nb), "--name", "r",
+           "--out", str(out)]
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    table, record = records.results_paths(out, "04_rerun", "r")
+    notebook = out / "04_rerun-r.ipynb"
+    earlier = {p: p.read_bytes() for p in (table, record, notebook)}
+
+    hold = tmp_path / "holding"
+    proc = subprocess.Popen([*cmd, "--param", "x=2", "--param", f"hold={hold}"], cwd=root,
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not hold.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert hold.exists(), "the rerun never reached its last cell"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the runner and its kernel
+        proc.wait()
+    assert {p: p.read_bytes() for p in earlier} == earlier, "the earlier run is intact"
+    assert records.read_record(record)["parameters"]["x"] == 1
+    assert len(list(out.glob(".*.partial.*"))) == 2, "the killed rerun wrote only aside"
+
+    done = subprocess.run([*cmd, "--param", "x=3"], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert table.read_text() == "x\n3\n" and records.read_record(record)["parameters"]["x"] == 3
+    assert not list(out.glob(".*")), "the killed run's partial files are removed"

@@ -233,7 +233,9 @@ def test_submitit_array_killed_task_and_resubmission(tiny: Path, tmp_path: Path,
     assert [t["pair"] for t in todo] == [a_x.id, a_yy.id]
     final, merged = sw.wait(sweep, todo, jobs, poll=0.5)
     assert [p.id for p in final.pending] == [a_yy.id], "the killed task left no record"
-    assert sweep.folder.joinpath(f"01_tiny-{a_yy.id}.results.csv").exists(), "table was written"
+    table = sweep.folder / f"01_tiny-{a_yy.id}.results.csv"
+    assert not table.exists(), "a killed task's table is never put in place"
+    assert list(sweep.folder.glob(f".{table.name}.*.partial.csv")), "it was written aside"
     assert merged.sweep_pair.tolist() == [a_x.id]
     assert f"{a_yy.id} FAILED" in capsys.readouterr().out
     with pytest.raises(submitit.core.utils.UncompletedJobError):
@@ -381,7 +383,7 @@ def test_slurm_submission_is_the_dry_run_script(tiny: Path, tmp_path: Path, fake
 
     # while SLURM still holds an array of this sweep, submitting again is refused
     (fake_slurm / "queue").write_text("4242_1\n4242_2\n")
-    assert cli.main(slurm_cli(tiny, tmp_path)) == 1
+    assert cli.main(slurm_cli(tiny, tmp_path)) == 2
     err = capsys.readouterr().err
     assert "4242_1, 4242_2" in err and f"scancel --name {sweep.job_name}" in err
     assert (fake_slurm / "squeue-args").read_text().split() == [
@@ -398,17 +400,17 @@ def test_cli_rejects_bad_executor_and_misplaced_flags(tiny: Path, tmp_path: Path
     base = ["sweep", str(tiny), "--axis", "model=a", "--out", str(tmp_path / "out")]
     with pytest.raises(SystemExit) as exit_info:
         cli.main([*base, "--executor", "nope"])
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == 2  # every user error exits 2, argparse's too
     assert "invalid choice: 'nope' (choose from 'local', 'slurm')" in capsys.readouterr().err
-    assert cli.main([*base, "--executor", "slurm", "--workers", "2"]) == 1
+    assert cli.main([*base, "--executor", "slurm", "--workers", "2"]) == 2
     assert "--workers apply to --executor local, not to --executor slurm" in \
         capsys.readouterr().err
-    assert cli.main([*base, "--partition", "gpu", "--wait"]) == 1
+    assert cli.main([*base, "--partition", "gpu", "--wait"]) == 2
     assert "--partition, --wait apply to --executor slurm" in capsys.readouterr().err
-    assert cli.main([*base, "--pair", "1"]) == 1
+    assert cli.main([*base, "--pair", "1"]) == 2
     assert "--pair 1: the grid has 1 pairs (0-0)" in capsys.readouterr().err
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no srun, no sbatch
-    assert cli.main([*base, "--executor", "slurm"]) == 1
+    assert cli.main([*base, "--executor", "slurm"]) == 2
     assert "sbatch and srun, which are not on the PATH" in capsys.readouterr().err
 
 

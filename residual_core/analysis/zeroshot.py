@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from residual_core.core.errors import cli_main
 from residual_core.core.model import LoadedModel
 from residual_core.core.zeroshot import build_classifier, encode_images, evaluate_features
 
@@ -72,21 +73,35 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``python -m residual_core.analysis.zeroshot``."""
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m residual_core.analysis.zeroshot``; returns the exit status.
+
+    An unknown model, distribution or device is refused up front with its message and exit
+    status 2 (no traceback).
+    """
+    from residual_core.data.world import DISTRIBUTIONS
+
     p = argparse.ArgumentParser(description="Zero-shot accuracy of every tutorial-world task.")
     p.add_argument("--model", default="tutorial",
                    help="registry key (see residual_core.models.list_models)")
     p.add_argument("--pretrained", default=None, help="pretrained tag for an open_clip name")
-    p.add_argument("--distributions", nargs="*", default=None,
-                   help="tutorial distributions (default: world and every shifted variant)")
-    p.add_argument("--split", default="test")
+    p.add_argument("--distributions", nargs="*", default=None, choices=list(DISTRIBUTIONS),
+                   metavar="DIST", help="tutorial distributions (default: world and every "
+                   f"shifted variant; choose from {', '.join(DISTRIBUTIONS)})")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--unnormalized", action="store_true",
                    help="use z @ C (the paper's runs) instead of normalize(z) @ C")
     args = p.parse_args(argv)
+    for flag in ("batch_size", "threads"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1")
+    return cli_main(lambda: _print_table(args), "residual_core.analysis.zeroshot: error:")
+
+
+def _print_table(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     from residual_core.models.loading import load_model
 
@@ -101,4 +116,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from residual_core.core.errors import InputError, ResidualError
 from residual_core.core.units import UnitLayout, Units, parse_label
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "UnitProjector",
     "UnsupportedModelError",
     "check_centering",
+    "check_images",
     "check_supported",
     "decompose",
     "decompose_raw",
@@ -58,7 +60,7 @@ __all__ = [
 ]
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(ResidualError, ValueError):
     """The model has a feature the exact decomposition does not cover."""
 
 
@@ -70,10 +72,10 @@ def check_centering(centering: str) -> Centering:
     """Return ``centering`` if it is a known choice.
 
     Raises:
-        ValueError: Naming the bad value and the valid choices.
+        InputError: Naming the bad value and the valid choices.
     """
     if centering not in CENTERINGS:
-        raise ValueError(f"centering={centering!r} is not one of {list(CENTERINGS)}")
+        raise InputError(f"centering={centering!r} is not one of {list(CENTERINGS)}")
     return centering  # type: ignore[return-value]
 
 
@@ -214,6 +216,48 @@ def _block_forward(
     return x + m, z_cls, m[:, 0]
 
 
+def check_images(
+    model: nn.Module, images: Tensor
+) -> Float[Tensor, "batch 3 height width"]:
+    """The images as the vision tower takes them, or a clear error naming what is accepted.
+
+    Accepted: a floating tensor ``(batch, 3, H, W)`` with at least one image, ``H × W`` the
+    tower's input size, on the tower's device, i.e. images through the model's preprocessing
+    (``loaded.preprocess``). A floating dtype other than the tower's is cast to it (float64
+    images for a float32 tower, float32 for a float16 one), except under ``torch.autocast``,
+    which casts itself. Integer images (uint8 pixels) are refused: they are not preprocessed.
+
+    Raises:
+        InputError: Naming the shape, dtype or device given and the one expected.
+    """
+    visual = get_visual(model)
+    size = tuple(getattr(visual, "image_size", ()))
+    weight = visual.conv1.weight
+    want = f"(batch, 3, {size[0]}, {size[1]})" if len(size) == 2 else "(batch, 3, H, W)"
+    preprocess = "pass images through the model's preprocessing (loaded.preprocess)"
+    if not isinstance(images, Tensor):
+        raise InputError(f"images must be a tensor {want}, got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        hint = "; a single image needs a batch dimension: images[None]" if images.ndim == 3 \
+            else ""
+        raise InputError(f"images must be {want} (batch, RGB channels, height, width), got "
+                         f"shape {tuple(images.shape)}{hint}")
+    if images.shape[0] == 0:
+        raise InputError("images is an empty batch (0 images); give at least one image")
+    if len(size) == 2 and tuple(images.shape[2:]) != size:
+        raise InputError(f"images are {images.shape[2]}×{images.shape[3]} but this model "
+                         f"takes {size[0]}×{size[1]}: {preprocess}")
+    if not images.is_floating_point():
+        raise InputError(f"images must be floating point, got {images.dtype} (raw pixels?): "
+                         f"{preprocess}")
+    if images.device != weight.device:
+        raise InputError(f"images are on {images.device}, the model on {weight.device}: move "
+                         f"them with images.to({str(weight.device)!r})")
+    if images.dtype != weight.dtype and not torch.is_autocast_enabled(images.device.type):
+        images = images.to(weight.dtype)
+    return images
+
+
 def decompose_raw(
     model: nn.Module, images: Float[Tensor, "batch 3 height width"], *, requires_grad: bool = False
 ) -> RawUnits:
@@ -228,9 +272,13 @@ def decompose_raw(
 
     Returns:
         The raw unit outputs; project them with :class:`UnitProjector`.
+
+    Raises:
+        InputError: For images the model cannot take (see :func:`check_images`).
     """
     layout = check_supported(model)
     visual = get_visual(model)
+    images = check_images(model, images)
     with torch.set_grad_enabled(requires_grad and torch.is_grad_enabled()):
         x = visual._embeds(images)
         embed = x[:, 0]
@@ -424,6 +472,10 @@ def decompose(
             f"centering={centering!r} differs from the given projector's "
             f"({projector.centering!r}); pass one or the other"
         )
+    elif projector.layout != check_supported(model):
+        raise InputError(f"the projector is another model's ({projector.layout}), not this "
+                         f"model's ({check_supported(model)}): build it with "
+                         "UnitProjector.from_model(model)")
     raw = decompose_raw(model, images, requires_grad=requires_grad)
     with torch.set_grad_enabled(requires_grad and torch.is_grad_enabled()):
         return projector(raw)

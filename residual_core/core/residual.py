@@ -40,8 +40,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from residual_core.core.errors import InputError
 from residual_core.core.spectral import PCAResult
-from residual_core.core.units import Units, is_head
+from residual_core.core.units import UnitLayout, Units, is_head
 from residual_core.core.zeroshot import ZeroShotClassifier
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "ZeroShot",
     "build_variant",
     "cache_inputs",
+    "check_reference",
     "lambda_matrix",
     "lambda_summary",
     "make_basis",
@@ -87,6 +89,8 @@ class StackedBasis:
         other_labels: The units that are not selected (for the ``rest`` policy).
         other_mean: Reference mean of each non-selected unit.
         discarded: Fraction of each selected unit's reference variance outside its kept PCs.
+        layout: The model's layout (from the reference PCA; ``None`` for an unlabelled one):
+            the units a variant encodes must be this model's.
     """
 
     labels: list[str]
@@ -96,6 +100,7 @@ class StackedBasis:
     other_labels: list[str]
     other_mean: Float[Tensor, "other d_out"]
     discarded: Float[Tensor, " unit"]
+    layout: UnitLayout | None = None
 
     @property
     def n_components(self) -> int:
@@ -194,6 +199,7 @@ def make_basis(
         other_labels=others,
         other_mean=pca.mean[oth_idx].float(),
         discarded=torch.tensor(discarded, dtype=torch.float32),
+        layout=pca.layout,
     )
 
 
@@ -408,7 +414,16 @@ class _Reweighting(Variant):
 
         Raises:
             KeyError: If a unit of the reference PCA is not among ``units``.
+            InputError: For units of another model than the reference PCA's, or of another
+                width.
         """
+        if self.basis.layout is not None and units.layout != self.basis.layout:
+            raise InputError(f"these units are another model's ({units.layout}) than the "
+                             f"reference PCA's ({self.basis.layout}) this {self.name} was built "
+                             "from")
+        if units.data.shape[-1] != self.basis.d_out:
+            raise InputError(f"units {units.data.shape[-1]} wide for a {self.name} built on "
+                             f"{self.basis.d_out}-wide reference units")
         data = units.data
         centred = data[:, units.index(self.basis.labels)].float() - self.unit_mean.to(
             data.device)
@@ -536,6 +551,46 @@ class _OutputSpectral(ResiDual):
         return super().encode(Units(units.data.sum(1, keepdim=True), ("output",), units.layout))
 
 
+def check_reference(reference: PCAResult, classifier: ZeroShotClassifier, name: str) -> None:
+    """Refuse a reference PCA whose labels cannot be the rows they name, or another model's.
+
+    A PCA's rows are found by label, so a label on the wrong row pairs a unit's principal
+    components with another unit's outputs, silently. The labels must therefore be units of
+    the PCA's own layout, in that model's order (``embed``, ``L{l}.mlp``..., ``L{l}H{h}``...;
+    what :func:`~residual_core.core.spectral.unit_pca` gives, also after ``pca.select`` in that
+    order), and the PCA, the layout and the classifier must have one width.
+
+    Raises:
+        InputError: For a PCA without a layout, labels of another model (not units of the
+            layout), labels out of the model's order (e.g. reversed) or repeated, or widths that
+            differ.
+    """
+    layout = reference.layout
+    labels = list(reference.labels or ())
+    if layout is None:
+        raise InputError(f"{name} needs the model's layout with the reference PCA: compute it "
+                         "with unit_pca from Units or an encoding store")
+    order = {label: i for i, label in enumerate(layout.labels)}
+    foreign = [label for label in labels if label not in order]
+    if foreign:
+        raise InputError(
+            f"the reference PCA's labels {foreign[:3]}{' ...' if len(foreign) > 3 else ''} are "
+            f"not units of its model ({layout.n_layers} layers × {layout.n_heads} heads): "
+            "labels of another model? Compute the PCA with unit_pca on this model's units")
+    positions = [order[label] for label in labels]
+    if positions != sorted(set(positions)):
+        raise InputError(
+            "the reference PCA's labels are not in the model's unit order (embed, L{l}.mlp..., "
+            f"L{{l}}H{{h}}...; here {labels[:3]} ...): reversed or shuffled labels would pair "
+            "principal components with the wrong units. Use the PCA as unit_pca returns it, or "
+            "select units in the model's order")
+    widths = {"the reference PCA": reference.mean.shape[-1], "the layout's d_out": layout.d_out,
+              "the classifier": classifier.d_out}
+    if len(set(widths.values())) > 1:
+        raise InputError("widths differ: " + ", ".join(f"{k} {v}" for k, v in widths.items())
+                         + "; the PCA, its layout and the classifier must come from one model")
+
+
 def build_variant(
     name: str,
     classifier: ZeroShotClassifier,
@@ -573,6 +628,8 @@ def build_variant(
 
     Raises:
         ValueError: For an unknown name (listing the valid ones) or a missing input.
+        InputError: For a reference PCA whose labels do not match its layout, or a classifier
+            of another width (see :func:`check_reference`).
     """
     if name == "zero-shot":
         return ZeroShot(classifier)
@@ -586,6 +643,9 @@ def build_variant(
         if output_reference is None:
             raise ValueError("spectral-adapter needs the PCA of the summed output "
                              "(output_reference=, from unit_pca(..., output=True))")
+        if output_reference.mean.shape[-1] != classifier.d_out:
+            raise InputError(f"the output PCA is {output_reference.mean.shape[-1]} wide but the "
+                             f"classifier reads {classifier.d_out}-wide embeddings")
         output = PCAResult(output_reference.mean, output_reference.components,
                            output_reference.explained_variance, output_reference.n_samples,
                            ("output",))
@@ -597,6 +657,7 @@ def build_variant(
     if reference is None or reference.labels is None:
         raise ValueError(f"{name} needs the labelled per-unit reference PCA (reference=, from "
                          "unit_pca)")
+    check_reference(reference, classifier, name)
     labels = list(reference.labels)
     heads = [label for label in labels if is_head(label)]
     if name == "coarse":
@@ -607,9 +668,6 @@ def build_variant(
         return ResiDual(classifier, basis, add_mean=add_mean, init=init, seed=seed, name=name,
                         **kwargs)
     layout = reference.layout
-    if layout is None:
-        raise ValueError("residual-full needs the model's layout (d_head) with the reference "
-                         "PCA: compute it from Units (unit_pca)")
     selected = [label for label in labels if label != "embed"]
     basis = make_basis(reference, selected,
                        lambda u: layout.d_head if is_head(u) else layout.d_out)

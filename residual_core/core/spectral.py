@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from residual_core.core.checks import check_finite
 from residual_core.core.units import UnitLayout, Units
 
 __all__ = [
@@ -185,6 +186,7 @@ class StreamingPCA:
         Raises:
             ValueError: For a batch that is not ``(batch, unit, d)``, or Units with other
                 labels than the batches before.
+            InputError: For a batch holding NaN or infinite values.
         """
         if isinstance(x, Units):
             if self.labels is not None and x.labels != self.labels:
@@ -193,6 +195,8 @@ class StreamingPCA:
             x = x.data
         if x.ndim != 3:
             raise ValueError(f"expected (batch, unit, d), got shape {tuple(x.shape)}")
+        # one NaN would make every mean and component of its unit NaN, silently
+        check_finite(x, "the units given to the PCA")
         x = x.to(self.dtype)
         b = x.shape[0]
         if b == 0:

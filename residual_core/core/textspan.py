@@ -30,7 +30,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from residual_core.core.checks import check_finite
 from residual_core.core.dictionary import TextDictionary
+from residual_core.core.errors import InputError
 from residual_core.core.spectral import PCAResult
 from residual_core.core.units import Units
 
@@ -78,11 +80,19 @@ def _dictionary(dictionary: TextDictionary | Tensor, texts: Sequence[str] | None
     return dictionary, texts
 
 
-def _check_dictionary(dictionary: Tensor, texts: Sequence[str]) -> None:
+def _check_dictionary(dictionary: Tensor, texts: Sequence[str], width: int | None = None
+                      ) -> None:
+    """A 2-D dictionary, one text per row, finite, as wide as the units (``width``)."""
     if dictionary.ndim != 2:
-        raise ValueError(f"dictionary must be (m, d), got shape {tuple(dictionary.shape)}")
+        raise InputError(f"dictionary must be (m, d), got shape {tuple(dictionary.shape)}")
     if len(texts) != dictionary.shape[0]:
-        raise ValueError(f"{len(texts)} texts for {dictionary.shape[0]} dictionary rows")
+        raise InputError(f"{len(texts)} texts for {dictionary.shape[0]} dictionary rows")
+    if width is not None and dictionary.shape[1] != width:
+        raise InputError(
+            f"the dictionary's embeddings are {dictionary.shape[1]} wide but the units are "
+            f"{width} wide: embed the dictionary with the model whose units it explains "
+            "(load_dictionary(name).embed(loaded))")
+    check_finite(dictionary, "the dictionary's embeddings")
 
 
 def textspan_from_covariance(
@@ -111,8 +121,9 @@ def textspan_from_covariance(
     Returns:
         One :class:`TextExplanation` per unit.
     """
-    _check_dictionary(dictionary, texts)
     n_units, d, _ = cov.shape
+    _check_dictionary(dictionary, texts, d)
+    check_finite(cov, "the units' covariances given to TextSpan")
     names = [str(i) for i in range(n_units)] if unit_names is None else list(unit_names)
     if len(names) != n_units:
         raise ValueError(f"{len(names)} unit names for {n_units} units")
@@ -123,6 +134,8 @@ def textspan_from_covariance(
     if second_moment is not None and second_moment.shape != cov.shape:
         raise ValueError(f"second_moment of shape {tuple(second_moment.shape)} for covariances "
                          f"of shape {tuple(cov.shape)}")
+    if second_moment is not None:
+        check_finite(second_moment, "the units' second moments given to TextSpan")
     for start in range(0, n_units, unit_chunk):
         s = cov[start : start + unit_chunk].double()
         u = s.shape[0]
@@ -200,6 +213,7 @@ def textspan(
         data = x.data if isinstance(x, Units) else x
         if data.ndim not in (2, 3):
             raise ValueError(f"samples must be (n, d) or (n, unit, d), got {tuple(data.shape)}")
+        check_finite(data, "the units given to textspan")
         data = data.double() if data.ndim == 3 else data.double()[:, None]
         mean, n = data.mean(0), data.shape[0]
         xc = data - mean
@@ -246,6 +260,10 @@ def somp(
         x = x.data[:, 0]
     unit = unit or "unit"
     dictionary, texts = _dictionary(dictionary, texts)
+    if x.ndim != 2:
+        raise InputError(f"somp explains one unit's samples (n, d), got shape {tuple(x.shape)}")
+    _check_dictionary(dictionary, texts, x.shape[1])
+    check_finite(x, "the unit's samples given to somp")
     if n_iters > dictionary.shape[0]:
         raise ValueError(f"n_iters={n_iters} exceeds the dictionary size {dictionary.shape[0]}")
     x = x.double()

@@ -41,6 +41,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from residual_core.core.checks import check_finite
 from residual_core.core.io import atomic_write
 from residual_core.core.residual import Variant, build_variant, cache_inputs, unit_lambdas
 from residual_core.core.spectral import PCAResult
@@ -82,6 +83,8 @@ class TensorData:
         n = len(self.targets)
         if any(len(t) != n for t in self.inputs):
             raise ValueError(f"inputs of lengths {[len(t) for t in self.inputs]} vs {n} targets")
+        for t in self.inputs:  # a NaN input makes the loss, and then every λ, NaN
+            check_finite(t, "the training inputs")
 
     def __len__(self) -> int:
         return len(self.targets)

@@ -26,6 +26,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from residual_core.core.checks import check_finite
+from residual_core.core.errors import InputError
 from residual_core.core.model import LoadedModel, NoTextTowerError
 
 __all__ = [
@@ -72,6 +74,10 @@ class ZeroShotClassifier(nn.Module):
         normalize_features: bool = True,
     ):
         super().__init__()
+        if weights.ndim != 2:
+            raise InputError(f"classifier weights must be (d_out, k), got shape "
+                             f"{tuple(weights.shape)}")
+        check_finite(weights, "the classifier's weights")
         self.register_buffer("weights", weights.detach().float().clone())
         k = weights.shape[1]
         self.classnames = [str(c) for c in range(k)] if classnames is None else list(classnames)
@@ -82,11 +88,32 @@ class ZeroShotClassifier(nn.Module):
         self.normalize_features = bool(normalize_features)
 
     def forward(self, features: Float[Tensor, "batch d_out"]) -> Float[Tensor, "batch k"]:
-        """``scale · (normalize(z) @ C)`` (or ``scale · (z @ C)`` without normalisation)."""
+        """``scale · (normalize(z) @ C)`` (or ``scale · (z @ C)`` without normalisation).
+
+        Raises:
+            InputError: For features of another width than the classifier's ``d_out``.
+        """
+        self.check_width(features.shape[-1], "image embeddings")
         z = features.to(self.weights)
         if self.normalize_features:
             z = F.normalize(z, dim=-1)
         return self.scale * (z @ self.weights)
+
+    @property
+    def d_out(self) -> int:
+        """Width of the embeddings the classifier reads."""
+        return self.weights.shape[0]
+
+    def check_width(self, width: int, what: str) -> None:
+        """Refuse ``what`` of ``width`` features unless it is the classifier's ``d_out``.
+
+        Raises:
+            InputError: Naming both widths (a classifier of another model, most likely).
+        """
+        if width != self.d_out:
+            raise InputError(f"{what} are {width} wide but the classifier reads {self.d_out}-wide "
+                             "embeddings: build the classifier with the model the embeddings "
+                             "come from")
 
     def logits(self, features: Float[Tensor, "batch d_out"]) -> Float[Tensor, "batch k"]:
         """Same as calling the classifier."""

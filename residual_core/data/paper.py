@@ -54,6 +54,7 @@ from jaxtyping import Float, Int
 from PIL import Image
 from torch import Tensor
 
+from residual_core.core.errors import InputError, ResidualError, cli_main
 from residual_core.data.base import SPLITS, ClassificationDataset, DatasetSpec
 
 __all__ = [
@@ -104,7 +105,7 @@ _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", "
 _WNID = re.compile(r"^n\d{8}$")
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(ResidualError, FileNotFoundError):
     """A paper dataset is not where it is expected; the message says what to put where."""
 
 
@@ -296,13 +297,23 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     """The data root: ``root``, else :func:`set_data_root`'s, else ``$RESIDUAL_DATA``, else default.
 
     The default is ``$RESIDUAL_CACHE/data`` or ``<repo>/.cache/data``.
+
+    Raises:
+        InputError: If the root given (argument, :func:`set_data_root` or ``$RESIDUAL_DATA``)
+            is a file: every dataset would then read as missing, with no word on why.
     """
     if root is not None:
-        return Path(root).expanduser()
+        return _check_root(Path(root).expanduser(), "root")
     if _ROOT_OVERRIDE is not None:
-        return _ROOT_OVERRIDE
+        return _check_root(_ROOT_OVERRIDE, "set_data_root")
     env = os.environ.get(DATA_ENV)
-    return Path(env).expanduser() if env else _default_root()
+    return _check_root(Path(env).expanduser(), f"${DATA_ENV}") if env else _default_root()
+
+
+def _check_root(root: Path, given_by: str) -> Path:
+    if root.exists() and not root.is_dir():
+        raise InputError(f"the data root {root} (from {given_by}) is a file, not a folder")
+    return root
 
 
 def set_data_root(root: str | os.PathLike | None) -> None:
@@ -919,14 +930,22 @@ def clear() -> None:
     clear_sources()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``python -m residual_core.data.paper``: where each dataset goes."""
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m residual_core.data.paper``: where each dataset goes.
+
+    Returns:
+        The exit status: 0, or 2 for a user error (a data root that is a file) with its message.
+    """
     import argparse
 
     p = argparse.ArgumentParser(description="The paper's datasets: what is where, what is missing.")
     p.add_argument("--root", default=None, help=f"data root (default: ${DATA_ENV} or the cache)")
     args = p.parse_args(argv)
-    root = data_root(args.root)
+    return cli_main(lambda: _report(args.root), "residual_core.data.paper: error:")
+
+
+def _report(given: str | None) -> None:
+    root = data_root(given)
     print(f"data root: {root}  (download by torchvision: {DOWNLOAD_ENV}="
           f"{'1, on' if download_enabled() else 'unset, off'})")
     for name, info in PAPER_DATASETS.items():
@@ -938,4 +957,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

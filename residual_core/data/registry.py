@@ -14,11 +14,14 @@ is ``None``. Built splits are kept in memory (see :func:`clear_cache`).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Any
 
 from PIL import Image
 
+from residual_core.core.checks import check_size
+from residual_core.core.errors import InputError
 from residual_core.data.base import ClassificationDataset, DatasetSpec
 
 __all__ = ["clear_cache", "list_datasets", "load_dataset", "register_dataset"]
@@ -88,18 +91,21 @@ def load_dataset(
         The dataset; its arrays are shared with the cache, so treat them as read-only.
 
     Raises:
-        ValueError: Unknown name or split (the message lists the valid ones).
+        InputError: Unknown name or split (the message lists the valid ones), or a size that
+            is not ``None`` or an int ≥ 1 (``"10"``, ``2.5``, ``True``).
     """
     _ensure_providers()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}")
+    if not isinstance(name, str) or name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
+        mean = f" (did you mean {close[0]!r}?)" if close else ""
+        raise InputError(f"unknown dataset {name!r}{mean}; valid names: "
+                         f"{', '.join(list_datasets())}")
     spec = _REGISTRY[name]
     if split not in spec.splits:
-        raise ValueError(
+        raise InputError(
             f"unknown split {split!r} for dataset {name!r}; valid splits: {', '.join(spec.splits)}"
         )
-    if size is not None and size <= 0:
-        raise ValueError(f"size must be positive, got {size}")
+    check_size(size, "size")
     token = None if spec.cache_token is None else spec.cache_token()
     key = (name, split, size, token)
     if key not in _CACHE:

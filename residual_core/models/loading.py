@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from residual_core.core.checks import check_device
+from residual_core.core.errors import InputError
 from residual_core.core.model import LoadedModel, weights_fingerprint
 from residual_core.models.specs import MODELS, TUTORIAL, ModelLoadError, get_spec, list_models
 
@@ -167,6 +169,8 @@ def load_model(
 
     Raises:
         ValueError: For a ``weights`` value other than ``"pretrained"`` or ``"random"``.
+        DeviceError: For ``device="cuda"`` (or ``"mps"``) on a machine without one; a device
+            string of another form is an ``InputError``.
         ModelLoadError: For an unknown name (listing the valid ones), a missing ``pretrained``
             for an open_clip name, or weights that cannot be fetched (naming what to download).
         ChecksumError: If the tutorial checkpoint does not match its recorded sha256.
@@ -177,7 +181,8 @@ def load_model(
         torch.Size([1, 128])
     """
     if weights not in WEIGHTS:
-        raise ValueError(f"weights must be one of {list(WEIGHTS)}, got {weights!r}")
+        raise InputError(f"weights must be one of {list(WEIGHTS)}, got {weights!r}")
+    check_device(device)  # before any weights are read: torch's own error names no parameter
     if weights == "random":
         if pretrained is not _UNSET:
             raise ModelLoadError("weights='random' takes no pretrained tag")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from residual_core.core.errors import ResidualError
+
 __all__ = [
     "MODELS",
     "TUTORIAL",
@@ -18,7 +20,7 @@ __all__ = [
 TUTORIAL = "tutorial"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ResidualError, RuntimeError):
     """A model could not be loaded (unknown name, unsupported, or weights not available)."""
 
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from residual_core.core.errors import ResidualError, cli_main
 
 __all__ = ["BrowserMissingError", "Problem", "check_book", "check_pages", "find_chromium"]
 
@@ -56,8 +57,12 @@ _VISIBLE_IMAGES = """(select) => {
 }"""
 
 
-class BrowserMissingError(RuntimeError):
-    """No Chromium or no playwright to drive it."""
+class BrowserMissingError(ResidualError, RuntimeError):
+    """No Chromium or no playwright to drive it (a user error: exit 2)."""
+
+
+class BookMissingError(ResidualError, FileNotFoundError):
+    """There is no built book where it was looked for (a user error: exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -176,21 +181,21 @@ def check_book(html: str | os.PathLike, screenshots: str | os.PathLike | None = 
     pages = sorted(p for p in root.rglob("*.html")
                    if p.name not in skip and "_static" not in p.parts and "_sources" not in p.parts)
     if not pages:
-        raise FileNotFoundError(f"no HTML pages under {root}: build the book first")
+        raise BookMissingError(f"no HTML pages under {root}: build the book first")
     return check_pages(pages, root, None if screenshots is None else Path(screenshots))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: exit 1 with the list of problems, 0 when the book is clean."""
+    """Command line: 1 with the list of problems, 0 for a clean book, 2 for no book or browser."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("html", nargs="?", default="_build/html", help="the built book")
     parser.add_argument("--screenshots", help="write a full-page PNG of every page here")
     args = parser.parse_args(argv)
-    try:
-        problems = check_book(args.html, args.screenshots)
-    except (BrowserMissingError, FileNotFoundError) as err:
-        print(f"bookcheck: {err}", file=sys.stderr)
-        return 2
+    return cli_main(lambda: _report(args.html, args.screenshots), "bookcheck:")
+
+
+def _report(html: str, screenshots: str | None) -> int:
+    problems = check_book(html, screenshots)
     for problem in problems:
         print(problem)
     print(f"{len(problems)} problem(s)")

@@ -13,8 +13,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from residual_core.runner.chapters import ROOT, RunnerError, _log, _rel
-from residual_core.runner.execute import NotebookError, execute
+from residual_core.runner.chapters import ROOT, RunnerError, _log, _rel, check_overrides
+from residual_core.runner.execute import NotebookError, check_device_here, execute
 from residual_core.runner.presets import DEFAULT_PROFILE, runs_for
 from residual_core.runner.records import ChapterRun
 
@@ -214,14 +214,18 @@ def book(profile: str = DEFAULT_PROFILE, *, log_output: bool = False,
         The built ``index.html``.
 
     Raises:
+        ParameterError: For an unknown profile or a refused parameter of any chapter, before
+            anything runs.
         NotebookError: The first failing chapter (without ``keep_going``).
         RunnerError: Listing every failing chapter (with ``keep_going``), or a failed build.
     """
-    ensure_widget_assets()
-    ensure_mathjax()
     selected = runs_for(profile)
     if not selected:
         raise RunnerError(f"no chapter has a run named {profile!r}")
+    for source, _, overrides in selected:  # every chapter's parameters, before any kernel
+        check_device_here(source, check_overrides(source, overrides))
+    ensure_widget_assets()
+    ensure_mathjax()
     _log(f"profile {profile!r}: {len(selected)} chapter(s)")
     done, failed, total = [], [], time.perf_counter()
     for source, run, overrides in selected:

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from residual_core.core.errors import ResidualError
+
 __all__ = [
     "BUILD",
     "EXECUTED",
@@ -20,6 +22,7 @@ __all__ = [
     "list_chapters",
     "parse_overrides",
     "read_parameters",
+    "writable_dir",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,12 +33,12 @@ BUILD = ROOT / "_build"
 EXECUTED = BUILD / "executed"
 
 
-class RunnerError(RuntimeError):
+class RunnerError(ResidualError, RuntimeError):
     """A chapter could not be run or the book could not be built; the message says why."""
 
 
-class ParameterError(RunnerError):
-    """A parameters cell is malformed or an override names an unknown parameter."""
+class ParameterError(RunnerError, ValueError):
+    """A parameters cell is malformed, or an override or option is unknown or refused."""
 
 
 def _log(message: str) -> None:
@@ -131,9 +134,12 @@ def check_overrides(source: Path, overrides: Mapping[str, Any]) -> dict[str, Any
     Returns:
         The full parameter set (defaults updated by the overrides).
 
+    Every value is checked against its parameter's rule (:mod:`residual_core.runner.params`:
+    type, range, registry), so a bad value is refused here, before any kernel starts.
+
     Raises:
         ParameterError: Naming unknown parameters and listing the valid ones with defaults, or
-            a string given where the default is a number or bool (a likely typo).
+            every refused value with what is valid.
     """
     defaults = read_parameters(source)
     unknown = sorted(set(overrides) - set(defaults))
@@ -146,14 +152,38 @@ def check_overrides(source: Path, overrides: Mapping[str, Any]) -> dict[str, Any
             f"{source.name}: unknown parameter(s) {', '.join(unknown)}{hint}. "
             f"Valid parameters (with defaults):\n{valid}"
         )
-    for key, value in overrides.items():
-        default = defaults[key]
-        if isinstance(value, str) and isinstance(default, bool | int | float):
-            raise ParameterError(
-                f"{source.name}: parameter {key!r} expects a {type(default).__name__} "
-                f"(default {default!r}), got the string {value!r}"
-            )
-    return {**defaults, **overrides}
+    from residual_core.runner.params import problems
+
+    full = {**defaults, **overrides}
+    book = source.resolve().parent == NOTEBOOKS.resolve()
+    bad = problems(source.stem, defaults, full, book)
+    if bad:
+        lines = "\n".join(f"  {line}" for line in bad)
+        raise ParameterError(f"{source.name}: parameter value(s) refused:\n{lines}")
+    return full
+
+
+def writable_dir(path: Path | str, what: str) -> Path:
+    """``path`` as a folder this process can write in, created if missing.
+
+    Raises:
+        ParameterError: Naming ``what`` and the reason (a file in the way, no permission, a
+            read-only file system), before any work starts.
+    """
+    import tempfile
+
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ParameterError(f"{what} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ParameterError(f"{what} {path} cannot be written: {reason}"
+                             f"{f' ({err.filename})' if err.filename else ''}") from None
+    return path
 
 
 def list_chapters(notebooks: Path = NOTEBOOKS) -> list[Path]:

@@ -36,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from residual_core.core.errors import cli_main
 from residual_core.runner.build import book
 from residual_core.runner.chapters import (
     BUILD,
@@ -49,8 +50,9 @@ from residual_core.runner.chapters import (
     list_chapters,
     parse_overrides,
     read_parameters,
+    writable_dir,
 )
-from residual_core.runner.execute import execute
+from residual_core.runner.execute import check_device_here, execute
 from residual_core.runner.presets import DEFAULT_PROFILE, RUNS, SWEEPS, preset, runs_for
 
 if TYPE_CHECKING:
@@ -174,6 +176,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     name = args.name or (("custom" if args.preset is None else f"{base}-custom") if cli else base)
     if not re.fullmatch(r"[\w.-]+", name):
         raise ParameterError(f"--name must be letters, digits, '_', '-' or '.', got {name!r}")
+    _check_timeout(args.timeout)
     full = check_overrides(source, overrides)
     _log(f"{source.stem} [{name}] parameters:")
     for key, value in full.items():
@@ -182,12 +185,17 @@ def _cmd_run(args: argparse.Namespace) -> None:
     if args.dry_run:
         print(_dry_run([(f"{source.stem} [{name}]", full)]))
         return
-    out_dir = EXECUTED if args.out is None else Path(args.out)
+    out_dir = writable_dir(EXECUTED if args.out is None else Path(args.out), "--out")
     result = execute(source, name, overrides, out_dir=out_dir, log_output=args.verbose,
                      timeout=args.timeout)
     _log(f"{source.stem} [{name}] ok in {result.seconds:.1f} s → {_rel(result.output)}")
     if result.results is not None:
         _log(f"results table → {_rel(result.results)} (record {_rel(result.record)})")
+
+
+def _check_timeout(timeout: int | None) -> None:
+    if timeout is not None and timeout < 1:
+        raise ParameterError(f"--timeout must be at least 1 second, got {timeout}")
 
 
 def _dry_run(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
@@ -285,12 +293,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     workers = 1 if args.workers is None else args.workers
     if workers < 1:
         raise ParameterError(f"--workers must be at least 1, got {workers}")
+    _check_timeout(args.timeout)
     out = Path(args.out) if args.out else BUILD / "sweeps"
     sweep = sw.Sweep(source, args.preset, base, axes, out.resolve())
     pairs = sweep.pairs()
     if args.dry_run:
         _sweep_dry_run(sweep, pairs, args.executor, args)
         return 0
+    writable_dir(out, "--out")
     if args.merge:
         final, _ = sw.finish(sweep, pairs)
         return 0 if len(final.done) == len(pairs) else 1
@@ -325,10 +335,17 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         return 0 if len(final.done) == len(pairs) else 1
     gpus = None if args.gpus is None else (
         [] if args.gpus == "none" else [g for g in args.gpus.split(",") if g])
+    _check_devices_here(source, pairs)
     final, _ = sw.run_local(sweep, workers=workers, gpus=gpus,
                             isolate_cache=False if args.shared_cache else None,
                             timeout=args.timeout)
     return 0 if len(final.done) == len(pairs) else 1
+
+
+def _check_devices_here(source: Path, pairs: Sequence[Pair]) -> None:
+    """Refuse, before any worker starts, pairs asking for a device this machine lacks."""
+    for pair in pairs:
+        check_device_here(source, pair.overrides)
 
 
 def _cmd_list() -> None:
@@ -343,23 +360,30 @@ def _cmd_list() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
+    """Command-line entry point; returns the exit status.
+
+    The one place the runner's errors end: a user error (any
+    :class:`~residual_core.core.errors.ResidualError`: a refused parameter, option or folder, a
+    missing device, a cell past ``--timeout``) prints its message and exits 2; a chapter whose
+    code raised exits 1 (:class:`~residual_core.runner.execute.NotebookError`); anything else is
+    a bug and keeps its traceback.
+    """
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "book" and args.dry_run:
-            print(_dry_run([(f"{s.stem} [{r}]", check_overrides(s, o))
-                            for s, r, o in runs_for(args.profile)]))
-        elif args.command == "book":
-            book(args.profile, log_output=args.verbose, keep_going=args.keep_going)
-        elif args.command == "run":
-            _cmd_run(args)
-        elif args.command == "sweep":
-            return _cmd_sweep(args)
-        else:
-            _cmd_list()
-    except RunnerError as err:
-        print(f"\n[runner] FAILED: {err}", file=sys.stderr, flush=True)
-        return 1
+    return cli_main(lambda: _dispatch(args), "\n[runner] FAILED:")
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "book" and args.dry_run:
+        print(_dry_run([(f"{s.stem} [{r}]", check_overrides(s, o))
+                        for s, r, o in runs_for(args.profile)]))
+    elif args.command == "book":
+        book(args.profile, log_output=args.verbose, keep_going=args.keep_going)
+    elif args.command == "run":
+        _cmd_run(args)
+    elif args.command == "sweep":
+        return _cmd_sweep(args)
+    else:
+        _cmd_list()
     return 0
 
 

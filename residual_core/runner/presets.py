@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -139,11 +140,18 @@ def runs_for(profile: str, notebooks: Path = NOTEBOOKS) -> list[tuple[Path, str,
 
     Raises:
         RunnerError: If :data:`RUNS` names a chapter that does not exist.
+        ParameterError: If no preset of :data:`RUNS` is named ``profile`` (listing them).
     """
     chapters = list_chapters(notebooks)
     stale = sorted(set(RUNS) - {p.stem for p in chapters})
     if stale and notebooks == NOTEBOOKS:
         raise RunnerError(f"RUNS names chapters that do not exist: {stale}")
+    profiles = list(dict.fromkeys([DEFAULT_PROFILE, *(r for runs in RUNS.values() for r in runs)]))
+    if profile not in profiles:
+        close = difflib.get_close_matches(str(profile), profiles, n=1)
+        mean = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ParameterError(f"no chapter has a run named {profile!r}{mean}; profiles: "
+                             f"{', '.join(profiles)}")
     out = []
     for path in chapters:
         runs = RUNS.get(path.stem, {DEFAULT_PROFILE: {}})

@@ -211,7 +211,8 @@ def parse_axes(items: Sequence[str]) -> dict[str, list[Any]]:
     holding commas itself can be given as one literal list: ``"lrs=[{'coarse': 0.1}]"``.
 
     Raises:
-        ParameterError: For an item without ``=``.
+        ParameterError: For an item without ``=``, an axis given twice, an empty value or a
+            ``[...]`` value that is not a list literal.
     """
     import ast
 
@@ -221,14 +222,26 @@ def parse_axes(items: Sequence[str]) -> dict[str, list[Any]]:
         key = key.strip()
         if not sep or not key.isidentifier():
             raise ParameterError(f"--axis expects name=v1,v2,... got {item!r}")
+        if key in out:
+            raise ParameterError(f"--axis {key} is given twice; list all its values in one "
+                                 f"--axis {key}=v1,v2,...")
         raw = raw.strip()
         if raw.startswith("["):
             try:
-                out[key] = list(ast.literal_eval(raw))
-                continue
+                values = ast.literal_eval(raw)
             except (ValueError, SyntaxError):
-                pass
-        out[key] = [parse_overrides([f"v={v}"])["v"] for v in raw.split(",")]
+                raise ParameterError(
+                    f"--axis {item!r}: a value starting with '[' must be a Python list literal "
+                    "of the values, e.g. \"lrs=[{'coarse': 0.1}, {'coarse': 0.5}]\"") from None
+            if not isinstance(values, list):
+                raise ParameterError(f"--axis {item!r}: expected a list of values")
+            out[key] = values
+            continue
+        parts = [v.strip() for v in raw.split(",")]
+        if not raw or any(not v for v in parts):
+            raise ParameterError(f"--axis {item!r}: empty value; give name=v1,v2,... with "
+                                 "every value non-empty")
+        out[key] = [parse_overrides([f"v={v}"])["v"] for v in parts]
     return out
 
 
