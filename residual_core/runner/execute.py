@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from residual_core.core.io import cache_root
 from residual_core.runner.chapters import (
     EXECUTED,
     ROOT,
@@ -98,6 +99,7 @@ def execute(
         ParameterError: For unknown or malformed parameters.
         NotebookError: If a cell raises; names the notebook, the cell and its source line.
         RunnerError: If the chapter has a ``results_file`` parameter but wrote no table.
+        CacheRootError: If ``$RESIDUAL_CACHE`` is empty, a file or cannot be created.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError, strip_color
@@ -105,6 +107,7 @@ def execute(
     source = Path(source).resolve()
     overrides = dict(overrides or {})
     full = check_overrides(source, overrides)
+    cache_root()  # a bad $RESIDUAL_CACHE is refused here, not inside the notebook
     nb = _read_notebook(source)
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3",
                                           "language": "python"})
