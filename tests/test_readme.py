@@ -47,3 +47,20 @@ def test_library_section_runs_on_the_tutorial_model(tmp_path, monkeypatch, capsy
     assert fit.lambdas("L3H1").shape == (units.layout.d_head,)
     assert "test accuracy" in printed and (tmp_path / "encodings" / "tutorial").is_dir()
     assert seconds < 60, f"the README's library section took {seconds:.0f} s"
+
+
+def test_guarantees_table_names_tests_that_exist():
+    """Each row of "What is guaranteed" names tests (``tests/file.py::name``, then bare names of
+    the same file) that exist."""
+    section = README.read_text().split("\n## What is guaranteed\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "`tests/" in line]
+    assert len(rows) >= 10
+    for row in rows:
+        shown_by = row.rstrip(" |").rsplit(" | ", 1)[1]
+        current = None
+        for ref in re.findall(r"`([^`]+)`", shown_by):
+            path, _, name = ref.rpartition("::")
+            current = README.parent / path if path else current
+            assert current is not None and current.exists(), f"{ref}: no test file"
+            assert re.search(rf"^def {re.escape(name)}\(", current.read_text(), re.M), (
+                f"{row[:60]}...: {current.name} has no test {name}")
