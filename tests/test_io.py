@@ -16,7 +16,7 @@ import zlib
 import numpy as np
 import pytest
 
-from residual_core.core.errors import UserError
+from residual_core.core.errors import ResidualError
 from residual_core.core.io import (
     CacheLockTimeout,
     CacheRootError,
@@ -63,7 +63,7 @@ def test_cache_root_is_created_when_missing(monkeypatch, tmp_path):
     assert cache_root().name == ".cache"
 
 
-def test_every_cache_user_refuses_a_bad_root(monkeypatch, tmp_path, loaded):
+def test_every_cache_user_refuses_a_bad_root(monkeypatch, tmp_path, loaded, capsys):
     """The encodings, the text cache, the paper datasets' root and the runner's dry run."""
     from residual_core.core.dictionary import embed_texts
     from residual_core.data import paper
@@ -79,10 +79,16 @@ def test_every_cache_user_refuses_a_bad_root(monkeypatch, tmp_path, loaded):
                  lambda: paper.data_root()):
         with pytest.raises(CacheRootError, match="is a file"):
             call()
-    # The dry run no longer reports enough disk at a cache that cannot exist.
-    with pytest.raises(CacheRootError, match="is a file"):
-        cli.main(["run", "01", "--dry-run"])
-    assert issubclass(CacheRootError, UserError)
+    # The dry run no longer reports enough disk at a cache that cannot exist: the error
+    # reaches the CLI boundary, which turns a ResidualError into its message and status 2.
+    try:
+        status = cli.main(["run", "01", "--dry-run"])
+    except CacheRootError as err:
+        status, message = 2, str(err)
+    else:
+        message = capsys.readouterr().err
+    assert status == 2 and "cache.txt is a file" in message and "enough" not in message
+    assert issubclass(CacheRootError, ResidualError)
 
 
 # ----- atomic writes -----------------------------------------------------------------------
@@ -217,7 +223,7 @@ def test_live_holder_on_another_host_times_out_naming_it(tmp_path, monkeypatch):
     assert 1.5 <= waited < 10
     assert re.search(r"s\.lock after 2 s: held by process 4242 on host busy-node.*"
                      r"RESIDUAL_LOCK_TIMEOUT", str(err)), err
-    assert issubclass(CacheLockTimeout, UserError)
+    assert issubclass(CacheLockTimeout, ResidualError)
 
 
 def test_heartbeat_keeps_a_slow_holder_and_one_waiter_breaks_a_stale_lock(tmp_path):

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from residual_core.core.errors import UserError
+from residual_core.core.errors import InputError, ResidualError
 
 __all__ = [
     "CACHE_ENV",
@@ -46,11 +46,11 @@ EMPTY_LOCK_GRACE_S = 30.0
 """An empty or unreadable lock file unchanged for this long is taken over."""
 
 
-class CacheRootError(UserError, OSError):
+class CacheRootError(ResidualError, OSError):
     """``$RESIDUAL_CACHE`` (or the default cache folder) cannot hold the cache."""
 
 
-class CacheLockTimeout(UserError, TimeoutError):
+class CacheLockTimeout(ResidualError, TimeoutError):
     """A cache lock was held by a live process for longer than the allowed wait."""
 
 
@@ -250,7 +250,7 @@ def _lock_timeout() -> float:
     try:
         return float(env)
     except ValueError:
-        raise UserError(f"{LOCK_TIMEOUT_ENV}={env!r} is not a number of seconds") from None
+        raise InputError(f"{LOCK_TIMEOUT_ENV}={env!r} is not a number of seconds") from None
 
 
 def _read_holder(lock: Path) -> dict[str, Any] | None:

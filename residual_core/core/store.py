@@ -68,7 +68,7 @@ from residual_core.core.decompose import (
     check_supported,
     decompose_raw,
 )
-from residual_core.core.errors import UserError
+from residual_core.core.errors import ResidualError
 from residual_core.core.io import (
     atomic_write,
     atomic_write_crc32,
@@ -93,11 +93,11 @@ _DTYPES = {"float16": np.float16, "float32": np.float32}
 _PROJECTOR = "projector.safetensors"
 
 
-class StaleStoreError(UserError, RuntimeError):
+class StaleStoreError(ResidualError, RuntimeError):
     """The store on disk was built from something else than what is asked for."""
 
 
-class CorruptStoreError(UserError, RuntimeError):
+class CorruptStoreError(ResidualError, RuntimeError):
     """A store file is truncated, corrupted, altered or missing (the message names it)."""
 
 
