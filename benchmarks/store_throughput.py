@@ -1,10 +1,15 @@
 """Encoding-store throughput vs the plain forward, and peak host memory vs dataset size.
 
-Two measurements, each in one run:
+Three measurements, each in one run:
 
-1. images/s of ``build_store`` (decompose + float16 writes) ÷ images/s of plain
-   ``encode_image`` on the same model, batch and synthetic images (target ≥ 0.8 on a GPU);
-2. peak resident memory (RSS) of a fresh process that encodes N, 4N and 16N samples: it must
+1. images/s of ``build_store`` (decompose + float16 writes, each file's CRC-32 taken on its way
+   to disk) ÷ images/s of plain ``encode_image`` on the same model, batch and synthetic images
+   (target ≥ 0.8 on a GPU);
+2. images/s of reading the finished store back (every unit, projected): first as a new process
+   would (every file checked against its CRC-32 once), then again (checked files are not read
+   twice), and of reusing it (``build_store`` on the finished store, what ``encode_dataset``
+   does on every call: every file checked);
+3. peak resident memory (RSS) of a fresh process that encodes N, 4N and 16N samples: it must
    not grow with the dataset size, since chunks go to disk as they are filled and nothing
    holds the whole dataset. The largest run's encodings are then far larger than what the
    process ever holds; by the same token a dataset 4× larger than RAM encodes in that memory.
@@ -12,6 +17,7 @@ Two measurements, each in one run:
 Usage:
     python benchmarks/store_throughput.py                          # GPU: ViT-B-16, batch 256
     python benchmarks/store_throughput.py --device cpu --model tiny --batch-size 64 --n 2048
+    python benchmarks/store_throughput.py ... --no-rss          # measurements 1 and 2 only
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import open_clip
 import torch
 from torch.utils.data import Dataset
 
-from residual_core.core.store import build_store
+from residual_core.core import store as store_module
+from residual_core.core.store import EncodingStore, build_store
 
 
 class NoiseImages(Dataset):
@@ -83,13 +90,29 @@ def throughput(args) -> dict:
     sync()
     plain = args.n / (time.perf_counter() - start)
     with tempfile.TemporaryDirectory() as tmp:
+        root, fingerprint = Path(tmp) / "s", {"bench": True}
+        kw = {"batch_size": args.batch_size, "chunk_size": args.batch_size * 16,
+              "device": args.device, "autocast_dtype": amp_dtype, "num_workers": args.workers,
+              "progress": False}
         start = time.perf_counter()
-        build_store(Path(tmp) / "s", model, data, {"bench": True}, batch_size=args.batch_size,
-                    chunk_size=args.batch_size * 16, device=args.device, autocast_dtype=amp_dtype,
-                    num_workers=args.workers, progress=False)
+        build_store(root, model, data, fingerprint, **kw)
         sync()
         store = args.n / (time.perf_counter() - start)
-    return {"plain_img_s": plain, "store_img_s": store, "ratio": store / plain}
+        reads = []
+        for fresh in (True, False):
+            if fresh:  # as a new process: nothing checked yet (older code has no such memo)
+                getattr(store_module, "_VERIFIED", {}).clear()
+            start = time.perf_counter()
+            for _ in EncodingStore.open(root).iter_units(device=args.device):
+                pass
+            sync()
+            reads.append(args.n / (time.perf_counter() - start))
+        getattr(store_module, "_VERIFIED", {}).clear()
+        start = time.perf_counter()
+        build_store(root, model, data, fingerprint, **kw)
+        reuse = args.n / (time.perf_counter() - start)
+    return {"plain_img_s": plain, "store_img_s": store, "ratio": store / plain,
+            "read_first_img_s": reads[0], "read_again_img_s": reads[1], "reuse_img_s": reuse}
 
 
 def peak_rss_child(n: int, args) -> dict:
@@ -124,12 +147,19 @@ def main() -> None:
     parser.add_argument("--rss-n", type=int, default=None,
                         help="smallest size of the memory runs (default: --n / 4)")
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--no-rss", action="store_true", help="skip the memory runs")
     args = parser.parse_args()
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"device: {dev}, model {args.model} (random weights), torch {torch.__version__}")
     t = throughput(args)
     print("\n| plain img/s | store img/s (decompose + fp16 writes) | ratio |\n|---|---|---|")
     print(f"| {t['plain_img_s']:,.0f} | {t['store_img_s']:,.0f} | {t['ratio']:.2f} |")
+    print("\n| read img/s, first (files checked) | read img/s, again | reuse img/s (build_store "
+          "on the finished store) |\n|---|---|---|")
+    print(f"| {t['read_first_img_s']:,.0f} | {t['read_again_img_s']:,.0f} | "
+          f"{t['reuse_img_s']:,.0f} |")
+    if args.no_rss:
+        return
     base = args.rss_n or max(args.batch_size, args.n // 4)
     rows = [peak_rss_child(base * m, args) for m in (1, 4, 16)]
     print("\n| samples | store on disk MiB | peak RSS MiB |\n|---|---|---|")

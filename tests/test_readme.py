@@ -47,3 +47,27 @@ def test_library_section_runs_on_the_tutorial_model(tmp_path, monkeypatch, capsy
     assert fit.lambdas("L3H1").shape == (units.layout.d_head,)
     assert "test accuracy" in printed and (tmp_path / "encodings" / "tutorial").is_dir()
     assert seconds < 60, f"the README's library section took {seconds:.0f} s"
+
+
+def test_guarantees_table_names_tests_that_exist():
+    """Each row of "What is guaranteed" ends with the tests that show it, and they exist.
+
+    A reference is ``tests/file.py`` (the whole file), ``tests/file.py::name``, or ``::name``
+    or a bare ``name`` of the file named before it in the row; ``*`` matches any ending.
+    """
+    section = README.read_text().split("\n## What is guaranteed\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "`tests/" in line]
+    assert len(rows) >= 10
+    for row in rows:
+        shown_by = row.rstrip(" |").rsplit(" | ", 1)[1]
+        current = None
+        for ref in re.findall(r"`([^`]+)`", shown_by):
+            path, _, name = ref.rpartition("::") if "::" in ref else (
+                (ref, "", "") if ref.startswith("tests/") else ("", "", ref))
+            if path:
+                current = README.parent / path
+            assert current is not None and current.exists(), f"{row[:60]}...: {ref}: no file"
+            if name:
+                pattern = re.escape(name).replace(r"\*", r"\w*")
+                assert re.search(rf"^def {pattern}\(", current.read_text(), re.M), (
+                    f"{row[:60]}...: {current.name} has no test {name}")

@@ -1,18 +1,24 @@
-"""The encoding store: exact round trip, resume after a kill or Ctrl-C, stale and corrupt data."""
+"""The encoding store: exact round trip, resume after a kill or Ctrl-C, stale and corrupt data,
+two builders at once."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+import warnings
 
 import pytest
 import torch
 from open_clip.transformer import VisionTransformer
 from torch.utils.data import Dataset
 
+from residual_core.core import store as store_module
 from residual_core.core.decompose import decompose
 from residual_core.core.store import CorruptStoreError, EncodingStore, StaleStoreError, build_store
 
@@ -155,25 +161,181 @@ def test_fingerprint_mismatch_is_never_reused(tmp_path):
     EncodingStore.open(root, other)
 
 
-def test_truncation_and_corruption_are_detected(tmp_path):
+def flip(path, offset=-3):
+    """Same-size corruption: invert one byte (by default in the data, past any header)."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def as_new_process():
+    """Forget which files this process already checked, as a rerun in a new process would."""
+    store_module._VERIFIED.clear()
+
+
+def test_truncation_and_bad_meta_are_detected(tmp_path):
     root = tmp_path / "s"
     build(root)
     heads = root / "c000001.heads.npy"
-    data = heads.read_bytes()
-    heads.write_bytes(data[:-10])
+    heads.write_bytes(heads.read_bytes()[:-10])
     with pytest.raises(CorruptStoreError, match="c000001.heads.npy is truncated"):
         EncodingStore.open(root)
-    flipped = bytearray(data)
-    flipped[-3] ^= 0xFF
-    heads.write_bytes(bytes(flipped))
-    store = EncodingStore.open(root)  # same size: only the hash can tell
-    with pytest.raises(CorruptStoreError, match="c000001.heads.npy is corrupted"):
-        store.verify()
     (root / "meta.json").write_text("{not json")
     with pytest.raises(CorruptStoreError, match="meta.json is not valid JSON"):
         EncodingStore.open(root)
     with pytest.warns(UserWarning, match="rebuilding the store"):
         build(root, overwrite=True).verify()
+
+
+@pytest.mark.parametrize("field", ["heads", "resid", "sigma", "mu", "target"])
+def test_same_size_corruption_of_a_chunk_is_never_read_back(tmp_path, field):
+    """Flipped bytes in a chunk file: readers refuse it by name; build_store rebuilds it."""
+    root = tmp_path / "s"
+    build(root)
+    path = root / f"c000001.{field}.npy"
+    flip(path)
+    as_new_process()
+    store = EncodingStore.open(root)  # same size: only the checksum can tell
+    read = {"target": store.targets, "sigma": store.sigma}.get(field, store.units)
+    with pytest.raises(CorruptStoreError, match=rf"c000001\.{field}\.npy is corrupted"):
+        read()
+    with pytest.raises(CorruptStoreError, match=rf"c000001\.{field}\.npy is corrupted"):
+        store.verify()
+    # Resuming (what encode_dataset does on every call) rebuilds that chunk only.
+    others = {n: t for n, t in _chunk_mtimes(root).items() if not n.startswith("c000001")}
+    as_new_process()
+    with pytest.warns(UserWarning, match=rf"rebuilding 1 of 3 chunks.*c000001\.{field}\.npy"):
+        store = build(root)
+    assert all(_chunk_mtimes(root)[n] == t for n, t in others.items()), "intact chunks rewritten"
+    torch.testing.assert_close(store.units().data, reference().data)
+    assert store.targets().tolist() == [i % 3 for i in range(N)]
+    as_new_process()
+    store.verify()
+
+
+def test_corrupt_projector_and_records_are_refused_or_rebuilt(tmp_path):
+    root = tmp_path / "s"
+    build(root)
+    flip(root / "projector.safetensors")
+    as_new_process()
+    store = EncodingStore.open(root)
+    with pytest.raises(CorruptStoreError, match="projector.safetensors is corrupted"):
+        store.units("L0H0")
+    with pytest.raises(CorruptStoreError, match="projector.safetensors is corrupted"):
+        build(root)
+    with pytest.warns(UserWarning, match="rebuilding the store.*projector.safetensors"):
+        store = build(root, overwrite=True)
+    torch.testing.assert_close(store.units().data, reference().data)
+    # A truncated projector, likewise.
+    proj = root / "projector.safetensors"
+    proj.write_bytes(proj.read_bytes()[:-7])
+    as_new_process()
+    with pytest.warns(UserWarning, match="rebuilding the store.*projector.safetensors"):
+        build(root, overwrite=True).verify()
+    # A chunk record whose numbers were altered: named, and rebuilt by build_store.
+    record = root / "c000002.json"
+    record.write_text(record.read_text().replace('"n": 5', '"n": 4'))
+    with pytest.raises(CorruptStoreError, match="c000002.json was altered"):
+        EncodingStore.open(root)
+    with pytest.warns(UserWarning, match="rebuilding 1 of 3 chunks.*c000002.json was altered"):
+        build(root)
+    # meta.json whose values were altered but still parse.
+    meta = root / "meta.json"
+    meta.write_text(meta.read_text().replace('"n_samples": 21', '"n_samples": 16'))
+    with pytest.raises(CorruptStoreError, match="meta.json was altered"):
+        EncodingStore.open(root)
+
+
+def test_deleted_meta_never_reuses_another_models_chunks(tmp_path):
+    """meta.json deleted, then a build with other weights: every chunk is encoded again."""
+    root = tmp_path / "s"
+    build(root)
+    (root / "meta.json").unlink()
+    other = make_model()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(1.5)
+    images = torch.stack([Images()[i][0] for i in range(N)])
+    want = decompose(other, images)
+    fp = {**FP, "weights": "other"}
+    with pytest.warns(UserWarning, match="rebuilding 3 of 3 chunks.*written for another store"):
+        store = build_store(root, other, Images(), fp, batch_size=4, chunk_size=8,
+                            dtype="float32", progress=False)
+    torch.testing.assert_close(store.units().data, want.data)
+    # Interrupted while replacing another store's chunks: the old ones count as missing.
+    (root / "meta.json").unlink()
+    with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning, match="another store"):
+        build(root, Images(interrupt_at=9))
+    with pytest.raises(CorruptStoreError, match="incomplete: 2 of 3 chunks missing"):
+        EncodingStore.open(root)
+    with pytest.warns(UserWarning, match="rebuilding 2 of 3 chunks.*another store"):
+        torch.testing.assert_close(build(root).units().data, reference().data)
+
+
+def test_deleted_meta_of_the_same_store_reuses_its_chunks(tmp_path):
+    root = tmp_path / "s"
+    build(root)
+    before = _chunk_mtimes(root)
+    (root / "meta.json").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        store = build(root)
+    assert _chunk_mtimes(root) == before
+    torch.testing.assert_close(store.units().data, reference().data)
+
+
+RACE = textwrap.dedent("""
+    import sys, time, pathlib
+    sys.path.insert(0, {tests!r})
+    from test_store import build
+    go = pathlib.Path({go!r})
+    while not go.exists():
+        time.sleep(0.01)
+    store = build(pathlib.Path({root!r}), chunk_size=4)
+    assert store.n_samples == 21
+""")
+
+
+@pytest.mark.parametrize("how", ["threads", "processes"])
+def test_two_unlocked_builders_of_one_store_both_finish(tmp_path, how):
+    """No lock: two builders encode the same store at once; both finish, the store is right.
+
+    Before temporary names were unique per writer, two threads of one process wrote the same
+    temporary file and one crashed (FileNotFoundError) on nearly every try.
+    """
+    root, go = tmp_path / "s", tmp_path / "go"
+    if how == "threads":
+        models = [make_model() for _ in range(2)]  # seeded: build them one after the other
+        start, errors = threading.Barrier(2), []
+
+        def run(k):
+            try:
+                start.wait()
+                build_store(root, models[k], Images(), FP, batch_size=4, chunk_size=4,
+                            dtype="float32", progress=False)
+            except Exception as err:  # noqa: BLE001 - reported below
+                errors.append(err)
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=240)
+        assert not errors, errors
+    else:
+        script = RACE.format(tests=os.path.dirname(__file__), go=str(go), root=str(root))
+        procs = [subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
+                 for _ in range(2)]
+        time.sleep(3)  # both are importing torch, then wait for the start
+        go.touch()
+        for proc in procs:
+            _, err = proc.communicate(timeout=240)
+            assert proc.returncode == 0, err.decode()[-3000:]
+    as_new_process()
+    store = EncodingStore.open(root)
+    store.verify()
+    torch.testing.assert_close(store.units().data, reference().data)
+    assert not [p.name for p in root.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_bad_arguments(tmp_path):
@@ -215,4 +377,4 @@ def test_store_lock_serialises_builders_and_takes_over_dead_holders(tmp_path):
 
     root.with_name("shared.lock").write_text(f"{socket.gethostname()} {dead.pid}")
     with store_lock(root, poll_s=0.01):
-        assert root.with_name("shared.lock").read_text().endswith(str(os.getpid()))
+        assert json.loads(root.with_name("shared.lock").read_text())["pid"] == os.getpid()

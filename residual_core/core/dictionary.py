@@ -18,13 +18,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file, save
+from safetensors import safe_open
+from safetensors.torch import save
 from torch import Tensor
 
 from residual_core.core.io import atomic_write, cache_root
@@ -126,21 +129,48 @@ def embed_texts(
     if not texts:
         raise ValueError("no texts to embed")
     path = cache_path(loaded, texts, cache_dir)
-    if path.exists():
-        feats = load_file(str(path))["embeddings"]
-    else:
+    feats = _read_cached(path, len(texts))
+    if feats is None:
         parts = []
         for start in range(0, len(texts), batch_size):
             tokens = loaded.tokenizer(list(texts[start : start + batch_size])).to(loaded.device)
             parts.append(loaded.model.encode_text(tokens).float().cpu())
-        feats = torch.cat(parts)
-        # atomic: a crash never leaves a half-written cache entry
-        atomic_write(path, save({"embeddings": feats.contiguous()},
+        feats = torch.cat(parts).contiguous()
+        # atomic: a crash never leaves a half-written cache entry; the CRC-32 of the values
+        # lets a reader tell a damaged entry from a good one
+        atomic_write(path, save({"embeddings": feats},
                                 metadata={"fingerprint": loaded.fingerprint,
-                                          "n_texts": str(len(texts))}))
-    if feats.shape[0] != len(texts):
-        raise RuntimeError(f"{path} holds {feats.shape[0]} rows for {len(texts)} texts; delete it")
+                                          "n_texts": str(len(texts)),
+                                          "crc32": _crc32(feats)}))
     return torch.nn.functional.normalize(feats, dim=-1) if normalize else feats
+
+
+def _crc32(feats: Tensor) -> str:
+    return f"{zlib.crc32(feats.numpy().tobytes()):08x}"
+
+
+def _read_cached(path: Path, n_texts: int) -> Tensor | None:
+    """A cache entry's embeddings, or ``None`` if absent or damaged (warned: it is recomputed)."""
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            feats = f.get_tensor("embeddings")
+        problem = None
+        if "crc32" not in meta:
+            return None  # written before entries carried a checksum: recomputed silently
+        if meta["crc32"] != _crc32(feats):
+            problem = f"CRC-32 {_crc32(feats)}, recorded {meta.get('crc32')}"
+        elif feats.shape[0] != n_texts:
+            problem = f"{feats.shape[0]} rows for {n_texts} texts"
+    except Exception as err:  # safetensors raises several types on bad files
+        problem = f"unreadable: {err}"
+    if problem is None:
+        return feats
+    warnings.warn(f"recomputing {path}: the cached text embeddings are damaged ({problem})",
+                  stacklevel=3)
+    return None
 
 
 def to_tsv(d: TextDictionary) -> str:

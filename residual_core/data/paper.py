@@ -288,9 +288,9 @@ _ROOT_OVERRIDE: Path | None = None
 
 
 def _default_root() -> Path:
-    cache_dir = os.environ.get("RESIDUAL_CACHE")
-    base = Path(cache_dir) if cache_dir else Path(__file__).resolve().parents[2] / ".cache"
-    return base / "data"
+    from residual_core.core.io import cache_root
+
+    return cache_root(create=False) / "data"  # the one reading of $RESIDUAL_CACHE
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:

@@ -51,7 +51,7 @@ def _load_tutorial(device: str | torch.device) -> LoadedModel:
         name=TUTORIAL,
         arch="tutorial-tiny-clip",
         pretrained=CHECKPOINT_PATH.name,
-        fingerprint=f"tutorial-{record['sha256'][:16]}",
+        named_fingerprint=f"tutorial-{record['sha256'][:16]}",
     )
 
 
@@ -85,7 +85,7 @@ def _load_open_clip(
         name=key,
         arch=arch,
         pretrained=pretrained,
-        fingerprint=fingerprint,
+        named_fingerprint=fingerprint,
     )
 
 
@@ -114,7 +114,7 @@ def _load_hf(key: str, pretrained: bool, device: str | torch.device) -> LoadedMo
         name=key,
         arch=repo,
         pretrained=repo if pretrained else None,
-        fingerprint=fingerprint,
+        named_fingerprint=fingerprint,
     )
 
 

@@ -203,7 +203,7 @@ def _dry_run(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     from residual_core.runner import dryrun
 
     plan = dryrun.plan(runs)
-    cache = cache_root()
+    cache = cache_root(create=False)  # refuses an empty value or a file, creates nothing
     where = next(p for p in [cache, *cache.parents] if p.exists())
     free = shutil.disk_usage(where).free / 2**30
     verdict = "enough" if free >= plan.disk_gb else "NOT ENOUGH"

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from residual_core.core.io import cache_root
 from residual_core.runner.chapters import (
     EXECUTED,
     ROOT,
@@ -188,6 +189,7 @@ def execute(
             its source line.
         NotebookTimeoutError: If a cell runs past ``timeout``; names the cell and the limit.
         RunnerError: If the chapter has a ``results_file`` parameter but wrote no table.
+        CacheRootError: If ``$RESIDUAL_CACHE`` is empty, a file or cannot be created.
     """
     import papermill
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -200,6 +202,7 @@ def execute(
                                 or timeout < 1):
         raise ParameterError(f"timeout must be a whole number of seconds ≥ 1, got {timeout!r}")
     check_device_here(source, full)
+    cache_root()  # a bad $RESIDUAL_CACHE is refused here, not inside the notebook
     nb = _read_notebook(source)
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3",
                                           "language": "python"})
