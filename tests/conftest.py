@@ -63,6 +63,19 @@ SHAPE_ERRORS = (ValueError, jaxtyping.TypeCheckError)
 unless the runtime check of the annotated shapes (jaxtyping, on in the tests) comes first."""
 
 
+@pytest.fixture
+def without_annotation_checks():
+    """Turn the runtime check of annotated shapes off for one test.
+
+    For tests of the library's own input checks: a user runs without the annotation check, so
+    the message they read is the library's, and that is what such a test must see.
+    """
+    before = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    yield
+    jaxtyping.config.update("jaxtyping_disable", before)
+
+
 # ------------------------------------------------------- a task only a reweighting can solve
 
 RESIDUAL_TASK_LAYOUT = UnitLayout(n_layers=1, n_heads=3, d_model=6, d_head=2, d_out=8)

@@ -22,6 +22,9 @@ from residual_core.core.units import UnitLayout, Units
 from residual_core.core.zeroshot import ZeroShotClassifier
 from residual_core.data.registry import load_dataset
 
+# What the user reads is the library's own message, not the tests' annotation check.
+pytestmark = pytest.mark.usefixtures("without_annotation_checks")
+
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 
 

@@ -281,7 +281,7 @@ def _collate_with(preprocess: Callable[[Any], Tensor]):
 @torch.no_grad()
 def encode_images(
     loaded: LoadedModel,
-    dataset: Dataset,
+    dataset: Dataset | Sequence[tuple[Any, int]],
     *,
     batch_size: int = 256,
     num_workers: int = 0,
