@@ -25,6 +25,7 @@ __all__ = [
     "CacheRootError",
     "atomic_write",
     "atomic_write_crc32",
+    "alive",
     "cache_root",
     "crc32_file",
     "file_lock",
@@ -225,13 +226,14 @@ def remove_dead_temps(folder: Path) -> int:
     with contextlib.suppress(FileNotFoundError):
         for path in folder.iterdir():
             m = pattern.match(path.name)
-            if m and not _alive(int(m.group(1))):
+            if m and not alive(int(m.group(1))):
                 path.unlink(missing_ok=True)
                 removed += 1
     return removed
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process of this host with this id is running (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -298,7 +300,7 @@ def _stale_reason(lock: Path, unchanged_s: float, stale_s: float) -> str | None:
         return (f"the lock file is empty or unreadable and unchanged for {unchanged_s:.0f} s"
                 if unchanged_s >= grace else None)
     pid = holder.get("pid")
-    if holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+    if holder.get("host") == socket.gethostname() and isinstance(pid, int) and not alive(pid):
         return f"its holder, process {pid} of this host, is gone"
     if unchanged_s >= stale_s:
         # Holders touch the file every few seconds (on any host): a still file is a dead holder.

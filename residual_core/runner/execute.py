@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from residual_core.core.io import cache_root
+from residual_core.core.io import alive, cache_root
 from residual_core.runner.chapters import (
     EXECUTED,
     ROOT,
@@ -98,18 +98,8 @@ def _remove_stale_partials(path: Path) -> None:
     tail = f".partial{path.suffix}"
     for stale in path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(host)}.*{tail}"):
         pid = stale.name[: -len(tail)].rpartition(".")[2]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
             stale.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def failed_path(output: Path) -> Path:
