@@ -125,6 +125,9 @@ def test_alignment_claims_hold():
     got = claims.alignment_claims(*alignment_inputs(0.015, s_wins=15, n_tasks=30, slope=1.0))
     assert holds(got) == {"C9": True, "C10": True, "C11": True}
     assert "first 4 of 6" in got.measured[0]
+    layers, selected, tasks = alignment_inputs(0.015, s_wins=15, n_tasks=30, slope=1.0)
+    wide = selected.pivot(index="task", columns="ranking", values="test_acc")  # same, wide
+    pd.testing.assert_frame_equal(claims.alignment_claims(layers, wide, tasks), got)
 
 
 def test_alignment_claims_fail():

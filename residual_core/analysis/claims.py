@@ -262,7 +262,8 @@ def alignment_claims(layers: pd.DataFrame, selected: pd.DataFrame, tasks: pd.Dat
         layers: Layer ablation, one row per task, ``kind``, ``ablated_layers`` (the first
             layers mean-ablated, 0 = the full model) and ``accuracy`` (zero-shot, test).
         selected: Coarse selection per task and ranking at the k chosen on validation:
-            ``task``, ``ranking`` (``"S"``, ``"full"``, ...) and ``test_acc``.
+            ``task``, ``ranking`` (``"S"``, ``"full"``, ...) and ``test_acc``; or the same
+            wide, tasks × rankings (as chapter 04's selection table).
         tasks: One row per task: ``spec_carriers`` and ``zs_lift``.
         seed: Seed of the permutation test.
         n_permutations: Permutations of the test.
@@ -273,7 +274,8 @@ def alignment_claims(layers: pd.DataFrame, selected: pd.DataFrame, tasks: pd.Dat
     ablated = n_layers - kept_attention_layers(n_layers)
     mean = heads.groupby("ablated_layers").accuracy.mean()
     drop = float(mean[0] - mean[ablated])
-    test = selected.pivot(index="task", columns="ranking", values="test_acc")
+    test = (selected.pivot(index="task", columns="ranking", values="test_acc")
+            if "ranking" in selected.columns else selected)
     wins = int((test["S"] > test["full"]).sum())
     rho, p, n = spearman_greater(tasks.spec_carriers, tasks.zs_lift, n_permutations, seed)
     c11 = (f"rho {rho:+.2f}, one-sided p {p:.3f} over {n} tasks" if n >= 3
