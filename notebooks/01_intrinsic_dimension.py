@@ -191,8 +191,8 @@ display(figure_picker(layer_figures, "Layer", default=f"layer {layout.n_layers -
 # %%
 claims = ca.id_claims(table, layout.d_head, seed=seed)
 display(geo.id_ranges(table))
-display(claims_view(claims))
 ca.write_claims(claims, results_file)
+display(claims_view(claims))
 
 # %% [markdown]
 # How to read a row that does not hold:

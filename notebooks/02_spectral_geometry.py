@@ -174,8 +174,8 @@ display(pairs.sort_values(ascending=False).head(5).to_frame())
 # %%
 claims = ca.stability_claims(geo.head_medians(similarity).to_dict(),
                              float(head_chance.median()), control, same)
-display(claims_view(claims))
 ca.write_claims(claims, results_file)
+display(claims_view(claims))
 
 # %% [markdown]
 # The same medians under the other weighting (weighted: directions count by their variance;

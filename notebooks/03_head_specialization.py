@@ -224,8 +224,8 @@ display(figure_picker(cards, "Head", default=heads[-1]))
 
 # %%
 claims = ca.specialization_claims(truth[truth["rank"] == 1], view)
-display(claims_view(claims))
 ca.write_claims(claims, results_file)
+display(claims_view(claims))
 
 # %% [markdown]
 # How to read a row that does not hold: a "no" is a measurement of this model, dictionary and

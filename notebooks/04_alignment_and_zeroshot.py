@@ -227,8 +227,8 @@ display(styled(stats, precision=3, integers=("n",)))
 
 # %%
 claims = ca.alignment_claims(layers, selection, table, seed=seed)
-display(claims_view(claims))
 ca.write_claims(claims, results_file)
+display(claims_view(claims))
 
 # %% [markdown]
 # How to read a row that does not hold: a "no" is a measurement of this model on these tasks,
