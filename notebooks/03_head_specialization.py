@@ -65,9 +65,10 @@ import torch
 from IPython.display import Markdown, display
 
 import residual_core as rc
+from residual_core.analysis import claims as ca
 from residual_core.analysis import specialization as spec
 from residual_core.plots import heads as ph
-from residual_core.plots.common import figure_picker, styled
+from residual_core.plots.common import claims_view, figure_picker, styled
 from residual_core.runner.records import write_results
 
 _ = torch.manual_seed(seed)
@@ -206,6 +207,38 @@ cards = {
     for h in (heads if len(heads) <= 64 else late_heads)
 }
 display(figure_picker(cards, "Head", default=heads[-1]))
+
+# %% [markdown]
+# ## What holds here
+#
+# The paper's reading of heads, checked on this run with the criteria the whole book uses
+# (`residual_core.analysis.claims`; the book's first page collects every chapter's rows):
+#
+# - **C7** (TextSpan names what a head carries) is the ground-truth table of "Does TextSpan
+#   name what the probes find?": for each attribute with a dictionary family, do the first three
+#   texts of its best-probe head name that family? It must for at least 80% of the attributes,
+#   and for more of them than random texts would (the summed bracketed probabilities).
+# - **C8** (the text and probe views agree) is the `agree` column of the table under "The
+#   specialisation score", over the heads a probe reads well (lift ≥ 0.5): at least half of
+#   them must get the same family from both views.
+
+# %%
+claims = ca.specialization_claims(truth[truth["rank"] == 1], view)
+ca.write_claims(claims, results_file)
+display(claims_view(claims))
+
+# %% [markdown]
+# How to read a row that does not hold: a "no" is a measurement of this model, dictionary and
+# run, not a verdict on the paper, which reads heads of large CLIP ViTs with a large
+# dictionary. C7 can fail because the texts name a neighbouring family (look at the texts in
+# the ground-truth table), because the text tower barely aligns with an attribute that the
+# images carry (a rarely captioned one: the probe finds it, no text names it), or because a
+# best-probe head carries the attribute only as a small part of its variance, which TextSpan
+# explains first. C8 can fail for the reasons the summary below gives: a head's *variance* and
+# what a probe *reads* from it are different views, and an attribute that is easy for every
+# head makes the probe view name it everywhere. With few attributes (a small run) one
+# attribute moves C7 by a large step, and with few strong heads C8 rests on a handful of them;
+# the row's numbers say how many.
 
 # %% [markdown]
 # ## Summary

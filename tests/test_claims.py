@@ -74,8 +74,12 @@ def test_stability_claims():
     medians = {"world": 0.99, "sketch": 0.6, "random": 0.7}
     assert holds(claims.stability_claims(medians, chance=0.3, control="random", same=["world"])
                  ) == {"C5": False, "C6": False}
-    with pytest.raises(KeyError, match="control 'rand'"):
-        claims.stability_claims(medians, 0.3, control="rand")
+    # A small run: no shifted dataset, no control. Rows that do not hold, saying why.
+    small = claims.stability_claims({"world": 0.99}, chance=0.3, control="random",
+                                    same=["world"])
+    assert holds(small) == {"C5": False, "C6": False}
+    assert "no shifted dataset" in small.measured[0]
+    assert "no dataset under the control key 'random'" in small.measured[1]
 
 
 # ----- C7–C8 -----------------------------------------------------------------------------------
@@ -121,6 +125,9 @@ def test_alignment_claims_hold():
     got = claims.alignment_claims(*alignment_inputs(0.015, s_wins=15, n_tasks=30, slope=1.0))
     assert holds(got) == {"C9": True, "C10": True, "C11": True}
     assert "first 4 of 6" in got.measured[0]
+    layers, selected, tasks = alignment_inputs(0.015, s_wins=15, n_tasks=30, slope=1.0)
+    wide = selected.pivot(index="task", columns="ranking", values="test_acc")  # same, wide
+    pd.testing.assert_frame_equal(claims.alignment_claims(layers, wide, tasks), got)
 
 
 def test_alignment_claims_fail():
@@ -128,8 +135,10 @@ def test_alignment_claims_fail():
                                                           slope=-1.0)))
     assert got == {"C9": False, "C10": False, "C11": False}
     # A strong positive correlation over too few tasks does not count for C11.
-    few = holds(claims.alignment_claims(*alignment_inputs(0.0, 5, n_tasks=11, slope=1.0)))
-    assert not few["C11"]
+    few = claims.alignment_claims(*alignment_inputs(0.0, 5, n_tasks=11, slope=1.0))
+    assert not holds(few)["C11"] and "too few tasks to decide (at least 30" in few.measured[2]
+    two = claims.alignment_claims(*alignment_inputs(0.0, 1, n_tasks=2, slope=1.0))
+    assert not holds(two)["C11"] and two.measured[2].startswith("no correlation over 2 tasks")
 
 
 def test_kept_attention_layers():
@@ -160,6 +169,14 @@ def test_residual_claims():
     assert not few_params["C13"]  # 10.01% of the adapter's parameters
 
 
+def test_residual_claims_without_some_variants_say_what_was_not_run():
+    results = residual_results(0.8, 0.78, 1_000, fine_wins=4)
+    got = claims.residual_claims(results[~results.variant.isin(["fine-tune", "linear-adapter"])])
+    assert holds(got) == {"C12": False, "C13": False, "C14": True}
+    assert got.measured[0] == "not measured: variant fine-tune not run"
+    assert got.measured[1] == "not measured: variant linear-adapter not run"
+
+
 def test_write_claims_next_to_the_results(tmp_path):
     table = claims.residual_claims(residual_results(0.8, 0.78, 1_000, fine_wins=4))
     path = claims.write_claims(table, tmp_path / "05_residual-tutorial.results.csv")
@@ -167,6 +184,8 @@ def test_write_claims_next_to_the_results(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(path, keep_default_na=False, dtype=str), table,
                                   check_dtype=False)
     assert claims.write_claims(table, None) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary file left
+    pd.testing.assert_frame_equal(claims.read_claims(path), table.astype(str))
     assert set(claims.CLAIMS) == {f"C{i}" for i in range(1, 15)}
 
 

@@ -17,7 +17,7 @@ from residual_core.core.textspan import TextExplanation
 from residual_core.core.units import UnitLayout, Units
 from residual_core.core.zeroshot import ZeroShotClassifier
 from residual_core.plots import heads as ph
-from residual_core.plots.common import styled
+from residual_core.plots.common import claims_view, styled
 
 
 @pytest.fixture(autouse=True)
@@ -98,3 +98,15 @@ def test_styled_and_truth_view():
     html = ph.truth_table_view(truth).to_html()
     assert "L0H0 (#1)" in html and "0.50 (0.25)" in html and "a; b" in html
     assert "count (–)" in html and "font-size" in html
+
+
+def test_claims_view_shows_every_claim_in_full():
+    from residual_core.analysis import claims
+
+    table = claims.stability_claims({"world": 0.9, "sketch": 0.8, "random": 0.2}, 0.3, "random",
+                                    same=["world"])
+    html = claims_view(table).to_html()
+    assert "C5" in html and "C6" in html and claims.CLAIMS["C5"].criterion in html
+    assert "lowest: random" in html and "_row0_col3, #" in html  # both hold: both bold
+    table.loc[0, "holds"] = "no"
+    assert "_row0_col3, #" not in claims_view(table).to_html()

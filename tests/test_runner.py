@@ -172,6 +172,47 @@ def test_place_chapters_replaces_stale_notebooks(tmp_path: Path):
     assert sorted(p.name for p in chapters.iterdir()) == ["01_a-tutorial.ipynb"]
 
 
+def fake_claims(out: Path, stem: str, rows: list[tuple[str, str]]) -> records.ChapterRun:
+    """An executed run of ``stem`` whose chapter wrote the claims ``rows`` (id, holds)."""
+    from residual_core.analysis import claims
+
+    table, _ = records.results_paths(out, stem, "tutorial")
+    out.mkdir(exist_ok=True)
+    table.write_text("x\n1\n")
+    written = claims.write_claims(claims._table(
+        [claims._row(i, f"measured {i}", holds == "yes") for i, holds in rows]), table)
+    assert written == out / f"{stem}-tutorial.claims.csv"
+    return records.ChapterRun(Path(f"{stem}.py"), "tutorial", output=out / f"{stem}-tutorial.ipynb",
+                              results=table)
+
+
+def test_the_build_writes_the_scoreboard_from_the_chapters_claims(tmp_path: Path):
+    out = tmp_path / "executed"
+    runs = [fake_claims(out, "01_intrinsic_dimension", [("C1", "yes"), ("C2", "no")]),
+            records.ChapterRun(Path("00_units.py"), "tutorial", output=out / "00_units.ipynb"),
+            fake_claims(out, "05_residual", [("C12", "no"), ("C13", "yes"), ("C14", "yes")])]
+    book = tmp_path / "book"
+    path = build.write_scoreboard(runs, book / "scoreboard.md", book / "chapters")
+    md = path.read_text()
+    assert "| [C1](chapters/01_intrinsic_dimension-tutorial.ipynb) |" in md
+    assert "| [C13](chapters/05_residual-tutorial.ipynb) | " in md
+    assert "measured C13 | **yes** |" in md
+    assert "| C5 | " in md and "(chapter 02 not run)" in md  # no claims file: listed as not run
+    assert "**3 of 14 claims hold** on this run (5 measured)" in md
+    # Nothing measured: a placeholder, not a table of failures.
+    assert build.write_scoreboard(runs[1:2], path).read_text() == build.SCOREBOARD_PLACEHOLDER
+
+
+def test_build_book_writes_a_missing_scoreboard_as_a_placeholder(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(build, "_jupyter_book", lambda: ["true"])  # no real build
+    (tmp_path / "book").mkdir()
+    build.build_book(tmp_path)
+    assert (tmp_path / "book" / "scoreboard.md").read_text() == build.SCOREBOARD_PLACEHOLDER
+    (tmp_path / "book" / "scoreboard.md").write_text("kept")
+    build.build_book(tmp_path)
+    assert (tmp_path / "book" / "scoreboard.md").read_text() == "kept"
+
+
 # --------------------------------------------------------------------------------------------
 # Results tables, presets, dry runs, stand-ins
 
@@ -203,6 +244,28 @@ def test_execute_writes_results_table_and_record(with_results: Path, tmp_path: P
     text = record.read_text()
     record.write_text(text[: len(text) // 2])  # a cut record: not finished
     assert records.read_record(record) is None
+
+
+def test_execute_moves_the_claims_in_with_the_table(tmp_path: Path):
+    chapter = write_notebook(
+        tmp_path / "04_claims.py",
+        '# %% tags=["parameters"]\nclaim = True\nresults_file = None',
+        """
+        # %%
+        import pandas as pd
+        from residual_core.analysis import claims
+        pd.DataFrame({"x": [1]}).to_csv(results_file, index=False)
+        if claim:
+            claims.write_claims(claims._table([claims._row("C9", "m", True)]), results_file)
+        """,
+    )
+    out = tmp_path / "out"
+    execute.execute(chapter, "r", out_dir=out)
+    written = out / "04_claims-r.claims.csv"
+    assert written.read_text().splitlines()[1].startswith("C9,04,")
+    execute.execute(chapter, "r", {"claim": False}, out_dir=out)  # an earlier run's claims go
+    assert sorted(p.name for p in out.iterdir()) == [
+        "04_claims-r.ipynb", "04_claims-r.results.csv", "04_claims-r.results.json"]
 
 
 def test_a_run_without_its_table_is_not_finished(with_results: Path, tmp_path: Path):

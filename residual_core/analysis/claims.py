@@ -30,14 +30,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from residual_core.core.io import atomic_write
+
 __all__ = [
     "CLAIMS",
     "COLUMNS",
     "Claim",
+    "RESIDUAL_VARIANTS",
     "alignment_claims",
     "claims_path",
     "id_claims",
     "kept_attention_layers",
+    "read_claims",
     "residual_claims",
     "scoreboard_markdown",
     "specialization_claims",
@@ -198,18 +202,26 @@ def stability_claims(medians: Mapping[str, float], chance: float, control: str,
         control: The key of the random images.
         same: Keys of datasets from the reference's own distribution (not shifts; they count
             for C6 only).
+
+    A run without a shifted dataset, or without the control, gets rows that do not hold and
+    say why.
     """
-    if control not in medians:
-        raise KeyError(f"control {control!r} is not one of the datasets {sorted(medians)}")
     bar = chance + 0.5 * (1 - chance)
     shifted = {k: v for k, v in medians.items() if k != control and k not in same}
-    lowest = min(medians, key=medians.get)
     listing = ", ".join(f"{k} {v:.3f}" for k, v in sorted(medians.items(), key=lambda kv: -kv[1]))
+    if shifted:
+        c5 = f"shifted: {', '.join(f'{k} {v:.3f}' for k, v in shifted.items())}; "
+    else:  # a small run may compare the reference's own distribution only
+        c5 = "no shifted dataset in this run (nothing to check); "
+    if control not in medians:
+        c6, lowest = f"{listing}; no dataset under the control key {control!r} in this run", None
+    else:
+        lowest = min(medians, key=medians.get)
+        c6 = f"{listing}; lowest: {lowest}"
     return _table([
-        _row("C5", f"shifted: {', '.join(f'{k} {v:.3f}' for k, v in shifted.items())}; "
-             f"bar {bar:.3f} (chance {chance:.3f})",
+        _row("C5", c5 + f"bar {bar:.3f} (chance {chance:.3f})",
              bool(shifted) and all(v > bar for v in shifted.values())),
-        _row("C6", f"{listing}; lowest: {lowest}", lowest == control),
+        _row("C6", c6, lowest == control),
     ])
 
 
@@ -250,7 +262,8 @@ def alignment_claims(layers: pd.DataFrame, selected: pd.DataFrame, tasks: pd.Dat
         layers: Layer ablation, one row per task, ``kind``, ``ablated_layers`` (the first
             layers mean-ablated, 0 = the full model) and ``accuracy`` (zero-shot, test).
         selected: Coarse selection per task and ranking at the k chosen on validation:
-            ``task``, ``ranking`` (``"S"``, ``"full"``, ...) and ``test_acc``.
+            ``task``, ``ranking`` (``"S"``, ``"full"``, ...) and ``test_acc``; or the same
+            wide, tasks × rankings (as chapter 04's selection table).
         tasks: One row per task: ``spec_carriers`` and ``zs_lift``.
         seed: Seed of the permutation test.
         n_permutations: Permutations of the test.
@@ -261,42 +274,68 @@ def alignment_claims(layers: pd.DataFrame, selected: pd.DataFrame, tasks: pd.Dat
     ablated = n_layers - kept_attention_layers(n_layers)
     mean = heads.groupby("ablated_layers").accuracy.mean()
     drop = float(mean[0] - mean[ablated])
-    test = selected.pivot(index="task", columns="ranking", values="test_acc")
+    test = (selected.pivot(index="task", columns="ranking", values="test_acc")
+            if "ranking" in selected.columns else selected)
     wins = int((test["S"] > test["full"]).sum())
     rho, p, n = spearman_greater(tasks.spec_carriers, tasks.zs_lift, n_permutations, seed)
+    c11 = (f"rho {rho:+.2f}, one-sided p {p:.3f} over {n} tasks" if n >= 3
+           else f"no correlation over {n} tasks")
+    if n < min_tasks:  # a small run: the number is shown, the claim cannot hold on it
+        c11 += f"; too few tasks to decide (at least {min_tasks} needed)"
     return _table([
         _row("C9", f"first {ablated} of {n_layers} attention layers mean-ablated: mean "
              f"zero-shot {mean[ablated]:.3f} vs {mean[0]:.3f} ({-drop:+.3f})", drop <= 0.02),
         _row("C10", f"S beats the full model on {wins} of {len(test)} tasks",
              bool(len(test)) and wins >= 0.5 * len(test)),
-        _row("C11", f"rho {rho:+.2f}, one-sided p {p:.3f} over {n} tasks",
-             bool(n >= min_tasks and rho > 0 and p < ALPHA)),
+        _row("C11", c11, bool(n >= min_tasks and rho > 0 and p < ALPHA)),
     ])
+
+
+RESIDUAL_VARIANTS = ("zero-shot", "fine-tune", "residual-full", "linear-adapter", "residual-fine")
+"""The variants of chapter 05 that C12–C14 compare."""
 
 
 def residual_claims(results: pd.DataFrame) -> pd.DataFrame:
     """C12–C14 from chapter 05's results (``dataset``, ``variant``, ``accuracy``, ``params``).
 
-    Only tasks every variant involved has a result on are compared.
+    Only tasks every variant of :data:`RESIDUAL_VARIANTS` that was run has a result on are
+    compared. A claim whose variants were not run gets a row that does not hold and says so.
     """
-    acc = results.pivot(index="dataset", columns="variant", values="accuracy").dropna()
+    ran = [v for v in RESIDUAL_VARIANTS if v in set(results.variant)]
+    acc = results[results.variant.isin(ran)].pivot(index="dataset", columns="variant",
+                                                   values="accuracy").dropna()
     params = results.groupby("variant").params.first()
     mean = acc.mean()
-    gap = mean["fine-tune"] - mean["zero-shot"]
-    closed = (mean["residual-full"] - mean["zero-shot"]) / gap if gap > 0 else math.nan
-    ratio = params["residual-full"] / params["linear-adapter"]
-    wins = int((acc["residual-fine"] > acc["zero-shot"]).sum())
+
+    def missing(claim_id: str, *needed: str) -> dict[str, object] | None:
+        lacking = [v for v in needed if v not in ran]
+        return (_row(claim_id, f"not measured: variant {', '.join(lacking)} not run", False)
+                if lacking else None)
+
+    def c12() -> dict[str, object]:
+        gap = mean["fine-tune"] - mean["zero-shot"]
+        closed = (mean["residual-full"] - mean["zero-shot"]) / gap if gap > 0 else math.nan
+        return _row("C12", f"mean zero-shot {mean['zero-shot']:.3f}, ResiDual-full "
+                    f"{mean['residual-full']:.3f}, fine-tune {mean['fine-tune']:.3f}: "
+                    + (f"{closed:.0%} of the gap closed" if gap > 0 else "no gap to close"),
+                    bool(gap > 0 and closed >= 0.7))
+
+    def c13() -> dict[str, object]:
+        ratio = params["residual-full"] / params["linear-adapter"]
+        return _row("C13", f"ResiDual-full {mean['residual-full']:.3f} with "
+                    f"{params['residual-full']:,} parameters vs linear adapter "
+                    f"{mean['linear-adapter']:.3f} with {params['linear-adapter']:,} ({ratio:.1%})",
+                    bool(mean["residual-full"] >= mean["linear-adapter"] and ratio <= 0.1))
+
+    def c14() -> dict[str, object]:
+        wins = int((acc["residual-fine"] > acc["zero-shot"]).sum())
+        return _row("C14", f"ResiDual* beats zero-shot on {wins} of {len(acc)} tasks",
+                    bool(len(acc)) and wins >= 0.8 * len(acc))
+
     return _table([
-        _row("C12", f"mean zero-shot {mean['zero-shot']:.3f}, ResiDual-full "
-             f"{mean['residual-full']:.3f}, fine-tune {mean['fine-tune']:.3f}: "
-             + (f"{closed:.0%} of the gap closed" if gap > 0 else "no gap to close"),
-             bool(gap > 0 and closed >= 0.7)),
-        _row("C13", f"ResiDual-full {mean['residual-full']:.3f} with {params['residual-full']:,}"
-             f" parameters vs linear adapter {mean['linear-adapter']:.3f} with "
-             f"{params['linear-adapter']:,} ({ratio:.1%})",
-             bool(mean["residual-full"] >= mean["linear-adapter"] and ratio <= 0.1)),
-        _row("C14", f"ResiDual* beats zero-shot on {wins} of {len(acc)} tasks",
-             bool(len(acc)) and wins >= 0.8 * len(acc)),
+        missing("C12", "zero-shot", "residual-full", "fine-tune") or c12(),
+        missing("C13", "residual-full", "linear-adapter") or c13(),
+        missing("C14", "zero-shot", "residual-fine") or c14(),
     ])
 
 
@@ -315,12 +354,12 @@ def write_claims(table: pd.DataFrame, results_file: str | os.PathLike | None) ->
     """
     if results_file is None:
         return None
-    path = claims_path(results_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    table.loc[:, list(COLUMNS)].to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(claims_path(results_file), table.loc[:, list(COLUMNS)].to_csv(index=False))
+
+
+def read_claims(path: str | os.PathLike) -> pd.DataFrame:
+    """A claims table written by :func:`write_claims`, every cell as text (``"–"`` stays)."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False).loc[:, list(COLUMNS)]
 
 
 def scoreboard_markdown(tables: Mapping[str, pd.DataFrame]) -> str:

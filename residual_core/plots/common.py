@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "claims_view",
     "figure_picker",
     "figure_png",
     "log_norm",
@@ -108,3 +109,16 @@ def styled(table: pd.DataFrame, precision: int = 3, *, hide_index: bool = False,
     style = style.set_table_styles(
         [{"selector": "td, th", "props": "padding: 0.15em 0.6em; text-align: right;"}])
     return style.hide(axis="index") if hide_index else style
+
+
+def claims_view(claims: pd.DataFrame):
+    """A chapter's claims table (:mod:`residual_core.analysis.claims`) as its page shows it.
+
+    One row per claim id: the claim, its criterion, this run's numbers and whether it holds
+    (bold when it does); text left-aligned and never cut.
+    """
+    table = claims.set_index("id")[["claim", "criterion", "measured", "holds"]]
+    style = table.style.set_table_styles(
+        [{"selector": "td, th", "props": "padding: 0.15em 0.6em; text-align: left; "
+                                         "vertical-align: top;"}])
+    return style.map(lambda v: "font-weight: bold" if v == "yes" else "", subset=["holds"])

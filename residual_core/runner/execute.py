@@ -92,14 +92,36 @@ def _partial(path: Path) -> Path:
         f".{path.name}.{socket.gethostname()}.{os.getpid()}.partial{path.suffix}")
 
 
-def _remove_stale_partials(path: Path) -> None:
-    """Remove what killed runs of ``path`` on this host left (their process is gone)."""
+def _remove_stale_partials(path: Path, tail: str | None = None) -> None:
+    """Remove what killed runs of ``path`` on this host left (their process is gone).
+
+    Args:
+        path: The final file.
+        tail: How the partial names end (default ``.partial{suffix}``, as :func:`_partial`;
+            ``.partial.claims.csv`` for the claims beside a partial table).
+    """
     host = socket.gethostname()
-    tail = f".partial{path.suffix}"
+    tail = tail or f".partial{path.suffix}"
     for stale in path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(host)}.*{tail}"):
         pid = stale.name[: -len(tail)].rpartition(".")[2]
         if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
             stale.unlink(missing_ok=True)
+
+
+def _partial_claims(table: Path) -> Path:
+    """Where the kernel's :func:`~residual_core.analysis.claims.write_claims` puts its claims.
+
+    The chapter writes them next to the table it was given, the partial one, so they stay
+    aside with it until the run has succeeded.
+    """
+    return _claims_path(_partial(table))
+
+
+def _claims_path(table: Path) -> Path:
+    # imported here: the runner's command line stays free of pandas until a chapter runs
+    from residual_core.analysis.claims import claims_path
+
+    return claims_path(table)
 
 
 def failed_path(output: Path) -> Path:
@@ -153,7 +175,10 @@ def execute(
     caller sets it, the runner points it to ``{out_dir}/{stem}-{run}.results.csv`` and, after
     the whole notebook succeeded, writes the completion record ``{stem}-{run}.results.json``
     (parameters, row count, sha256 of the table, wall time, host) atomically. A run without a
-    complete record is not finished (see :func:`read_record`).
+    complete record is not finished (see :func:`read_record`). The claims table a chapter
+    writes beside its results (:func:`residual_core.analysis.claims.write_claims`) moves in
+    with the table, as ``{stem}-{run}.claims.csv``; a run that writes none removes an earlier
+    run's.
 
     The notebook and the table are written under hidden per-process names (:func:`_partial`)
     and moved over the earlier run's files only once the whole notebook succeeded, the record
@@ -207,7 +232,9 @@ def execute(
             writable_dir(table.parent, f"the folder of {RESULTS_PARAMETER}")
         full = {**full, RESULTS_PARAMETER: _kernel_path(table)}
         _remove_stale_partials(table)
+        _remove_stale_partials(table, ".partial.claims.csv")  # see _partial_claims
         _partial(table).unlink(missing_ok=True)
+        _partial_claims(table).unlink(missing_ok=True)
         # the kernel writes this run's table aside; the earlier complete one stays in place
         overrides[RESULTS_PARAMETER] = _kernel_path(_partial(table))
     _remove_stale_partials(output)
@@ -256,6 +283,7 @@ def execute(
         staged.unlink(missing_ok=True)
         if has_results:
             _partial(table).unlink(missing_ok=True)
+            _partial_claims(table).unlink(missing_ok=True)
         raise
     seconds = time.perf_counter() - started
     result = ChapterRun(source, run, overrides, output, seconds)
@@ -270,6 +298,11 @@ def execute(
         # record's sha256 no longer matches the table, so the run reads as unfinished, never
         # as a mix of two runs
         _show_final_path(staged, output, overrides[RESULTS_PARAMETER], full[RESULTS_PARAMETER])
+        # the claims belong to this run: moved in with its table, or an earlier run's removed
+        if _partial_claims(table).is_file():
+            os.replace(_partial_claims(table), _claims_path(table))
+        else:
+            _claims_path(table).unlink(missing_ok=True)
         os.replace(_partial(table), table)
         os.replace(staged, output)
         write_record(result, full, table, record)
@@ -306,6 +339,7 @@ def _keep_failed(staged: Path, output: Path, table: Path | None) -> Path:
     """Keep a failed run's notebook as ``.failed.ipynb``; drop its partial table."""
     if table is not None:
         _partial(table).unlink(missing_ok=True)
+        _partial_claims(table).unlink(missing_ok=True)
     failed = failed_path(output)
     if staged.is_file():
         os.replace(staged, failed)
