@@ -17,6 +17,7 @@ from residual_core.analysis.exemplars import (
     pc_extremes,
     prediction_flips,
     spread_sample,
+    task_flips,
     unit_extremes,
 )
 from residual_core.core.residual import ZeroShot
@@ -116,6 +117,19 @@ def test_prediction_flips_against_zero_shot():
     assert (flips.first_wrong, flips.second_wrong) == ([0], [1])
     batched = prediction_flips(DropHead(clf), units.split(3), targets)  # batches: same result
     assert batched.second.tolist() == flips.second.tolist()
+
+    class Encodings:  # the part of TaskEncodings that task_flips reads
+        def dataset(self, task, split):
+            return f"{task}/{split}"
+
+        def units(self, task, split):
+            return units
+
+        def targets(self, task, split):
+            return targets
+
+    per_task = task_flips({"toy": DropHead(clf)}, Encodings())
+    assert per_task["toy"][0] == "toy/test" and per_task["toy"][1].first_wrong == [0]
     images = np.zeros((4, 8, 8, 3), dtype=np.uint8)
     fig = plot_prediction_flips(images, ["a", "b"], flips, title="toy")
     assert sum(bool(ax.images) for ax in fig.axes) == 2

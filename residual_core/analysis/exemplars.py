@@ -7,12 +7,13 @@
 - :func:`spread_sample`: a few images per class, for a grid that shows every class.
 - :func:`unit_extremes`: :func:`pc_extremes` of several units of a PCA at once.
 - :func:`captions_of`: the text to print under an image (its caption, else its class).
-- :func:`prediction_flips`: where zero-shot and a trained variant disagree on being right.
+- :func:`prediction_flips`: where zero-shot and a trained variant disagree on being right;
+  :func:`task_flips` for every task's test split.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,7 @@ from residual_core.core.spectral import PCAResult
 from residual_core.core.units import Units
 
 __all__ = ["PCExtremes", "PredictionFlips", "captions_of", "disagreements", "pc_extremes",
-           "prediction_flips", "spread_sample", "unit_extremes"]
+           "prediction_flips", "spread_sample", "task_flips", "unit_extremes"]
 
 
 @dataclass
@@ -215,3 +216,30 @@ def prediction_flips(
     first, second, targets = torch.cat(zero_shot), torch.cat(adapted), targets.cpu()
     return PredictionFlips(targets, first, second,
                            *disagreements(first, second, targets, n_images, seed))
+
+
+def task_flips(
+    trained: Mapping[str, Variant], enc, n_images: int = 4, seed: int = 0,
+    stream_units: bool = False, split: str = "test",
+) -> dict[str, tuple[object, PredictionFlips]]:
+    """:func:`prediction_flips` of each task's trained variant on the task's ``split``.
+
+    Args:
+        trained: Task → its trained variant (e.g. ``ExperimentResults.trained(name)``).
+        enc: A :class:`~residual_core.data.encodings.TaskEncodings` holding the split.
+        n_images: At most this many images of each kind.
+        seed: Seed of the draw among more.
+        stream_units: Read the units from the encoding store chunk by chunk (paper scale)
+            instead of holding the whole split in memory.
+        split: The split compared.
+
+    Returns:
+        Task → (its dataset of that split, for the images and class names; the flips).
+    """
+    out = {}
+    for task, variant in trained.items():
+        units = (enc.store(task, split).iter_units() if stream_units
+                 else enc.units(task, split))
+        out[task] = (enc.dataset(task, split),
+                     prediction_flips(variant, units, enc.targets(task, split), n_images, seed))
+    return out
