@@ -394,8 +394,9 @@ print("\n".join(ex.paper_comparison(table, res.layout, finetune_epochs=finetune_
 # images that change class?
 #
 # :::{dropdown} Solution
-# Nothing is retrained (the results are cached); only what is shown changes. ResiDual* trains
-# the heads alone, so the λ grids have no MLP values, and on the smoke preset its most changed
-# layer is the last one (L3), where ResiDual's was the first (L0). The images of "Which images
-# change?" are now those where ResiDual* and zero-shot disagree.
+# The trained variants are the same (a rerun reads them from the results log); only what is
+# shown changes. ResiDual* trains the heads alone, so the λ grids have no MLP values, and on
+# the smoke preset its most changed layer is the last one (L3), where ResiDual's was the first
+# (L0). The images of "Which images change?" are now those where ResiDual* and zero-shot
+# disagree.
 # :::
