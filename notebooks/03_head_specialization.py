@@ -272,3 +272,14 @@ display(figure_picker(cards, "Head", default=heads[-1]))
 # "a plain blue square", 30.0% → 31.9%). With `rank = 80` directions kept, the mean offset
 # of these heads does not change which texts explain their variance.
 # :::
+#
+# **2.** Set `rank = 4`: TextSpan sees each head only through its four leading singular
+# directions. What happens to the "explained" column and to the texts?
+#
+# :::{dropdown} Solution
+# "Explained" jumps (smoke preset: L2H0 53% → 84%, L3H1 → 93%), because it is now measured
+# inside a four-dimensional projection that three texts nearly span. The first texts stay the
+# same, the later ones change (L2H2's second text becomes "a square on a navy background"),
+# and the text view agrees with the probe view on fewer heads (11 → 8 of 16). A high
+# explained share is only as good as the span it is measured in.
+# :::
