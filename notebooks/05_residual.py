@@ -217,7 +217,7 @@ pr.plot_gains(gains)
 plt.show()
 
 # %% [markdown]
-# *Bars above zero are tasks a variant improves over zero-shot; look for the tasks where
+# *Bars right of zero are tasks a variant improves over zero-shot; look for the tasks where
 # ResiDual gains and the linear adapter does not, and the reverse.*
 #
 # ### Which images change?

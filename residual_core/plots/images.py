@@ -142,8 +142,9 @@ def plot_pc_extremes(
                           for i, t in enumerate(texts))
         ax.text(0.02, 0.95, f"TextSpan\n{lines}", va="top", ha="left", fontsize=7.5,
                 transform=ax.transAxes)
+    # in a subfigure, the (constrained) layout places the title above the images itself
     fig.suptitle(f"{unit}: images at both ends of its first principal components",
-                 fontsize=9, y=1.02 if isinstance(fig, Figure) else 0.99)
+                 fontsize=9, **({"y": 1.02} if isinstance(fig, Figure) else {}))
     return fig
 
 
