@@ -47,7 +47,7 @@
 # The cell below holds the chapter's parameters; the runner can override them, e.g.
 # `python -m residual_core.runner run 00_units --param n_images=64 --param device=cuda`.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 model = "tutorial"  # a key of residual_core.models.list_models(), e.g. "openclip_b"
 images_from = "world.reference"  # a dataset of residual_core.data.registry, or "noise"
 n_images = 8
@@ -68,7 +68,10 @@ from IPython.display import display
 import residual_core as rc
 from residual_core.analysis.conventions import compare_centerings
 from residual_core.analysis.decomposition import relative_error, unit_norm_table
+from residual_core.analysis.exemplars import captions_of
+from residual_core.data.world import DISTRIBUTIONS
 from residual_core.plots.common import figure_picker
+from residual_core.plots.images import plot_image_grid
 from residual_core.plots.units import norm_grid, plot_layer_head_heatmap, plot_layer_units
 from residual_core.runner.records import write_results
 
@@ -94,6 +97,40 @@ display(pd.DataFrame([vars(layout) | {"units": layout.n_units}], index=[model]))
 # %% [markdown]
 # `check_supported` reads the sizes from the model object and refuses variants where the
 # decomposition would not be exact (attention pooling, register tokens, ...).
+#
+# ## What the images look like
+#
+# Sixteen test images of `images_from`, each with a caption drawn the way the training
+# captions were: a caption mentions a random subset of the attributes, the frequently captioned
+# ones (shape, colour) more often than the rare ones (position, star count). For a dataset
+# without captions, the class name is shown instead.
+
+# %% tags=["hide-input"]
+if images_from != "noise":
+    samples = rc.load_dataset(images_from, "test", size=16)
+    picked = list(range(len(samples)))
+    plot_image_grid([samples.image(i) for i in picked], captions_of(samples, picked, seed),
+                    ncols=8, size=1.4)
+    plt.show()
+
+# %% [markdown]
+# *The object, its background and the row of stars vary independently; a caption names only
+# some of them.*
+#
+# The later chapters also use shifted versions of this world, which the model never saw in
+# training: the same kind of scene with heavy pixel noise, another colour palette, a cluttered
+# background, as an outline sketch, and uniform noise images (the control).
+
+# %% tags=["hide-input"]
+if images_from.startswith("world"):
+    shifted = {d: rc.load_dataset(f"{d}.shape", "test", size=1) for d in DISTRIBUTIONS}
+    plot_image_grid([d.image(0) for d in shifted.values()], list(shifted), ncols=len(shifted),
+                    size=1.6)
+    plt.show()
+
+# %% [markdown]
+# *One image of each distribution: the shift changes how a scene looks, not what is in it
+# (except `world_random`, which has no scene at all).*
 #
 # ## Decomposing a batch
 #
@@ -145,9 +182,15 @@ assert error < 1e-5, f"decomposition is not exact: relative error {error:.2e}"
 # %%
 table = unit_norm_table(dec)
 write_results(table, results_file, model=loaded.name, max_rel_error=error)
+
+# %% tags=["hide-input"]
 embed_norm = table.loc[table.kind == "embed", "norm"].mean()
 plot_layer_head_heatmap(norm_grid(table), embed_norm)
 plt.show()
+
+# %% [markdown]
+# *Brighter cells write larger vectors into the embedding; compare the heads of the last layer
+# with those of the first, and each layer's MLP (last column) with its heads.*
 
 # %% [markdown]
 # ## One layer at a time
@@ -156,7 +199,7 @@ plt.show()
 # its MLP for every image (the figures are precomputed, so the choice works on the static page
 # too; the logarithmic colour scale is shared across layers).
 
-# %%
+# %% tags=["hide-input"]
 norms = table.loc[table.kind != "embed", "norm"]
 limits = dict(vmin=norms.min(), vmax=norms.max())
 figures = {
@@ -164,6 +207,10 @@ figures = {
     for layer in range(layout.n_layers)
 }
 display(figure_picker(figures, "Layer", default=f"layer {layout.n_layers - 1}"))
+
+# %% [markdown]
+# *Each row is an image: a unit whose colour changes along its column writes a different
+# amount for different images.*
 
 # %% [markdown]
 # ## Two exact ways to split the LayerNorm's mean
@@ -217,3 +264,38 @@ if compare_images:
 #   embedding, exactly.
 # - Sizes alone do not say what a unit carries; the later chapters ask that with PCA, text
 #   and probes.
+
+# %% [markdown]
+# ## Exercises
+#
+# Each changes one parameter or one line; on the smoke preset a run takes well under a minute,
+# e.g. `python -m residual_core.runner run 00_units --preset smoke --param centering=per-unit`.
+#
+# **1.** Set `centering = "per-unit"`. Does the reconstruction check still pass?
+#
+# :::{dropdown} Solution
+# Yes, with the same maximum relative error (3.4e-07 on the smoke preset, float32 rounding):
+# the two centrings share the LayerNorm's constants out differently between the units, but
+# their sum is the same embedding. Single units change, which is what the last section's
+# tables measure.
+# :::
+#
+# **2.** Set `images_from = "noise"`: uniform noise instead of world images. Is the
+# decomposition still exact, and do the unit norms change?
+#
+# :::{dropdown} Solution
+# Still exact (3.9e-07 on the smoke preset): the decomposition is algebra on the model's own
+# operations and holds for any input. The norms change: on the smoke preset the mean head norm
+# goes from 2.0 to 2.2 and the embedding unit's from 5.4 to 7.7 (for the CLS token it is one
+# fixed vector: only the final LayerNorm's per-image scale and its share of the stream mean
+# move it).
+# :::
+#
+# **3.** In the reconstruction cell, replace `dec.total()` by
+# `dec.total() - dec[f"L{last}H0"]`, i.e. leave out one head of the last layer. What happens?
+#
+# :::{dropdown} Solution
+# The check fails: the relative error jumps from about 1e-7 to 0.17 (tutorial and smoke
+# presets), so that single head carries a sizeable part of the embedding. Leaving out the
+# embedding unit instead gives 0.37, the last MLP 0.44.
+# :::

@@ -40,7 +40,7 @@
 # The cell below holds the chapter's parameters; the runner can override them, e.g.
 # `python -m residual_core.runner run 01_intrinsic_dimension --param model=openclip_b`.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 model = "tutorial"  # a key of residual_core.models.list_models()
 reference = "world.reference"  # the dataset whose images define each unit's geometry
 split = "train"
@@ -64,7 +64,7 @@ import residual_core as rc
 from residual_core.analysis import claims as ca
 from residual_core.analysis import geometry as geo
 from residual_core.plots import geometry as pg
-from residual_core.plots.common import claims_view, figure_picker
+from residual_core.plots.common import claims_view, figure_picker, styled
 from residual_core.runner.records import write_results
 
 _ = torch.manual_seed(seed)
@@ -106,8 +106,15 @@ table, fits = geo.intrinsic_dimension_table(store, pca, threshold=linear_thresho
 n_used = {fit.n_points for fit in fits.values()}
 print(f"TwoNN used {min(n_used)}–{max(n_used)} points per unit; "
       f"{table.twonn_duplicates.max()} duplicate rows removed at most")
-display(table.set_index("unit").drop(columns=["kind"]))
 write_results(table, results_file, model=loaded.name, reference=reference)
+
+# %% [markdown]
+# The full table, one row per unit (collapsed: click to show); the figures below show the
+# same numbers per layer and head.
+
+# %% tags=["hide-output"]
+display(styled(table.set_index("unit").drop(columns=["kind"]), precision=3,
+               integers=("layer", "head", "linear_id", "twonn_duplicates", "rank_bound")))
 
 # %% [markdown]
 # How much of this is estimator noise? TwoNN again on two random halves of the images (other
@@ -125,7 +132,7 @@ print(f"{spread.name}: relative difference median {spread.median():.1%}, max {sp
 # unit in the title. Choose the metric with the dropdown (the figures are precomputed, so the
 # choice also works on the static page).
 
-# %%
+# %% tags=["hide-input"]
 metrics = {
     "linear ID (PCA-99)": ("linear_id", ".0f", "viridis"),
     "EVR of PC1": ("evr_pc1", ".2f", "magma"),
@@ -142,16 +149,24 @@ grid_figures = {
 display(figure_picker(grid_figures, "Metric", default="linear ID (PCA-99)"))
 
 # %% [markdown]
+# *Compare the cells with $d_\text{out}$ and with `rank_bound`: how few dimensions each head
+# uses, and whether later layers differ from earlier ones.*
+
+# %% [markdown]
 # ## Depth profiles
 #
 # The same metrics summarised per layer over its heads (mean ± standard deviation, and the
 # range), with the MLP of each layer for comparison. The paper's claims are about these curves:
 # the TwoNN panel should rise then fall (the hunchback) and the ratio panel should rise.
 
-# %%
+# %% tags=["hide-input"]
 profiles = {name: geo.depth_profile(table, column) for name, (column, *_) in metrics.items()}
 pg.plot_depth_profiles(profiles)
 plt.show()
+
+# %% [markdown]
+# *The shapes the paper predicts: a TwoNN curve that rises then falls, a ratio curve that
+# rises.*
 
 # %% [markdown]
 # ## One layer at a time
@@ -161,12 +176,16 @@ plt.show()
 # fit, whose slope is the nonlinear ID. A TwoNN curve that is not a straight line through the
 # origin means the estimate depends on the scale (e.g. noise at small distances).
 
-# %%
+# %% tags=["hide-input"]
 layer_figures = {
     f"layer {layer}": pg.plot_layer_spectra(pca, fits, layer, linear_threshold)
     for layer in range(layout.n_layers)
 }
 display(figure_picker(layer_figures, "Layer", default=f"layer {layout.n_layers - 1}"))
+
+# %% [markdown]
+# *Where a spectrum (left) crosses the grey line is the unit's linear ID; a TwoNN fit (right)
+# that bends away from its straight line is a less reliable estimate.*
 
 # %% [markdown]
 # ## What holds here
@@ -190,7 +209,7 @@ display(figure_picker(layer_figures, "Layer", default=f"layer {layout.n_layers -
 
 # %%
 claims = ca.id_claims(table, layout.d_head, seed=seed)
-display(geo.id_ranges(table))
+display(styled(geo.id_ranges(table), precision=2))
 ca.write_claims(claims, results_file)
 display(claims_view(claims))
 
@@ -223,3 +242,29 @@ display(claims_view(claims))
 #   reproduces, under criteria fixed in code.
 # - The next chapter asks whether the principal subspaces found here are a property of the
 #   unit or of the data: it compares them across distributions.
+
+# %% [markdown]
+# ## Exercises
+#
+# Each changes one parameter; on the smoke preset a run takes about a minute, e.g.
+# `python -m residual_core.runner run 01_intrinsic_dimension --preset smoke --param linear_threshold=0.9`.
+#
+# **1.** Set `linear_threshold = 0.9` (the paper uses 0.99). What happens to the linear IDs,
+# and to the ratio linear / TwoNN?
+#
+# :::{dropdown} Solution
+# Every linear ID falls or stays (fewer components reach 90% than 99%): on the smoke preset
+# the heads' median drops from 6.5 to 3 and their maximum from 11 to 5. TwoNN does not depend
+# on the threshold, so the median ratio falls with it, from 1.44 to 0.74, below 1. "How far
+# from flat" is only meaningful for a fixed threshold.
+# :::
+#
+# **2.** Set `centering = "per-unit"`. Which column must change, and do the IDs move?
+#
+# :::{dropdown} Solution
+# `rank_bound` drops by one for every head (34 → 33 on the tutorial model): with per-unit
+# centring a head no longer carries a share of the stream mean along $\gamma P$. The IDs
+# barely move: on the smoke preset the median linear ID of the heads stays 6.5 (two of the 21
+# units lose one dimension) and their median TwoNN ID goes from 4.33 to 4.31. The heads' low
+# dimension is not an artefact of the convention.
+# :::

@@ -55,7 +55,7 @@
 #
 # Every number in the text is printed by the cell above it, for this run.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 model = "tutorial"  # a key of residual_core.models.list_models()
 tasks = [  # downstream tasks: shifted distributions the tiny CLIP never saw in training
     "world_palette.color", "world_palette.texture", "world_palette.count",
@@ -83,6 +83,7 @@ probe_headroom = True  # ridge probes on the embedding (needs every unit of trai
 num_workers = 0
 lambda_variant = "residual-full"  # whose λ the heatmaps show
 n_lambda_units = 6  # most changed units shown per PC
+n_flips = 6  # images per kind where zero-shot and lambda_variant disagree
 dictionary = "tutorial"  # texts the λ-changed PCs are matched with
 default_task = "world_clutter.color"
 results_dir = None  # None: <cache>/residual; finished (task, variant) pairs are skipped
@@ -104,9 +105,11 @@ from IPython.display import display
 import residual_core as rc
 from residual_core.analysis import claims as ca
 from residual_core.analysis import experiments as ex
+from residual_core.analysis.exemplars import task_flips
 from residual_core.core.io import cache_root
 from residual_core.plots import residual as pr
 from residual_core.plots.common import claims_view, figure_picker, styled, task_label
+from residual_core.plots.images import plot_prediction_flips
 from residual_core.runner.records import write_results
 
 _ = torch.manual_seed(seed)
@@ -161,10 +164,11 @@ write_results(table.drop(columns="history"), results_file, weights=weights)
 # %% [markdown]
 # ## Accuracy and trainable parameters
 #
-# The full results: test accuracy of the best-on-validation checkpoint, validation accuracy,
-# trainable parameters, epochs run (and the best one) and wall time.
+# The full results (collapsed: click to show): test accuracy of the best-on-validation
+# checkpoint, validation accuracy, trainable parameters, epochs run (and the best one) and wall
+# time. The summaries below are what to read first.
 
-# %%
+# %% tags=["hide-output"]
 print(ex.results_view(table, task_label).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
 
 # %% [markdown]
@@ -177,9 +181,13 @@ display(styled(summary, integers=("params",)))
 accuracy = table.pivot(index="dataset", columns="variant", values="accuracy").loc[tasks, variants]
 display(accuracy.style.format(precision=3).background_gradient(axis=1, cmap="Greens"))
 
-# %%
+# %% tags=["hide-input"]
 pr.plot_accuracy_vs_params(table)
 plt.show()
+
+# %% [markdown]
+# *Up and to the left is better: the ResiDual variants train few parameters; compare their
+# height with the adapters' and fine-tuning's.*
 
 # %% [markdown]
 # ### The book's ResiDual settings and the authors'
@@ -203,9 +211,36 @@ if authors_settings:
 # %%
 gains = ex.gain_table(table)
 display(gains.style.format("{:+.3f}").background_gradient(cmap="RdBu", vmin=-0.3, vmax=0.3))
+display(styled(ex.gain_summary(gains)).format({"mean_gain": "{:+.3f}"}))
+
+# %% tags=["hide-input"]
 pr.plot_gains(gains)
 plt.show()
-display(ex.gain_summary(gains).style.format({"mean_gain": "{:+.3f}"}))
+
+# %% [markdown]
+# *Bars right of zero are tasks a variant improves over zero-shot; look for the tasks where
+# ResiDual gains and the linear adapter does not, and the reverse.*
+#
+# ### Which images change?
+#
+# Per task, test images that zero-shot gets wrong and `lambda_variant` gets right (top row),
+# and the reverse (bottom row), each with its true class and both predictions. Both read the
+# same frozen classifier: only the reweighting of the units differs.
+
+# %% tags=["hide-input"]
+trained = res.trained(lambda_variant)
+flip_figures = {
+    task: plot_prediction_flips(data.images, data.classnames, flips,
+                                ("zero-shot", lambda_variant), task_label(task))
+    for task, (data, flips) in task_flips(trained, enc, n_flips, seed, stream_units).items()
+}
+if flip_figures:
+    display(figure_picker(flip_figures, "Task", default=default_task
+                          if default_task in flip_figures else None))
+
+# %% [markdown]
+# *The top row is what the reweighting gained over zero-shot, the bottom row what it lost; look
+# for what each row's images have in common.*
 
 # %% [markdown]
 # ### How much room was there?
@@ -220,7 +255,7 @@ display(ex.gain_summary(gains).style.format({"mean_gain": "{:+.3f}"}))
 if probe_headroom:
     room = ex.headroom_table(table, enc.probes(tasks).loc["embedding"],
                              [v for v in variants if v != "zero-shot"])
-    display(room.style.format(precision=2, na_rep="–"))
+    display(styled(room).format(precision=2, na_rep="–"))
     print(ex.headroom_summary(room).to_string(float_format=lambda x: f"{x:.3f}"))
 
 # %% [markdown]
@@ -231,8 +266,7 @@ if probe_headroom:
 # changes, whatever the task. Per task, the cards further down show the same grid and the λ
 # of every PC of the most changed units.
 
-# %%
-trained = res.trained(lambda_variant)
+# %% tags=["hide-input"]
 overview = ex.lambda_overview(trained, res.layout)
 if overview is not None:
     pr.plot_lambda_grid(overview.mean_grid,
@@ -241,15 +275,21 @@ if overview is not None:
     print(overview.describe())
 
 # %% [markdown]
+# *Bright cells are the units ResiDual reweights most, across tasks.*
+
+# %% [markdown]
 # λ of every PC of the most changed units, for the default task (red amplified, blue suppressed;
 # PC 0 carries the most reference variance). The cards below show it for every task.
 
-# %%
+# %% tags=["hide-input"]
 shown = default_task if default_task in trained else next(iter(trained), None)
 if shown is not None:
     pr.plot_top_lambdas(trained[shown], n_lambda_units,
                         title=f"{shown}, {lambda_variant}: λ per PC of the most changed units")
     plt.show()
+
+# %% [markdown]
+# *Red PCs are amplified, blue ones suppressed; PC 0 carries the most reference variance.*
 
 # %% [markdown]
 # ### Amplified and suppressed directions
@@ -264,7 +304,7 @@ if shown is not None:
 # arbitrary). Suppressing a high-variance PC that the task does not need removes noise from the
 # classifier's view; amplifying a weaker one makes its signal count.
 
-# %%
+# %% tags=["hide-output"]
 pcs = ex.pc_text_table(trained, res.pca, rc.load_dictionary(dictionary).embed(loaded), units=3,
                        top=1)
 if len(pcs):
@@ -272,6 +312,12 @@ if len(pcs):
         print(pcs[["task", "unit", "pc", "effect", "lambda", "evr", "cosine", "text"]]
               .assign(task=pcs.task.map(task_label), effect=pcs.effect.str[:4])
               .to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+
+# %% [markdown]
+# The table is collapsed above (click to show); its summary:
+
+# %%
+if len(pcs):
     display(ex.pc_text_findings(pcs))
 
 # %% [markdown]
@@ -282,10 +328,14 @@ if len(pcs):
 # the `n_lambda_units` most changed units; red amplified, blue suppressed, the first PCs carry
 # the most reference variance).
 
-# %%
+# %% tags=["hide-input"]
 cards = pr.task_cards(table, trained, overview.grids if overview else {},
                       n_units=n_lambda_units, lambda_variant=lambda_variant)
 display(figure_picker(cards, "Task", default=default_task if default_task in cards else None))
+
+# %% [markdown]
+# *Per task: where each variant lands, how fast validation accuracy rises, and which units the
+# λ change.*
 
 # %% [markdown]
 # ## Compared with the paper
@@ -356,3 +406,31 @@ display(claims_view(claims))
 # leaves no headroom (the headroom table above, when `probe_headroom` is on, says where), and on a run with few tasks one
 # task moves it by a large step. A variant left out of `variants` leaves its claims unmeasured;
 # their rows say which variant is missing.
+
+# %% [markdown]
+# ## Exercises
+#
+# Each changes one parameter; on the smoke preset (two tasks, at most two epochs) a run takes
+# about a minute, e.g.
+# `python -m residual_core.runner run 05_residual --preset smoke --param evr=0.5`.
+#
+# **1.** Set `evr = 0.5`: ResiDual* keeps each head's PCs only up to half of its variance.
+# What happens to its parameters and its accuracy?
+#
+# :::{dropdown} Solution
+# Fewer parameters and less accuracy: on the smoke preset ResiDual* trains 22 λ instead of 51,
+# and its test accuracy falls from 0.36 to 0.27 on `clutter.color` and from 0.25 to 0.18 on
+# `sketch.shape`. The other variants do not depend on `evr` and stay where they were. The
+# directions beyond the first half of the variance still carry what the tasks need.
+# :::
+#
+# **2.** Set `lambda_variant = "residual-fine"`. What changes in the λ figures and in the
+# images that change class?
+#
+# :::{dropdown} Solution
+# The trained variants are the same (a rerun reads them from the results log); only what is
+# shown changes. ResiDual* trains the heads alone, so the λ grids have no MLP values, and on
+# the smoke preset its most changed layer is the last one (L3), where ResiDual's was the first
+# (L0). The images of "Which images change?" are now those where ResiDual* and zero-shot
+# disagree.
+# :::

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from residual_core.runner import bookcheck
+from residual_core.runner import bookcheck, build
 
 PNG = base64.b64decode(  # a 1×1 PNG
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
@@ -86,3 +86,16 @@ def test_cli_exit_codes(tmp_path, capsys):
     (tmp_path / "p.html").write_text(page("<img src='gone.png'>"))
     assert bookcheck.main([str(tmp_path)]) == 1
     assert "p.html: image" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_smoke_book_has_no_problems(tmp_path, monkeypatch):
+    """Every chapter on the smoke preset, built into a separate book: a reader hits nothing."""
+    monkeypatch.setenv("RESIDUAL_CACHE", str(tmp_path / "cache"))
+    index = build.book("smoke", out=tmp_path / "book")
+    assert index == tmp_path / "book" / "_build" / "html" / "index.html"
+    pages = sorted((index.parent / "book" / "chapters").glob("*.html"))
+    assert len(pages) == len(build.runs_for("smoke")), pages
+    shots = os.environ.get("RESIDUAL_BOOK_SHOTS")  # keep full-page screenshots for a look
+    problems = bookcheck.check_book(index.parent, screenshots=shots)
+    assert problems == [], "\n".join(f"{p.page}: {p.kind}: {p.detail}" for p in problems)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from residual_core.analysis.alignment import analyze_task, task_table
+from residual_core.analysis.exemplars import pc_extremes
 from residual_core.core.textspan import TextExplanation
 from residual_core.core.units import UnitLayout, Units
 from residual_core.core.zeroshot import ZeroShotClassifier
@@ -69,6 +70,10 @@ def test_explained_variance_and_head_card():
                              {"color": 0.2, "count": 0.25}, somp=expl("h0"))
     assert len(card.axes) == 2
     assert len(ph.plot_head_card("h0", expl("h0")).axes) == 1  # no ground truth: one panel
+    images = np.zeros((6, 4, 4, 3), dtype=np.uint8)
+    ext = pc_extremes(torch.randn(6, 3), torch.eye(3)[:2], torch.zeros(3), torch.ones(2), 2, 2)
+    card = ph.plot_head_card("h0", expl("h0"), images=images, extremes=ext)
+    assert sum(bool(ax.images) for ax in card.axes) == 8  # 2 PCs × (2 highest + 2 lowest)
 
 
 def test_task_level_plots(result):

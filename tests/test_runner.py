@@ -7,6 +7,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from residual_core.runner import build, chapters, cli, execute, presets, records
@@ -97,6 +98,10 @@ def test_execute_injects_overrides(tiny: Path, tmp_path: Path):
     assert result.output == tmp_path / "out" / "01_tiny-check.ipynb"
     assert "result=42 label=set" in cell_text(result.output)
     assert result.seconds > 0
+    # the injected cell renders collapsed in the book, like the chapter's own parameters cell
+    injected = [c for c in nbformat.read(result.output, as_version=4).cells
+                if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "hide-input" in injected[0].metadata.tags
 
 
 def test_unknown_parameter_is_rejected_listing_valid_ones(tiny: Path, capsys):

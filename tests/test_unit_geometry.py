@@ -15,14 +15,12 @@ from residual_core.analysis.geometry import (
     depth_profile,
     distinct_pairs,
     head_medians,
-    id_findings,
     id_ranges,
     intrinsic_dimension_table,
     principal_bases,
     random_subspace_similarity,
     similarity_summary,
     similarity_table,
-    stability_findings,
     subspace_similarity,
     twonn_fit,
     twonn_halves,
@@ -172,23 +170,6 @@ def id_table(ratio: dict[int, float], twonn: dict[int, float], jitter: float = 0
                                        "ratio"])
 
 
-def test_id_findings_clear_trends_hold():
-    table = id_table(ratio={0: 1.0, 1: 1.5, 2: 2.0, 3: 3.0}, twonn={0: 5, 1: 9, 2: 8, 3: 4})
-    found = id_findings(table, d_out=128).set_index("claim").holds
-    assert found.all(), found
-
-
-def test_id_findings_noise_and_end_peaks_do_not_hold():
-    flat = id_table(ratio={0: 1.0, 1: 1.0, 2: 1.0, 3: 1.01}, twonn={0: 5, 1: 5.02, 2: 5, 3: 5},
-                    jitter=0.5)
-    found = id_findings(flat, d_out=128).holds.tolist()
-    assert found[:2] == [True, True] and found[2:] == [False, False]
-    end_peak = id_table(ratio={0: 1.0, 1: 2.0, 2: 3.0}, twonn={0: 5, 1: 6, 2: 9})
-    assert not id_findings(end_peak, d_out=128).holds.iloc[3]
-    high = id_table(ratio={0: 1, 1: 2}, twonn={0: 60, 1: 70}).assign(linear_id=100)
-    assert id_findings(high, d_out=128).holds.iloc[:2].tolist() == [False, False]
-
-
 def pca_of(data: torch.Tensor):
     """Labelled PCA of ``(n, unit, d)`` data: its units are the first heads of a 2-head model."""
     layout = UnitLayout(n_layers=(data.shape[1] + 1) // 2, n_heads=2, d_model=data.shape[-1],
@@ -249,17 +230,6 @@ def long_similarity(medians: dict[str, float]) -> pd.DataFrame:
             for layer in range(3)]
     rows += [(name, "mlp", 0, 0.0) for name in medians]  # MLPs are not part of the claims
     return pd.DataFrame(rows, columns=["dataset", "kind", "layer", "similarity"])
-
-
-def test_stability_findings():
-    chance = pd.Series([0.1, 0.15])
-    good = stability_findings(long_similarity({"a": 0.9, "b": 0.7, "rnd": 0.3}), chance, "rnd")
-    assert good.holds.tolist() == [True, True]
-    assert "rnd 0.31" in good.measured.iloc[1]
-    bad = stability_findings(long_similarity({"a": 0.9, "b": 0.05, "rnd": 0.5}), chance, "rnd")
-    assert bad.holds.tolist() == [False, False]
-    no_control = stability_findings(long_similarity({"a": 0.9}), chance, "rnd")
-    assert len(no_control) == 1 and no_control.holds.all()
 
 
 def test_similarity_table_summary_and_chance():

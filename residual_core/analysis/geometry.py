@@ -30,14 +30,12 @@ __all__ = [
     "depth_profile",
     "distinct_pairs",
     "head_medians",
-    "id_findings",
     "id_ranges",
     "intrinsic_dimension_table",
     "principal_bases",
     "random_subspace_similarity",
     "similarity_summary",
     "similarity_table",
-    "stability_findings",
     "subspace_similarity",
     "twonn_fit",
     "twonn_halves",
@@ -173,72 +171,6 @@ def depth_profile(table: pd.DataFrame, column: str) -> pd.DataFrame:
     return profile
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-    rx, ry = pd.Series(x).rank().to_numpy(), pd.Series(y).rank().to_numpy()
-    if rx.std() == 0 or ry.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
-def _clear_gap(profile: pd.DataFrame, hi: int, lo: int, counts: pd.Series) -> tuple[float, bool]:
-    """Difference of two layers' head means, and whether it exceeds twice its standard error."""
-    se = np.sqrt(sum(profile.loc[i, "std"] ** 2 / counts[i] for i in (hi, lo)))
-    gap = float(profile.loc[hi, "mean"] - profile.loc[lo, "mean"])
-    return gap, bool(gap > 2 * se)
-
-
-def id_findings(table: pd.DataFrame, d_out: int) -> pd.DataFrame:
-    """The paper's §3.1 claims checked on an :func:`intrinsic_dimension_table` (heads only).
-
-    - *low ID*: the median head's linear ID is below half of ``d_out`` and its TwoNN ID below a
-      quarter;
-    - *ratio grows with depth*: the Spearman correlation of layer and linear/TwoNN ratio over
-      heads is positive and the last layer's mean ratio exceeds the first's by more than twice
-      the standard error of that difference (head spread / √heads);
-    - *hunchback*: the per-layer mean TwoNN ID peaks at an inner layer and exceeds both end
-      layers by more than twice the standard error of each difference.
-
-    Args:
-        table: Output of :func:`intrinsic_dimension_table`.
-        d_out: Width of the units' space.
-
-    Returns:
-        One row per claim: ``claim``, ``measured`` (the numbers, as text) and ``holds`` (bool).
-    """
-    heads = table[table.kind == "head"]
-    counts = heads.groupby("layer").size()
-    lin, nonlin = heads.linear_id.median(), heads.twonn.median()
-    ratio = depth_profile(table, "ratio")
-    first, last = int(ratio.index.min()), int(ratio.index.max())
-    rho = _spearman(heads.layer.to_numpy(), heads.ratio.to_numpy())
-    rise, rise_clear = _clear_gap(ratio, last, first, counts)
-    twonn = depth_profile(table, "twonn")
-    peak = int(twonn["mean"].idxmax())
-    inner = peak not in (first, last)
-    gaps = [_clear_gap(twonn, peak, end, counts) for end in (first, last)] if inner else []
-    rows = [
-        ("heads have a low linear ID relative to d_out",
-         f"median linear ID {lin:.0f} of d_out {d_out} ({lin / d_out:.0%})",
-         bool(lin / d_out < 0.5)),
-        ("heads have a low nonlinear (TwoNN) ID relative to d_out",
-         f"median TwoNN ID {nonlin:.1f} ({nonlin / d_out:.0%} of d_out)",
-         bool(nonlin / d_out < 0.25)),
-        ("the linear/nonlinear ratio grows with depth",
-         f"Spearman(layer, ratio) = {rho:.2f}; mean ratio L{first} "
-         f"{ratio.loc[first, 'mean']:.2f} → L{last} {ratio.loc[last, 'mean']:.2f} "
-         f"({'clear' if rise_clear else 'within noise'})",
-         bool(rho > 0 and rise > 0 and rise_clear)),
-        ("the nonlinear ID is hunchbacked over depth (peaks inside)",
-         f"mean TwoNN per layer {', '.join(f'{v:.1f}' for v in twonn['mean'])}; peak at "
-         f"L{peak}" + (f", {gaps[0][0]:+.1f} over L{first} and {gaps[1][0]:+.1f} over L{last}"
-                       f" ({'clear' if all(c for _, c in gaps) else 'within noise'})"
-                       if inner else " (an end layer)"),
-         bool(inner and all(c for _, c in gaps))),
-    ]
-    return pd.DataFrame(rows, columns=["claim", "measured", "holds"])
-
-
 def principal_bases(
     pca: PCAResult, threshold: float = 0.9, units: Sequence[str] | None = None
 ) -> tuple[list[Tensor], list[Tensor]]:
@@ -331,42 +263,6 @@ def unit_similarity_matrix(
     sim = spectral_similarity_matrix(bases, weights, bases, weights, weighted)
     sim = (sim + sim.T) / 2  # the greedy matching can break ties differently per side
     return pd.DataFrame(sim.cpu().numpy(), index=list(units), columns=list(units))
-
-
-def stability_findings(
-    similarity: pd.DataFrame, chance: pd.Series, control: str
-) -> pd.DataFrame:
-    """The paper's §3.2 claims checked on per-head similarities to the reference subspaces.
-
-    - every natural (non-control) dataset's median head similarity is above the chance level;
-    - the control (random images) has the lowest median similarity of all datasets.
-
-    Args:
-        similarity: Long form with columns ``dataset``, ``kind`` and ``similarity``.
-        chance: Per-head chance-level similarity (:func:`random_subspace_similarity`).
-        control: The name of the random-images dataset in ``similarity.dataset``.
-
-    Returns:
-        One row per claim: ``claim``, ``measured`` and ``holds``.
-    """
-    heads = similarity[similarity.kind == "head"]
-    medians = heads.groupby("dataset", sort=False).similarity.median()
-    natural = medians.drop(control, errors="ignore")
-    level = float(chance.median())
-    rows = [
-        ("head subspaces are stable across natural distributions (above chance)",
-         f"median head similarity {', '.join(f'{k} {v:.2f}' for k, v in natural.items())}; "
-         f"chance {level:.2f}", bool(len(natural) and (natural > level).all())),
-    ]
-    if control in medians:
-        rows.append((
-            "random images (the control) are the least similar",
-            f"{control} {medians[control]:.2f} vs lowest natural "
-            f"{natural.min():.2f} ({natural.idxmin()})" if len(natural) else
-            f"{control} {medians[control]:.2f}",
-            bool(len(natural) and medians[control] < natural.min()),
-        ))
-    return pd.DataFrame(rows, columns=["claim", "measured", "holds"])
 
 
 def components_needed(pcas: Mapping[str, PCAResult], threshold: float = 0.9,

@@ -97,6 +97,9 @@ def styled(table: pd.DataFrame, precision: int = 3, *, hide_index: bool = False,
            integers: tuple[str, ...] = ()):
     """A table rendered with padded cells and fixed precision (integers for ``integers``).
 
+    Column names are shown with spaces for underscores, so that a narrow column's header wraps
+    between words instead of widening the table.
+
     Args:
         table: The table.
         precision: Digits after the point of every number.
@@ -106,6 +109,7 @@ def styled(table: pd.DataFrame, precision: int = 3, *, hide_index: bool = False,
     style = table.style.format(precision=precision)
     if integers:
         style = style.format("{:.0f}", subset=[c for c in integers if c in table.columns])
+    style = style.format_index(lambda name: str(name).replace("_", " "), axis=1)
     style = style.set_table_styles(
         [{"selector": "td, th", "props": "padding: 0.15em 0.6em; text-align: right;"}])
     return style.hide(axis="index") if hide_index else style

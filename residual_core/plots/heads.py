@@ -8,7 +8,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from residual_core.analysis.exemplars import PCExtremes
 from residual_core.core.textspan import TextExplanation
+from residual_core.plots.images import plot_pc_extremes
 
 __all__ = [
     "RANKING_COLORS",
@@ -122,8 +124,10 @@ def plot_head_card(
     probes: pd.Series | None = None,
     chance: Mapping[str, float] | None = None,
     somp: TextExplanation | None = None,
+    images: Sequence | np.ndarray | None = None,
+    extremes: Sequence[PCExtremes] | None = None,
 ):
-    """One head at a glance: its TextSpan texts (and SOMP's), and its probe accuracies.
+    """One head at a glance: its TextSpan texts (and SOMP's), its probe accuracies, its images.
 
     Args:
         unit: Head label.
@@ -131,12 +135,22 @@ def plot_head_card(
         probes: Its probe accuracy per attribute (right panel), if there is ground truth.
         chance: Majority-class accuracy per attribute (ticks on the right panel).
         somp: Its SOMP explanation, listed under the title.
+        images: The images ``extremes`` index into (e.g. the reference set).
+        extremes: :func:`residual_core.analysis.exemplars.pc_extremes` of the head, drawn as
+            a row of images per component under the texts.
     """
     import matplotlib.pyplot as plt
 
     n_panels = 1 + (probes is not None)
-    fig, axes = plt.subplots(1, n_panels, figsize=(6.5 * n_panels, 0.45 * len(textspan.texts)
-                                                          + 2.2), squeeze=False)
+    width, height = 6.5 * n_panels, 0.45 * len(textspan.texts) + 2.2
+    if extremes and images is not None:
+        below = 1.1 * len(extremes) + 0.6
+        fig = plt.figure(figsize=(width, height + below), layout="constrained")
+        top, bottom = fig.subfigures(2, 1, height_ratios=[height, below])
+        plot_pc_extremes(images, extremes, unit, size=1.1, fig=bottom)
+    else:
+        fig = top = plt.figure(figsize=(width, height), layout="tight")
+    axes = top.subplots(1, n_panels, squeeze=False)
     ax = axes[0, 0]
     y = np.arange(len(textspan.texts))[::-1]
     ax.barh(y, textspan.gains, color="tab:blue")
@@ -157,7 +171,6 @@ def plot_head_card(
         ax.set_xlim(0, 1)
         ax.set_xlabel("probe accuracy (test)")
         ax.set_title(f"{unit}: what a linear probe reads from it")
-    fig.tight_layout()
     return fig
 
 

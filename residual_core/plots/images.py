@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, SubFigure
 from torch import Tensor
 
-from residual_core.analysis.exemplars import PCExtremes
+from residual_core.analysis.exemplars import PCExtremes, PredictionFlips
 
-__all__ = ["plot_disagreements", "plot_image_grid", "plot_pc_extremes"]
+__all__ = ["plot_disagreements", "plot_image_grid", "plot_image_rows", "plot_pc_extremes",
+           "plot_prediction_flips"]
 
 
 def _pixels(image) -> np.ndarray:
@@ -68,10 +69,42 @@ def plot_image_grid(
     return fig
 
 
+def plot_image_rows(
+    rows: Mapping[str, Sequence | np.ndarray], titles: Mapping[str, Sequence[str]] | None = None,
+    size: float = 1.2, wrap: int = 20,
+) -> Figure:
+    """Images side by side: one labelled row per image set (e.g. per dataset).
+
+    Args:
+        rows: Row label → its images (HWC uint8 arrays or PIL images); rows may differ in length.
+        titles: Row label → one title per image (e.g. class names), for the rows that have them.
+        size: Inches per image.
+        wrap: Characters per title line.
+    """
+    if not rows or not any(len(images) for images in rows.values()):
+        raise ValueError("no images to show")
+    ncols = max(len(images) for images in rows.values())
+    lines = max((len(textwrap.wrap(t, wrap)) for ts in (titles or {}).values() for t in ts),
+                default=0)
+    fig, axes = plt.subplots(len(rows), ncols, squeeze=False, figsize=(
+        1.2 + size * ncols, (size + 0.3 * lines) * len(rows)))
+    for r, (label, images) in enumerate(rows.items()):
+        row_titles = (titles or {}).get(label)
+        for j, ax in enumerate(axes[r]):
+            if j >= len(images):
+                ax.axis("off")
+                continue
+            title = "\n".join(textwrap.wrap(row_titles[j], wrap)) if row_titles else None
+            _show(ax, images[j], title)
+        axes[r, 0].set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    return fig
+
+
 def plot_pc_extremes(
     images: Sequence | np.ndarray, extremes: Sequence[PCExtremes], unit: str,
-    texts: Sequence[str] = (), size: float = 1.1,
-) -> Figure:
+    texts: Sequence[str] = (), size: float = 1.1, fig: Figure | SubFigure | None = None,
+) -> Figure | SubFigure:
     """What a unit's first principal components respond to: the images at both ends of each.
 
     One row per component: the images with the highest coordinates, then those with the
@@ -83,10 +116,13 @@ def plot_pc_extremes(
         unit: Its label.
         texts: Texts that explain the unit, shown beside the images.
         size: Inches per image.
+        fig: Draw into this (sub)figure instead of a new one, e.g. below a head's other panels.
     """
     k = max(len(e.top) for e in extremes)
     text_width = 2.6 if texts else 0
-    fig = plt.figure(figsize=(size * (2 * k) + 0.8 + text_width, size * len(extremes) + 0.5))
+    if fig is None:
+        fig = plt.figure(figsize=(size * (2 * k) + 0.8 + text_width,
+                                  size * len(extremes) + 0.5))
     grid = fig.add_gridspec(len(extremes), 2 * k + 2, width_ratios=[
         *([1] * k), 0.25, *([1] * k), text_width / size if texts else 0.01])
     for row, ext in enumerate(extremes):
@@ -106,8 +142,9 @@ def plot_pc_extremes(
                           for i, t in enumerate(texts))
         ax.text(0.02, 0.95, f"TextSpan\n{lines}", va="top", ha="left", fontsize=7.5,
                 transform=ax.transAxes)
+    # in a subfigure, the (constrained) layout places the title above the images itself
     fig.suptitle(f"{unit}: images at both ends of its first principal components",
-                 fontsize=9, y=1.02)
+                 fontsize=9, **({"y": 1.02} if isinstance(fig, Figure) else {}))
     return fig
 
 
@@ -151,4 +188,25 @@ def plot_disagreements(
             axes[r, 0].set_yticks([])
             axes[r, 0].text(0.5, 0.5, "none", ha="center", va="center", fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot_prediction_flips(
+    images: Sequence | np.ndarray, classnames: Sequence[str], flips: PredictionFlips,
+    names: tuple[str, str] = ("zero-shot", "ResiDual"), title: str | None = None,
+) -> Figure:
+    """:func:`plot_disagreements` of a :class:`~residual_core.analysis.exemplars.PredictionFlips`.
+
+    Args:
+        images: The images the flips index into (e.g. a task's test split).
+        classnames: The task's class names.
+        flips: Zero-shot against a variant on those images.
+        names: The two classifiers' names.
+        title: Title of the figure.
+    """
+    fig = plot_disagreements(images, flips.first_wrong, flips.second_wrong, classnames,
+                             flips.targets, flips.first, flips.second, names)
+    if title:
+        fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
     return fig

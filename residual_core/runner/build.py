@@ -19,8 +19,8 @@ from residual_core.runner.execute import NotebookError, check_device_here, execu
 from residual_core.runner.presets import DEFAULT_PROFILE, runs_for
 from residual_core.runner.records import ChapterRun
 
-__all__ = ["book", "build_book", "ensure_mathjax", "ensure_widget_assets", "place_chapters",
-           "write_scoreboard"]
+__all__ = ["book", "build_book", "copy_book_sources", "ensure_mathjax", "ensure_widget_assets",
+           "place_chapters", "write_scoreboard"]
 
 CHAPTERS = ROOT / "book" / "chapters"
 SCOREBOARD = ROOT / "book" / "scoreboard.md"
@@ -248,14 +248,41 @@ def build_book(root: Path = ROOT, *, fresh: bool = True) -> Path:
     return html / "index.html"
 
 
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
+"""What Jupyter Book reads besides the executed chapters (relative to the repository root)."""
+
+
+def copy_book_sources(target: Path, root: Path = ROOT) -> Path:
+    """Copy the book's sources (not its chapters) into ``target``, to build a separate book there.
+
+    Returns:
+        ``target``, holding ``_config.yml``, ``_toc.yml`` and ``book/`` without ``book/chapters``.
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    for name in BOOK_SOURCES:
+        src, dest = root / name, target / name
+        if src.is_dir():
+            shutil.rmtree(dest, ignore_errors=True)
+            top = src  # the executed chapters are placed afresh: not copied
+            shutil.copytree(src, dest, ignore=lambda folder, _, top=top: (
+                ["chapters"] if Path(folder) == top else []))
+        else:
+            shutil.copyfile(src, dest)
+    return target
+
+
 def book(profile: str = DEFAULT_PROFILE, *, log_output: bool = False,
-         keep_going: bool = False) -> Path:
+         keep_going: bool = False, out: Path | str | None = None) -> Path:
     """Execute every chapter's run of ``profile``, write the claims scoreboard, build the book.
 
     Args:
         profile: The run name to execute per chapter.
         log_output: Stream the cells' outputs to the terminal.
         keep_going: After a failing chapter, still execute the others (then fail, listing all).
+        out: Build a separate book in this folder: the executed notebooks go to
+            ``out/executed``, the sources are copied there and the HTML is
+            ``out/_build/html``; the repository's book is left as it is. ``None``: the
+            repository's own (``_build/executed``, ``book/chapters``, ``_build/html``).
 
     Returns:
         The built ``index.html``.
@@ -273,6 +300,8 @@ def book(profile: str = DEFAULT_PROFILE, *, log_output: bool = False,
         check_device_here(source, check_overrides(source, overrides))
     ensure_widget_assets()
     ensure_mathjax()
+    root = ROOT if out is None else copy_book_sources(Path(out).resolve())
+    executed = {} if out is None else {"out_dir": root / "executed"}
     _log(f"profile {profile!r}: {len(selected)} chapter(s)")
     done, failed, total = [], [], time.perf_counter()
     for source, run, overrides in selected:
@@ -280,7 +309,7 @@ def book(profile: str = DEFAULT_PROFILE, *, log_output: bool = False,
         _log(f"{source.stem} [{run}] ({shown}) ...")
         started = time.perf_counter()
         try:
-            result = execute(source, run, overrides, log_output=log_output)
+            result = execute(source, run, overrides, log_output=log_output, **executed)
         except NotebookError as err:
             if not keep_going:
                 raise
@@ -292,8 +321,9 @@ def book(profile: str = DEFAULT_PROFILE, *, log_output: bool = False,
         done.append(result)
     if failed:
         raise RunnerError(f"{len(failed)} chapter(s) failed (details above): {'; '.join(failed)}")
-    place_chapters(done)
-    write_scoreboard(done)
-    index = build_book()
+    chapters = root / "book" / "chapters"
+    place_chapters(done, chapters)
+    write_scoreboard(done, root / SCOREBOARD.relative_to(ROOT), chapters)
+    index = build_book(root)
     _log(f"done in {time.perf_counter() - total:.1f} s. Open the book: {index.as_uri()}")
     return index

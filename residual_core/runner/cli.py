@@ -74,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     p_book.add_argument("-k", "--keep-going", action="store_true",
                         help="after a failing chapter, still execute the others")
     p_book.add_argument("-v", "--verbose", action="store_true", help="stream cell outputs")
+    p_book.add_argument("--out", type=Path, default=None,
+                        help="build a separate copy of the book in this folder (executed "
+                             "notebooks, sources, _build/html) instead of the repository's")
     p_book.add_argument("--dry-run", action="store_true",
                         help="list downloads, disk and GPU memory needed; run nothing")
 
@@ -377,7 +380,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(_dry_run([(f"{s.stem} [{r}]", check_overrides(s, o))
                         for s, r, o in runs_for(args.profile)]))
     elif args.command == "book":
-        book(args.profile, log_output=args.verbose, keep_going=args.keep_going)
+        book(args.profile, log_output=args.verbose, keep_going=args.keep_going, out=args.out)
     elif args.command == "run":
         _cmd_run(args)
     elif args.command == "sweep":

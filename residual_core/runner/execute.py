@@ -286,6 +286,7 @@ def execute(
             _partial_claims(table).unlink(missing_ok=True)
         raise
     seconds = time.perf_counter() - started
+    _collapse_injected(staged)
     result = ChapterRun(source, run, overrides, output, seconds)
     if has_results:
         result.parameters = {**overrides, RESULTS_PARAMETER: full[RESULTS_PARAMETER]}
@@ -311,6 +312,23 @@ def execute(
         os.replace(staged, output)
     failed_path(output).unlink(missing_ok=True)
     return result
+
+
+def _collapse_injected(notebook: Path) -> None:
+    """Tag papermill's injected parameters cell ``hide-input``, like the chapter's own one.
+
+    Papermill tags the cell it adds ``injected-parameters`` only; the book collapses a cell's
+    code by its ``hide-input`` tag.
+    """
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    cells = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    for cell in cells:
+        if "hide-input" not in cell.metadata["tags"]:
+            cell.metadata["tags"].append("hide-input")
+    if cells:
+        nbformat.write(nb, notebook)
 
 
 def _show_final_path(notebook: Path, output: Path, partial: str, final: str) -> None:
