@@ -72,3 +72,12 @@ def test_history_is_kept_and_cli_has_help():
     res = subprocess.run([sys.executable, "-m", "residual_core.runner.diagnose", "--help"],
                          capture_output=True, text=True, check=True)
     assert "--checkpoint" in res.stdout and "--record" in res.stdout
+
+
+def test_images_to_tensor_matches_the_training_script():
+    import numpy as np
+
+    from residual_core.tutorial.train import images_to_tensor
+
+    imgs = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    torch.testing.assert_close(G.images_to_tensor(imgs), images_to_tensor(imgs))

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -111,14 +112,24 @@ def zero_shot_target(n_classes: int) -> float:
 def encode(loaded: LoadedModel, dataset: str, split: str, size: int,
            batch_size: int = 250) -> Encoded:
     """Decompose the images of a registered tutorial dataset split (in memory, no cache)."""
-    from residual_core.tutorial.train import images_to_tensor
-
     ds = load_dataset(dataset, split, size=size)
     projector = UnitProjector.from_model(loaded.model)
     parts = [decompose(loaded.model, images_to_tensor(ds.images[i:i + batch_size]),
                        projector=projector) for i in range(0, len(ds), batch_size)]
     units = Units(torch.cat([p.data for p in parts]), parts[0].labels, parts[0].layout)
     return Encoded(units, {k: torch.as_tensor(v) for k, v in (ds.attributes or {}).items()})
+
+
+def images_to_tensor(images) -> torch.Tensor:
+    """uint8 HWC images → the tutorial CLIP's input.
+
+    As ``tutorial.train.images_to_tensor``, which the runner may not import (a script).
+    """
+    from residual_core.tutorial.model import IMAGE_MEAN, IMAGE_STD
+
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    return (x - torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGE_STD).view(
+        1, 3, 1, 1)
 
 
 def id_table(units: Units, threshold: float = 0.99, max_points: int = 50_000,
