@@ -170,3 +170,35 @@ def test_templates_and_classnames_use_vocabulary_words():
         for t in ds.templates:
             for c in ds.classnames:
                 assert set(t.format(c).split()) <= vocab, (name, t, c)
+
+
+@pytest.mark.parametrize("world", ["v1", "v2"])
+def test_downstream_tasks_are_the_drawn_attributes_of_the_natural_shifts(world):
+    tasks = WD.downstream_tasks(world)
+    dists = WD.distributions(world)
+    base = next(d for d, s in dists.items() if s is None)
+    assert len(tasks) == len(set(tasks))
+    assert not any(t.startswith((f"{base}.", f"{base}_random.")) for t in tasks)
+    for shift, hidden in W.HIDDEN_BY_SHIFT.items():
+        assert not any(t == f"{base}_{shift}.{a}" for a in hidden for t in tasks)
+    natural = [s for s in W.world_config(world).shifts if s != "random"]
+    expected = sum(len(W.ATTRIBUTES) - len(W.HIDDEN_BY_SHIFT.get(s, ())) for s in natural)
+    assert len(tasks) == expected
+    assert all(t in D.list_datasets() for t in tasks)
+    if world == "v2":
+        assert len(tasks) >= 30  # enough tasks for C11's rank correlation
+        assert "world2_dark.shape" in tasks
+
+
+def test_v2_world_datasets_are_registered_apart_from_v1():
+    names = set(D.list_datasets())
+    assert {f"{d}.{t}" for d in WD.NUISANCE_DISTRIBUTIONS for t in W.ATTRIBUTES} <= names
+    assert "world2.reference" in names and WD.reference_name("v2") == "world2.reference"
+    assert not any(n.startswith("world_dark") for n in names)  # v1 has no dark shift
+    ds = D.load_dataset("world2_dark.color", "test", size=20)
+    assert ds.scenes.config is W.NUISANCE_WORLD and ds.scenes.shift == "dark"
+    assert ds.scenes.light is not None and len(ds) == 20
+    ref = D.load_dataset("world2.reference", "train", size=20)
+    assert ref.name == "world2.reference" and ref.scenes.config is W.NUISANCE_WORLD
+    v1 = D.load_dataset("world.reference", "train", size=20)
+    assert v1.scenes.config is W.DEFAULT_WORLD and v1.scenes.angle is None

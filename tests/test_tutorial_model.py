@@ -385,3 +385,38 @@ def test_card_command_drops_output_locations():
     cmd = ("python -m residual_core.tutorial.train --steps 6000 --ckpt-every 250 --no-card "
            "--work-dir /tmp/w --out /tmp/m.safetensors --seed 0")
     assert in_place_command(cmd) == "python -m residual_core.tutorial.train --steps 6000 --seed 0"
+
+
+def test_world_flag_selects_world_and_architecture_defaults():
+    from residual_core.tutorial import train as train_mod
+    from residual_core.tutorial.model import ARCHITECTURES, CHECKPOINT_PATH, TINY_CLIP_CONFIG
+
+    v1 = train_mod.parse_args([])
+    assert v1.world == "v1" and v1.out == CHECKPOINT_PATH
+    assert train_mod.architecture(v1) == ARCHITECTURES["v1"]
+    # v1 is the shipped checkpoint's architecture
+    vision = TINY_CLIP_CONFIG["vision_cfg"]
+    assert ARCHITECTURES["v1"] == {k: vision[k] for k in ("layers", "width", "head_width",
+                                                          "mlp_ratio")} | {
+        "embed_dim": TINY_CLIP_CONFIG["embed_dim"]}
+    v2 = train_mod.parse_args(["--world", "v2"])
+    assert train_mod.architecture(v2) == ARCHITECTURES["v2"] == {
+        "layers": 8, "width": 192, "head_width": 32, "mlp_ratio": 2.0, "embed_dim": 192}
+    assert v2.out != CHECKPOINT_PATH and v2.work_dir != v1.work_dir  # never over the shipped one
+    assert train_mod.parse_args(["--world", "v2", "--layers", "6"]).layers == 6
+    assert train_mod.parse_args(["--layers", "6"]).width == 128
+    cmd = "python -m residual_core.tutorial.train --world v2 --out x --snapshot-every 50"
+    assert train_mod.in_place_command(cmd) == "python -m residual_core.tutorial.train --world v2"
+
+
+def test_v2_training_batch_draws_the_nuisance_world(monkeypatch):
+    from residual_core.tutorial import train as train_mod
+    from residual_core.tutorial import world as W
+
+    seen = []
+    real = W.sample_scenes
+    monkeypatch.setattr(W, "sample_scenes", lambda *a, **k: seen.append(a[2]) or real(*a, **k))
+    args = train_mod.parse_args(["--world", "v2", "--batch-size", "8"])
+    images, captions, *_ = train_mod.training_batch(0, args, W.world_config(args.world))
+    assert images.shape == (8, 64, 64, 3) and len(captions) == 8
+    assert seen and all(c is W.NUISANCE_WORLD for c in seen)

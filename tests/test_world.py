@@ -290,3 +290,197 @@ def test_attribute_table_matches_config():
     for r in rows:
         assert r["classes"] == len(W.ATTRIBUTES[r["attribute"]]) == len(r["values"])
         assert r["caption_rate"] == rates[r["attribute"]] == r["p_mention"]
+
+
+# ---------------------------------------------------------------- v1 is frozen
+
+# sha256[:16] of the v1 renders (and scene keys) taken on branch `integrate` (190739b) before
+# the v2 world existed: the shipped checkpoint and every chapter's numbers depend on them.
+V1_HASHES = {
+    "reference": "20510fa44d9d79f8", "world": "53feee15cbdc42bd",
+    "world_noise": "7a0b909a347c7d0e", "world_palette": "c6b874d7c0da2574",
+    "world_clutter": "7cc6a9da5f015e52", "world_sketch": "31472849bf014729",
+    "world_random": "27f7543eceb554c0",
+}
+
+
+def _sha(*arrays: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(b"".join(a.tobytes() for a in arrays)).hexdigest()[:16]
+
+
+def test_v1_world_renders_byte_identical_to_before_v2():
+    from residual_core.data import world as WD
+
+    assert W.DEFAULT_WORLD.version == 1 and W.WORLDS["v1"] is W.DEFAULT_WORLD
+    assert W.DEFAULT_WORLD.shifts == W.SHIFTS and "dark" not in W.SHIFTS
+    got = {}
+    for dist in V1_HASHES:
+        s, img = WD.world_split(dist, "train", 300)
+        got[dist] = _sha(img, s.keys())
+    assert got == V1_HASHES
+    s = W.sample_scenes(300, seed=3)
+    assert _sha(W.render(s, seed=4)) == "597caef10ab9cd55"
+    assert _sha(next(W.caption_stream(64, 1))[0]) == "feb8a663bdce6ad1"
+    assert s.angle is None and s.light is None  # v1 scenes carry no v2 nuisance
+
+
+# ---------------------------------------------------------------- v2: caption-free nuisance
+
+V2 = W.NUISANCE_WORLD
+
+
+@pytest.fixture(scope="module")
+def scenes2():
+    return W.sample_scenes(N, seed=11, config=V2)
+
+
+def test_worlds_are_named_and_versioned():
+    assert W.world_config("v2") is V2 and V2.version == 2 and V2.name == "v2"
+    assert W.DEFAULT_WORLD.name == "v1" and V2.replace(rotation=3.0).name == "custom-v2"
+    assert V2.shifts == W.NUISANCE_SHIFTS and "dark" in V2.shifts
+    assert V2.attributes == W.DEFAULT_WORLD.attributes  # the same tasks and vocabulary
+    with pytest.raises(ValueError, match="unknown world 'v3'"):
+        W.world_config("v3")
+    with pytest.raises(ValueError, match="version"):
+        W.WorldConfig(version=3)
+    with pytest.raises(ValueError, match="unknown shift 'dark' for world version 1"):
+        W.sample_scenes(4, seed=0, shift="dark")
+
+
+def test_v2_is_deterministic_and_chunk_prefix_stable():
+    s = W.sample_scenes(300, seed=1, config=V2)
+    np.testing.assert_array_equal(W.render(s, seed=2), W.render(s, seed=2))
+    np.testing.assert_array_equal(W.render(s.subset(slice(0, 256)), seed=2),
+                                  W.render(s, seed=2)[:256])
+    np.testing.assert_array_equal(s.keys(), W.sample_scenes(300, seed=1, config=V2).keys())
+    both = W.Scenes.concatenate([s.subset(slice(0, 100)), s.subset(slice(100, 300))])
+    np.testing.assert_array_equal(both.keys(), s.keys())
+
+
+def test_v2_geometry_matches_attributes(scenes2):
+    cfg, s = V2, scenes2
+    centre = np.asarray(cfg.x_centres)[s.position]
+    assert (np.abs(s.x - centre) <= cfg.x_jitter + 1e-5).all()
+    radius = np.asarray(cfg.radii)[s.size]
+    assert (np.abs(s.r / radius - 1) <= cfg.scale_jitter + 1e-5).all()
+    # size classes stay apart after jitter; position classes too
+    for k in range(len(cfg.sizes) - 1):
+        assert s.r[s.size == k].max() < s.r[s.size == k + 1].min()
+    for k in range(len(cfg.positions) - 1):
+        assert s.x[s.position == k].max() < s.x[s.position == k + 1].min()
+    np.testing.assert_array_equal(s.star_slots.sum(1), s.count + 1)
+    # the object never reaches the star strip (rotation included)
+    reach = s.r * (np.abs(np.cos(s.angle)) + np.abs(np.sin(s.angle)))
+    assert (s.y + reach <= 56).all() and (s.y - reach >= 0).all()
+
+
+def test_v2_nuisance_factors_vary_continuously_over_their_ranges(scenes2):
+    cfg, s = V2, scenes2
+    spans = {
+        "x - centre": (s.x - np.asarray(cfg.x_centres)[s.position], -cfg.x_jitter, cfg.x_jitter),
+        "y": (s.y, *cfg.y_range),
+        "scale": (s.r / np.asarray(cfg.radii)[s.size], 1 - cfg.scale_jitter,
+                  1 + cfg.scale_jitter),
+        "angle": (np.rad2deg(s.angle), -cfg.rotation, cfg.rotation),
+        "light": (s.light, *cfg.light_range),
+        "grating period": (s.grating[:, 1], *cfg.grating_period),
+        "grating amplitude": (s.grating[:, 3], 0.0, cfg.grating_amplitude),
+        "texture phase": (s.phase.ravel(), 0.0, 8.0),
+    }
+    for name, (values, lo, hi) in spans.items():
+        assert len(np.unique(values)) > 0.9 * len(values), name  # continuous, not a grid
+        assert values.min() >= lo - 1e-4 and values.max() <= hi + 1e-4, name
+        # uniform: every tenth of the range is used about equally
+        hist = np.histogram(values, bins=10, range=(lo, hi))[0] / len(values)
+        assert np.abs(hist - 0.1).max() < 0.03, (name, hist)
+    n_specks = (s.specks[..., 2] > 0).sum(1)
+    assert set(n_specks) == set(range(cfg.specks + 1))
+    # nuisance is independent of the attributes: e.g. angle and light do not depend on shape
+    for k in range(len(cfg.shapes)):
+        assert abs(s.angle[s.shape == k].mean()) < 0.03
+        assert abs(s.light[s.shape == k].mean() - np.mean(cfg.light_range)) < 0.02
+
+
+def test_v2_captions_and_labels_ignore_nuisance(scenes2):
+    """Redrawing every nuisance factor changes the pixels but never the labels or captions."""
+    import dataclasses
+
+    sub = scenes2.subset(slice(0, 300))
+    other = W.sample_scenes(300, seed=12, config=V2)
+    moved = dataclasses.replace(
+        sub, **{f: getattr(other, f) for f in ("y", "angle", "phase", "light", "grating",
+                                              "specks")})
+    assert W.captions(moved, seed=7) == W.captions(sub, seed=7)
+    a, b = W.render(sub, seed=1), W.render(moved, seed=1)
+    assert (np.abs(a.astype(int) - b.astype(int)).reshape(300, -1).max(1) > 20).all()
+    # without nuisance, two renders of the same scenes do not differ at all
+    flat = V2.without_nuisance()
+    s1 = W.sample_scenes(50, seed=3, config=flat)
+    np.testing.assert_array_equal(W.render(s1, seed=1), W.render(s1, seed=2))
+    flat1 = W.DEFAULT_WORLD.without_nuisance()
+    s1 = W.sample_scenes(50, seed=3, config=flat1)
+    np.testing.assert_array_equal(W.render(s1, seed=1), W.render(s1, seed=2))
+
+
+def test_v2_config_validation():
+    with pytest.raises(ValueError, match="y_range"):
+        V2.replace(y_range=(10.0, 48.0))
+    with pytest.raises(ValueError, match="x_jitter"):
+        V2.replace(x_jitter=8.0)
+    with pytest.raises(ValueError, match="scale_jitter"):
+        V2.replace(scale_jitter=1.0)
+
+
+def test_v2_shifts_change_the_images_as_intended():
+    base_s = W.sample_scenes(200, seed=9, config=V2)
+    base = W.render(base_s, seed=1).astype(float)
+    out = {}
+    for shift in V2.shifts:
+        s = W.sample_scenes(200, seed=9, config=V2, shift=shift)
+        np.testing.assert_array_equal(s.keys(), base_s.keys())  # same scenes, new look
+        out[shift] = W.render(s, seed=1).astype(float)
+        assert np.abs(out[shift] - base).mean() > 5, shift
+    assert out["sketch"].mean() > 200 and base.mean() < 120
+    assert abs(out["random"].mean() - 127.5) < 1 and abs(out["random"].std() - 73.9) < 1
+    # dark: dimmer than the base world, by about the ratio of the light ranges
+    ratio = np.mean(V2.shift_light_range) / np.mean(V2.light_range)
+    assert abs(out["dark"].mean() / base.mean() - ratio) < 0.15
+    # palette: plain objects' colours are nearest to the shifted palette
+    cfg = V2.without_nuisance()
+    s = W.sample_scenes(200, seed=9, shift="palette", config=cfg)
+    img = W.render(s, seed=1)
+    both = np.asarray(cfg.palette + cfg.shift_palette)
+    hits = []
+    for i in np.flatnonzero(s.texture == 0)[:40]:
+        c = img[i, int(s.y[i]), int(s.x[i])].astype(int)
+        hits.append(np.abs(both - c).sum(1).argmin() >= len(cfg.palette))
+    assert np.mean(hits) > 0.9
+
+
+def test_v2_attributes_stay_readable_under_nuisance():
+    """With every nuisance factor on (pixel noise off), the pixels still show each attribute."""
+    cfg = V2.replace(noise_std=0.0)
+    s = W.sample_scenes(400, seed=21, config=cfg)
+    imgs = W.render(s, seed=2).astype(float)
+    pal = np.asarray(cfg.palette, float)
+    areas = np.zeros(len(s))
+    for i in range(len(s)):
+        seen = np.clip(pal * s.light[i], 0, 255)  # the palette under this image's light
+        dist = np.abs(imgs[i, :56] - seen[s.color[i]]).sum(-1)
+        mask = dist < 3 * cfg.color_jitter * s.light[i] + 8  # the object's light pixels
+        areas[i] = mask.sum()
+        assert mask.sum() > 10, i
+        assert np.abs(seen - imgs[i, :56][mask].mean(0)).sum(1).argmin() == s.color[i], i
+        xs = np.nonzero(mask)[1]
+        centre = (xs.min() + xs.max()) / 2
+        assert np.abs(np.asarray(cfg.x_centres) - centre).argmin() == s.position[i], i
+        # stars: the star-strip slots whose centres are bright
+        lit_slots = imgs[i, 60, np.arange(8) * 8 + 4].min(-1) > 0.9 * 240 * s.light[i]
+        np.testing.assert_array_equal(lit_slots, s.star_slots[i])
+    plain = s.texture == 0
+    for sh in range(5):
+        sel = plain & (s.shape == sh)
+        small, large = areas[sel & (s.size == 0)], areas[sel & (s.size == 2)]
+        assert small.max() < large.min(), sh

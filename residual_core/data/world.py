@@ -15,6 +15,13 @@ Tutorial-world names are ``"<distribution>.<task>"``:
   base distribution with its own seeds, labelled by the object's ``"<color> <shape>"``
   (30 classes).
 
+Those are the v1 world's (``residual_core.tutorial.world.DEFAULT_WORLD``: the shipped checkpoint
+and every chapter). The opt-in v2 world (``NUISANCE_WORLD``: caption-free continuous nuisance
+and a ``dark`` shift) has the same tasks under the distributions of ``NUISANCE_DISTRIBUTIONS``,
+``world2`` and ``world2_<shift>``, and its reference ``world2.reference``
+(:func:`distributions`, :func:`reference_name` and :func:`downstream_tasks` take the world's
+name, ``v1`` or ``v2``).
+
 All tasks of one distribution and split share the same images (generated once, cached in
 memory), so one forward pass serves every attribute. Splits ``train``/``val``/``test`` come from
 disjoint seed streams; images are generated in blocks of ``BLOCK`` scenes, each from its own
@@ -34,10 +41,14 @@ from residual_core.tutorial import world as W
 __all__ = [
     "BLOCK",
     "DISTRIBUTIONS",
+    "NUISANCE_DISTRIBUTIONS",
     "REFERENCE_SIZES",
     "SPLIT_SIZES",
     "WORLD_SEED",
     "clear",
+    "distributions",
+    "downstream_tasks",
+    "reference_name",
     "specs",
     "world_split",
 ]
@@ -52,7 +63,44 @@ DISTRIBUTIONS: dict[str, str | None] = {
     "world": None,
     **{f"world_{shift}": shift for shift in W.SHIFTS},
 }
-"""Tutorial distribution name → ``world`` shift (``None`` is the base world)."""
+"""Tutorial distribution name → ``world`` shift (``None`` is the base world), v1 world."""
+NUISANCE_DISTRIBUTIONS: dict[str, str | None] = {
+    "world2": None,
+    **{f"world2_{shift}": shift for shift in W.NUISANCE_SHIFTS},
+}
+"""The same for the v2 world (``NUISANCE_WORLD``)."""
+_REFERENCES = {"v1": "reference", "v2": "reference2"}  # world_split's names of the references
+_WORLD_OF = {**{d: "v1" for d in DISTRIBUTIONS}, **{d: "v2" for d in NUISANCE_DISTRIBUTIONS},
+             **{r: w for w, r in _REFERENCES.items()}}
+
+
+def distributions(world: str = "v1") -> dict[str, str | None]:
+    """The distributions of a named world → their shift.
+
+    ``v1``: :data:`DISTRIBUTIONS`, ``v2``: :data:`NUISANCE_DISTRIBUTIONS`.
+    """
+    W.world_config(world)
+    return DISTRIBUTIONS if world == "v1" else NUISANCE_DISTRIBUTIONS
+
+
+def reference_name(world: str = "v1") -> str:
+    """The registered name of a world's reference set: ``world.reference``, ``world2.reference``."""
+    W.world_config(world)
+    return "world.reference" if world == "v1" else "world2.reference"
+
+
+def downstream_tasks(world: str = "v1") -> list[str]:
+    """Every attribute task of every natural shifted distribution that draws the attribute.
+
+    The tutorial's analogue of the paper's downstream datasets: shifted distributions the
+    tiny CLIP never saw in training. Random images carry no attributes and are left out, and
+    so are the attributes a shift does not draw (``world.HIDDEN_BY_SHIFT``). 25 tasks in v1,
+    32 in v2 (its ``dark`` shift).
+    """
+    return [f"{dist}.{task}" for dist, shift in distributions(world).items()
+            if shift not in (None, "random") for task in W.ATTRIBUTES
+            if task not in W.HIDDEN_BY_SHIFT.get(shift, ())]
+
 
 _WORLD_CACHE: dict[tuple[str, str, int], tuple[W.Scenes, np.ndarray]] = {}
 
@@ -64,22 +112,25 @@ def _split_seeds(distribution: str, split: str, block: int) -> tuple[int, int]:
 
 
 def world_split(
-    distribution: str, split: str, size: int, config: W.WorldConfig = W.DEFAULT_WORLD
+    distribution: str, split: str, size: int, config: W.WorldConfig | None = None
 ) -> tuple[W.Scenes, np.ndarray]:
     """The scenes and uint8 images of one tutorial distribution split (cached).
 
     Args:
-        distribution: ``world``, a shifted ``world_<shift>``, or ``reference``.
+        distribution: ``world``, a shifted ``world_<shift>``, or ``reference`` (v1);
+            ``world2``, ``world2_<shift>`` or ``reference2`` (v2).
         split: ``train``, ``val`` or ``test``.
         size: Number of samples.
-        config: The world (only the default one is cached).
+        config: The world (default: the distribution's; only that one is cached).
 
     Returns:
         ``(scenes, images)`` with images of shape (size, 64, 64, 3).
     """
-    shift = None if distribution == "reference" else DISTRIBUTIONS[distribution]
+    own = W.WORLDS[_WORLD_OF[distribution]]
+    config = own if config is None else config
+    shift = {**DISTRIBUTIONS, **NUISANCE_DISTRIBUTIONS}.get(distribution)
     key = (distribution, split, size)
-    if config is W.DEFAULT_WORLD and key in _WORLD_CACHE:
+    if config is own and key in _WORLD_CACHE:
         return _WORLD_CACHE[key]
     scenes, images = [], []
     for b in range(-(-size // BLOCK)):
@@ -88,17 +139,8 @@ def world_split(
         s = W.sample_scenes(BLOCK, scene_seed, config, shift)
         scenes.append(s.subset(slice(0, n)))
         images.append(W.render(s, render_seed)[:n])  # whole blocks: a prefix stays a prefix
-    merged = W.Scenes(
-        **{
-            f: np.concatenate([getattr(s, f) for s in scenes])
-            for f in W.Scenes.__dataclass_fields__
-            if f not in ("shift", "config")
-        },
-        shift=shift,
-        config=config,
-    )
-    out = (merged, np.concatenate(images))
-    if config is W.DEFAULT_WORLD:
+    out = (W.Scenes.concatenate(scenes), np.concatenate(images))
+    if config is own:
         _WORLD_CACHE[key] = out
     return out
 
@@ -123,14 +165,21 @@ def _world_builder(
     return build
 
 
-def _build_reference(split: str, size: int | None) -> ClassificationDataset:
-    scenes, images = world_split("reference", split, size or REFERENCE_SIZES[split])
+def _reference_builder(world: str) -> Callable[[str, int | None], ClassificationDataset]:
+    def build(split: str, size: int | None) -> ClassificationDataset:
+        return _build_reference(split, size, world)
+
+    return build
+
+
+def _build_reference(split: str, size: int | None, world: str = "v1") -> ClassificationDataset:
+    scenes, images = world_split(_REFERENCES[world], split, size or REFERENCE_SIZES[split])
     attributes = scenes.attributes()
     colors, shapes = W.ATTRIBUTES["color"], W.ATTRIBUTES["shape"]
     classnames = [f"{c} {s}" for c in colors for s in shapes]
     labels = attributes["color"] * len(shapes) + attributes["shape"]
     return ClassificationDataset(
-        name="world.reference",
+        name=reference_name(world),
         split=split,
         images=images,
         labels=labels,
@@ -144,16 +193,18 @@ def _build_reference(split: str, size: int | None) -> ClassificationDataset:
 def specs() -> list[DatasetSpec]:
     """Every tutorial-world dataset: ``<distribution>.<task>`` for each task, and the reference."""
     out = []
-    for distribution, shift in DISTRIBUTIONS.items():
-        what = "base tutorial world" if shift is None else f"tutorial world, {shift} shift"
-        for task in W.ATTRIBUTES:
-            out.append(DatasetSpec(name=f"{distribution}.{task}",
-                                   build=_world_builder(distribution, task),
-                                   description=f"{task} ({what})"))
-    out.append(DatasetSpec(
-        name="world.reference", build=_build_reference,
-        description="reference set for PCA bases (ImageNet analogue): color+shape",
-    ))
+    for world, version in (("v1", ""), ("v2", " v2")):
+        for distribution, shift in distributions(world).items():
+            what = (f"base tutorial world{version}" if shift is None
+                    else f"tutorial world{version}, {shift} shift")
+            for task in W.ATTRIBUTES:
+                out.append(DatasetSpec(name=f"{distribution}.{task}",
+                                       build=_world_builder(distribution, task),
+                                       description=f"{task} ({what})"))
+        out.append(DatasetSpec(
+            name=reference_name(world), build=_reference_builder(world),
+            description=f"reference set for PCA bases (ImageNet analogue{version}): color+shape",
+        ))
     return out
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from residual_core.tutorial.tokenizer import WordTokenizer
 
 __all__ = [
+    "ARCHITECTURES",
     "ASSETS_DIR",
     "CHECKPOINT_PATH",
     "IMAGE_MEAN",
@@ -37,6 +38,7 @@ __all__ = [
     "save_tiny_clip",
     "sha256_file",
     "tiny_clip_config",
+    "with_architecture",
 ]
 
 ASSETS_DIR = Path(__file__).parent / "assets"
@@ -69,6 +71,27 @@ TINY_CLIP_CONFIG: dict[str, Any] = {
         "pool_type": "argmax",
     },
 }
+
+
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "v1": {"layers": 4, "width": 128, "head_width": 32, "mlp_ratio": 4.0, "embed_dim": 128},
+    "v2": {"layers": 8, "width": 192, "head_width": 32, "mlp_ratio": 2.0, "embed_dim": 192},
+}
+"""Image tower and embedding of the tutorial CLIP per world version (the training script's
+defaults for ``--world``). ``v1`` is :data:`TINY_CLIP_CONFIG`'s, the shipped checkpoint's;
+``v2`` is the 8-layer candidate of the nuisance world (6 heads of 32, MLP ×2, ``embed_dim``
+192: ResiDual-full's parameters, 48 heads × 32 + 8 MLPs × d_out, are 8.3% of a d_out × d_out
+linear adapter's at 192 but 15.5% at 128, over C13's 10%)."""
+
+
+def with_architecture(config: dict[str, Any], layers: int, width: int, head_width: int,
+                      mlp_ratio: float, embed_dim: int) -> dict[str, Any]:
+    """A copy of a model config with another image tower and embedding width."""
+    out = copy.deepcopy(config)
+    out["vision_cfg"].update(layers=layers, width=width, head_width=head_width,
+                             mlp_ratio=mlp_ratio)
+    out["embed_dim"] = embed_dim
+    return out
 
 
 class ChecksumError(RuntimeError):

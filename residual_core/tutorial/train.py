@@ -38,6 +38,16 @@ sees exactly the batches it would have seen. The full training state is saved ev
 ``--ckpt-every`` steps to ``--work-dir`` (``--resume`` continues from it); at the end the weights
 go to ``--out`` as fp16 safetensors with their json record, the loss curve next to them, and the
 model card is rewritten.
+
+**World version** (``--world``): ``v1`` (default) is the patch-grid world of the shipped
+checkpoint; ``v2`` is the world with caption-free continuous nuisance
+(``residual_core.tutorial.world.NUISANCE_WORLD``). The image tower defaults to the world's
+entry of ``model.ARCHITECTURES`` (v1: 4 layers of width 128, 4 heads, MLP ×4, embedding 128;
+v2: 8 layers of width 192, 6 heads of 32, MLP ×2, embedding 192); ``--layers``, ``--width``,
+``--head-width``, ``--mlp-ratio`` and ``--embed-dim`` override it. A v2 run writes to
+``.cache/tutorial_v2/`` unless ``--out``/``--work-dir`` say otherwise, never over the shipped
+checkpoint by default. ``--snapshot-every`` also saves the weights of a long run every so many
+steps, for watching it with the diagnostic (``python -m residual_core.runner.diagnose``).
 """
 
 from __future__ import annotations
@@ -63,6 +73,7 @@ from tqdm.auto import tqdm
 
 from residual_core.tutorial import world
 from residual_core.tutorial.model import (
+    ARCHITECTURES,
     CHECKPOINT_PATH,
     IMAGE_MEAN,
     IMAGE_STD,
@@ -70,6 +81,7 @@ from residual_core.tutorial.model import (
     count_parameters,
     save_tiny_clip,
     tiny_clip_config,
+    with_architecture,
 )
 from residual_core.tutorial.tokenizer import WordTokenizer
 
@@ -416,7 +428,11 @@ def train(args: argparse.Namespace) -> Path:
     too_long = world.max_caption_words() + 2 - CONTEXT_LENGTH
     if too_long > 0:
         raise ValueError(f"captions can exceed the context by {too_long} tokens")
+    config = world.world_config(args.world)
     model_cfg = tiny_clip_config(tokenizer.vocab_size, tokenizer.context_length)
+    arch = architecture(args)
+    if arch != ARCHITECTURES["v1"]:  # the v1 config is built exactly as before
+        model_cfg = with_architecture(model_cfg, **arch)
     torch.manual_seed(args.seed)
     model = build_tiny_clip(model_cfg).to(device)
     with torch.no_grad():
@@ -438,6 +454,10 @@ def train(args: argparse.Namespace) -> Path:
                 "freeze_text_steps")
         changed = {k: (state["args"].get(k, 0.0), getattr(args, k)) for k in keys
                    if state["args"].get(k, 0.0) != getattr(args, k)}
+        # States of runs from before --world were v1 runs of the v1 architecture.
+        before = {"world": "v1", **ARCHITECTURES["v1"]}
+        changed |= {k: (state["args"].get(k, v), getattr(args, k)) for k, v in before.items()
+                    if state["args"].get(k, v) != getattr(args, k)}
         if changed:
             raise ValueError(f"cannot resume {state_path}: arguments changed {changed}")
         model.load_state_dict(state["model"])
@@ -462,7 +482,7 @@ def train(args: argparse.Namespace) -> Path:
         lr = lr_at(step, args.steps, args.lr, args.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images, texts, neg_texts, neg_valid, phrases = training_batch(step, args)
+        images, texts, neg_texts, neg_valid, phrases = training_batch(step, args, config)
         negatives = valid = None
         if neg_texts is not None:
             negatives = tokenizer(neg_texts).to(device)
@@ -483,6 +503,10 @@ def train(args: argparse.Namespace) -> Path:
         done = step + 1
         if done % args.ckpt_every == 0 and done < args.steps:
             _save_state(state_path, snapshot(done))
+        if args.snapshot_every and done % args.snapshot_every == 0 and done < args.steps:
+            # weights only, for watching a long run with the diagnostic (not resumable)
+            save_tiny_clip(model, tokenizer, model_cfg,
+                           Path(args.work_dir) / f"snapshot_{done}.safetensors", {"step": done})
         if args.max_minutes and (elapsed + time.perf_counter() - t0) / 60 > args.max_minutes:
             stopped_early = done < args.steps
             break
@@ -515,8 +539,10 @@ def train(args: argparse.Namespace) -> Path:
         "device": _device_description(device, args.threads),
         "torch": torch.__version__,
         "open_clip": open_clip.__version__,
-        "world": "residual_core.tutorial.world.DEFAULT_WORLD",
-        "mention_rates": {k: round(v, 4) for k, v in world.mention_rates().items()},
+        "world": ("residual_core.tutorial.world.DEFAULT_WORLD" if args.world == "v1"
+                  else f"residual_core.tutorial.world.WORLDS['{args.world}']"),
+        "world_name": args.world,
+        "mention_rates": {k: round(v, 4) for k, v in world.mention_rates(config).items()},
         "parameters": count_parameters(model),
         "parameters_visual": count_parameters(model, ["visual"]),
     }
@@ -564,7 +590,8 @@ def unit_probes(loaded: Any, n_train: int = 2000, n_test: int = 2000) -> list[di
 def in_place_command(command: str) -> str:
     """The recorded training command without its output locations.
 
-    ``--out``, ``--work-dir``, ``--no-card``, ``--resume`` and ``--ckpt-every`` change where
+    ``--out``, ``--work-dir``, ``--no-card``, ``--resume``, ``--ckpt-every`` and
+    ``--snapshot-every`` change where
     things go, not the weights; without them the command re-creates the shipped checkpoint and
     its card in place.
     """
@@ -573,7 +600,7 @@ def in_place_command(command: str) -> str:
     for w in words:
         if skip:
             skip = False
-        elif w in ("--out", "--work-dir", "--ckpt-every"):
+        elif w in ("--out", "--work-dir", "--ckpt-every", "--snapshot-every"):
             skip = True
         elif w not in ("--no-card", "--resume"):
             out.append(w)
@@ -773,20 +800,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--freeze-text-steps", type=int, default=500,
                    help="the text tower stays at its random init for this many first steps "
                    "(see train)")
+    p.add_argument("--world", choices=list(world.WORLDS), default="v1",
+                   help="world version: v1 (the shipped checkpoint's) or v2 (caption-free "
+                   "continuous nuisance, world.NUISANCE_WORLD); it also sets the defaults of "
+                   "the architecture flags below (model.ARCHITECTURES)")
+    p.add_argument("--layers", type=int, default=None,
+                   help="image tower depth (default: the world's; v1 4, v2 8)")
+    p.add_argument("--width", type=int, default=None,
+                   help="image tower width (default: the world's; v1 128, v2 192)")
+    p.add_argument("--head-width", type=int, default=None,
+                   help="width of each attention head, heads = width / head width (default 32)")
+    p.add_argument("--mlp-ratio", type=float, default=None,
+                   help="image tower MLP hidden width / width (default: v1 4, v2 2)")
+    p.add_argument("--embed-dim", type=int, default=None,
+                   help="joint embedding width (default: v1 128, v2 192)")
     p.add_argument("--seed", type=int, default=0, help="seed of the init and the data stream")
-    p.add_argument("--out", type=Path, default=CHECKPOINT_PATH, help="fp16 .safetensors output")
+    p.add_argument("--out", type=Path, default=None,
+                   help="fp16 .safetensors output (default: the shipped checkpoint for v1, "
+                   f"{V2_OUT} for v2)")
     p.add_argument("--device", default="auto", help="'auto' (cuda if present), 'cpu', 'cuda'")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--work-dir", type=Path, default=Path(".cache/tutorial_train"),
-                   help="where the periodic training state goes")
+    p.add_argument("--work-dir", type=Path, default=None,
+                   help="where the periodic training state goes (default: "
+                   ".cache/tutorial_train for v1, .cache/tutorial_v2 for v2)")
     p.add_argument("--ckpt-every", type=int, default=100, help="steps between state saves")
+    p.add_argument("--snapshot-every", type=int, default=0,
+                   help="also save the weights every this many steps to --work-dir (0: never)")
     p.add_argument("--resume", action="store_true", help="continue from --work-dir/state.pt")
     p.add_argument("--max-minutes", type=float, default=0.0,
                    help="stop (and save) after this wall time; 0 = no limit")
     p.add_argument("--no-card", action="store_true", help="do not rewrite MODEL_CARD.md")
     p.add_argument("--card-only", action="store_true",
                    help="only rewrite MODEL_CARD.md from the checkpoint at --out")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for key, value in ARCHITECTURES[args.world].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.out is None:
+        args.out = CHECKPOINT_PATH if args.world == "v1" else V2_OUT
+    if args.work_dir is None:
+        args.work_dir = Path(".cache/tutorial_train" if args.world == "v1"
+                             else ".cache/tutorial_v2")
+    return args
+
+
+V2_OUT = Path(".cache/tutorial_v2/tiny_clip_v2.safetensors")
+"""Where a ``--world v2`` run saves its checkpoint unless ``--out`` says otherwise."""
+
+
+def architecture(args: argparse.Namespace) -> dict[str, Any]:
+    """The image tower and embedding width of a run (keys of ``model.ARCHITECTURES``)."""
+    return {k: getattr(args, k) for k in ARCHITECTURES["v1"]}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,10 +2,43 @@
 
 Every 64×64 RGB image shows one object with a shape, a colour, a size, a texture and a
 horizontal position (left, center or right of the image); a background colour; and a row of
-one to four small stars in the bottom 8 pixel rows. Objects sit on the 8-pixel patch grid
-(centres on patch corners, no size jitter; the vertical position is a nuisance drawn from four
-grid rows): a 4-layer ViT trained from scratch on a CPU learns shapes several times faster when
-a shape always cuts the same patch pattern. All attributes are visible at 8×8-patch resolution.
+one to four small stars in the bottom 8 pixel rows. Those seven attribute families are what
+captions talk about and what the tasks ask.
+
+The world comes in two **versions** (``WorldConfig.version``; named configs in ``WORLDS``):
+
+- **v1** (``DEFAULT_WORLD``, ``WORLDS["v1"]``; the shipped checkpoint and every chapter use
+  it): objects sit on the 8-pixel patch grid (centres on patch corners, no size jitter; the
+  vertical position is a nuisance drawn from four grid rows): a 4-layer ViT trained from
+  scratch on a CPU learns shapes several times faster when a shape always cuts the same patch
+  pattern. All attributes are visible at 8×8-patch resolution. Its renders are frozen: a test
+  compares them with hashes taken before v2 existed.
+- **v2** (``NUISANCE_WORLD``, ``WORLDS["v2"]``; opt-in, for an 8-layer tiny CLIP): on top of
+  the attributes every image varies continuously along **nuisance factors that no caption ever
+  mentions** (``WorldConfig`` fields in brackets):
+
+  - the object's exact centre (``x_jitter`` around its position class, ``y_range``
+    vertically), its scale (``scale_jitter`` around its size class) and its rotation
+    (``rotation``); the texture pattern turns with the object and starts at a random offset;
+  - the lighting: one brightness factor for the whole image (``light_range``);
+  - a background grating: a sinusoid of random orientation, period and phase
+    (``grating_amplitude``, ``grating_period``) over the background colour;
+  - up to ``specks`` small grey specks scattered over the background;
+  - pixel noise (``noise_std``), per-object colour jitter (``color_jitter``) and background
+    brightness jitter (``background_jitter``);
+
+  and it has one more shift, ``dark`` (dim light with a colour cast).
+
+Why v2: natural images give a ViT's early and middle layers many continuous factors to encode
+that its last layers, aligned with text, discard. A world whose images vary only along the
+captioned attributes bounds every head's intrinsic dimension by the same handful of factors
+(an 8-layer tiny CLIP on such a world had a flat TwoNN profile, 5.4–6.0 in every layer), so
+the paper's depth profiles (the linear/nonlinear ratio growing with depth, the hunchback of
+the nonlinear dimension) cannot show. Global photometric nuisance (lighting, colour jitter)
+is kept to few dimensions, since every head can see it from the first layer; geometric and
+texture nuisance averages out over the image and is only visible to heads that look at the
+object. The record of which v2 choices moved which claims is
+``residual_core/tutorial/assets/prototypes.json``.
 
 Why one object: an earlier version of this world drew two objects and asked for the attributes
 of the left or right one. A tiny CLIP trained on it knew *which* colours and shapes were in the
@@ -17,7 +50,7 @@ Captions are templated and mention each attribute only with a configured probabi
 (``WorldConfig.mention``). That is the lever that sets how well contrastive training aligns the
 text side with each attribute: frequently captioned attributes are easy zero-shot tasks; rarely
 captioned ones stay visible to the image tower but weakly aligned, the analogue of the paper's
-weak zero-shot datasets. Defaults:
+weak zero-shot datasets. Defaults (both versions):
 
 ==============  ===========  =============================================================
 family          P(mention)   role
@@ -32,8 +65,9 @@ count (stars)   0.30         counting, rarely captioned
 ==============  ===========  =============================================================
 
 Everything is deterministic from integer seeds: ``sample_scenes`` draws the attribute table and
-geometry, ``render`` draws pixels (noise, jitter), ``captions`` draws which attributes are said.
-Rendering is vectorised over the batch in numpy (see ``benchmarks/world_throughput.py``).
+the geometry (and, in v2, the nuisance) of every scene, ``render`` draws pixels (noise, colour
+jitter, clutter), ``captions`` draws which attributes are said. Rendering is vectorised over
+the batch in numpy (see ``benchmarks/world_throughput.py``).
 """
 
 from __future__ import annotations
@@ -47,10 +81,15 @@ import numpy as np
 __all__ = [
     "ATTRIBUTES",
     "DEFAULT_WORLD",
+    "HIDDEN_BY_SHIFT",
     "IMAGE_SIZE",
+    "NUISANCE",
+    "NUISANCE_SHIFTS",
+    "NUISANCE_WORLD",
     "PREFIXES",
     "SHIFTS",
     "TEMPLATES",
+    "WORLDS",
     "Scenes",
     "WorldConfig",
     "attribute_table",
@@ -61,20 +100,36 @@ __all__ = [
     "render",
     "sample_scenes",
     "vocabulary",
+    "world_config",
 ]
 
 IMAGE_SIZE = 64
 _STRIP_TOP = 56  # rows [56, 64) hold the stars; the object lives in rows [0, 56)
 _STAR_SLOTS = 8  # one star slot per 8-pixel column
 SHIFTS = ("noise", "palette", "clutter", "sketch", "random")
-"""Distribution shifts understood by ``sample_scenes``/``render`` (``None`` is the base world).
+"""Distribution shifts of the v1 world understood by ``sample_scenes``/``render`` (``None`` is
+the base world); ``WorldConfig.shifts`` gives a config's own.
 
 - ``noise``: strong pixel noise (std ``WorldConfig.shift_noise_std``).
 - ``palette``: another RGB palette for objects and backgrounds, with stronger colour jitter.
-- ``clutter``: random 8×8-pixel colour blocks, half-blended with the plain background.
+- ``clutter``: random 8×8-pixel colour blocks, half-blended with the background colour (in v2
+  in place of the grating).
 - ``sketch``: black outlines of the object and stars on a white page (no colour, no texture).
 - ``random``: uniform noise images; the attribute table is sampled but not drawn.
 """
+
+NUISANCE_SHIFTS = ("noise", "palette", "clutter", "sketch", "dark", "random")
+"""The shifts of the v2 world: those of v1 and ``dark``, dim light (``shift_light_range``)
+with a random colour cast (``shift_cast``)."""
+
+HIDDEN_BY_SHIFT: dict[str, tuple[str, ...]] = {
+    "sketch": ("color", "texture", "background"),
+    "random": ("shape", "color", "size", "texture", "position", "background", "count"),
+}
+"""Attribute families a shift does not draw (their labels are in the scene table only)."""
+
+NUISANCE = ("x", "y", "r", "angle", "phase", "light", "grating", "specks")
+"""``Scenes`` fields that vary continuously in the v2 world and that no caption mentions."""
 
 PREFIXES = ("", "a photo of ", "a picture of ")
 """Caption openings (uniform): captions read like the zero-shot prompts some of the time."""
@@ -88,17 +143,20 @@ _DEFAULT_MENTION = {
     "background": 0.4,
     "count": 0.3,
 }
-_OBJECT_FAMILIES = ("shape", "color", "size", "texture", "position")
+VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
 class WorldConfig:
-    """Everything that defines the world: vocabularies, geometry, palettes, caption statistics.
+    """Everything that defines the world: vocabularies, geometry, nuisance, caption statistics.
 
     Attribute values are sampled uniformly. ``mention`` holds, per attribute family, the
-    probability that a caption mentions it.
+    probability that a caption mentions it. ``version`` selects the sampler and renderer;
+    fields marked (v1) or (v2) are read by that version only, the others by both.
 
     Attributes:
+        version: 1 (the patch-grid world of the shipped checkpoint) or 2 (continuous
+            caption-free nuisance, the ``dark`` shift).
         shapes: Shape words.
         colors: Object colour words, aligned with ``palette``.
         sizes: Size words, aligned with ``radii``.
@@ -108,22 +166,36 @@ class WorldConfig:
         counts: Star-count words for 1, 2, ... stars.
         palette: RGB of each object colour.
         background_palette: RGB of each background.
-        radii: Half-extent in pixels of each size class (before ±``radius_jitter``).
+        radii: Half-extent in pixels of each size class (before jitter).
         x_centres: Horizontal centre in pixels of each position.
-        radius_jitter: Integer jitter of the radius.
-        x_jitter: Horizontal jitter of the object's centre around its position's centre.
-        y_rows: Vertical centres the object is drawn at (uniform; a nuisance, not a task).
+        x_jitter: (v1) integer jitter of the object's centre around its position's; (v2) the
+            centre is uniform within ± this many pixels of its position's.
+        radius_jitter: (v1) integer jitter of the radius.
+        y_rows: (v1) vertical centres the object is drawn at (uniform; a nuisance, not a task).
+        y_range: (v2) the object's vertical centre is uniform in this range (pixels).
+        scale_jitter: (v2) the radius is multiplied by a uniform factor in [1 − j, 1 + j].
+        rotation: (v2) the object is rotated by a uniform angle in ± this many degrees.
+        light_range: (v2) uniform range of the brightness factor applied to the whole image.
+        grating_amplitude: (v2) amplitude (grey levels) of the background grating (uniform in
+            [0, amplitude]).
+        grating_period: (v2) uniform range of the grating's period in pixels.
+        specks: (v2) up to this many 2×2-pixel grey specks on the background (uniform count).
         color_jitter: Uniform per-object jitter of each RGB channel.
+        background_jitter: Uniform per-image brightness jitter of the background colour.
         texture_shade: Brightness factor of the texture's dark pixels.
         noise_std: Standard deviation of the (uniform, per channel) pixel noise of the base world.
         shift_noise_std: Standard deviation of the pixel noise of the ``noise`` shift.
         shift_palette: RGB of each object colour under the ``palette`` shift.
         shift_background_palette: RGB of each background under the ``palette`` shift.
         shift_color_jitter: Colour jitter under the ``palette`` shift.
+        shift_light_range: (v2) brightness range of the ``dark`` shift.
+        shift_cast: (v2) per-channel colour cast (uniform in ± this many grey levels) of
+            ``dark``.
         caption_error: Probability that a mentioned value is replaced by a wrong one.
         mention: Per-attribute mention probability (a mapping; stored as sorted pairs).
     """
 
+    version: int = 1
     shapes: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
     colors: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
     sizes: tuple[str, ...] = ("small", "medium", "large")
@@ -145,12 +217,20 @@ class WorldConfig:
         (90, 55, 25),
         (20, 30, 85),
     )
-    radii: tuple[int, ...] = (6, 9, 12)
-    x_centres: tuple[int, ...] = (16, 32, 48)
+    radii: tuple[float, ...] = (6, 9, 12)
+    x_centres: tuple[float, ...] = (16, 32, 48)
+    x_jitter: float = 0
     radius_jitter: int = 0
-    x_jitter: int = 0
     y_rows: tuple[int, ...] = (16, 24, 32, 40)
+    y_range: tuple[float, float] = (17.0, 39.0)
+    scale_jitter: float = 0.08
+    rotation: float = 10.0
+    light_range: tuple[float, float] = (0.75, 1.15)
+    grating_amplitude: float = 10.0
+    grating_period: tuple[float, float] = (5.0, 14.0)
+    specks: int = 3
     color_jitter: int = 15
+    background_jitter: float = 8.0
     texture_shade: float = 0.3
     noise_std: float = 6.0
     shift_noise_std: float = 45.0
@@ -169,6 +249,8 @@ class WorldConfig:
         (40, 70, 120),
     )
     shift_color_jitter: int = 35
+    shift_light_range: tuple[float, float] = (0.35, 0.55)
+    shift_cast: float = 20.0
     caption_error: float = 0.0
     mention: Mapping[str, float] | tuple[tuple[str, float], ...] = field(
         default_factory=lambda: tuple(sorted(_DEFAULT_MENTION.items()))
@@ -178,6 +260,8 @@ class WorldConfig:
         pairs = self.mention.items() if isinstance(self.mention, Mapping) else self.mention
         pairs = tuple(sorted((str(k), float(v)) for k, v in pairs))
         object.__setattr__(self, "mention", pairs)
+        if self.version not in VERSIONS:
+            raise ValueError(f"unknown world version {self.version!r}; valid: 1, 2")
         known = set(self.attributes)
         unknown = {k for k, _ in pairs} - known
         if unknown:
@@ -201,9 +285,23 @@ class WorldConfig:
             raise ValueError("x_centres must match positions")
         if len(self.counts) > _STAR_SLOTS:
             raise ValueError(f"at most {_STAR_SLOTS} star counts")
-        reach = max(self.radii) + self.radius_jitter
-        if min(self.y_rows) - reach < 0 or max(self.y_rows) + reach >= _STRIP_TOP:
-            raise ValueError(f"y_rows {self.y_rows} put objects outside rows [0, {_STRIP_TOP})")
+        if self.version == 1:
+            reach = max(self.radii) + self.radius_jitter
+            if min(self.y_rows) - reach < 0 or max(self.y_rows) + reach >= _STRIP_TOP:
+                raise ValueError(f"y_rows {self.y_rows} put objects outside rows "
+                                 f"[0, {_STRIP_TOP})")
+            return
+        if not 0 <= self.scale_jitter < 1:
+            raise ValueError(f"scale_jitter must be in [0, 1), got {self.scale_jitter}")
+        # Every shape fits |u|, |v| <= r in its frame; rotated by θ it spans r(cos θ + sin θ).
+        theta = np.deg2rad(min(abs(self.rotation), 45.0))
+        reach = max(self.radii) * (1 + self.scale_jitter) * (np.cos(theta) + np.sin(theta))
+        lo, hi = self.y_range
+        if lo - reach < -1 or hi + reach > _STRIP_TOP + 1:
+            raise ValueError(f"y_range {self.y_range} puts objects outside rows [0, {_STRIP_TOP})")
+        gaps = np.diff(sorted(self.x_centres))
+        if len(gaps) and 2 * self.x_jitter >= gaps.min():
+            raise ValueError(f"x_jitter {self.x_jitter} lets position classes overlap")
 
     @property
     def attributes(self) -> dict[str, tuple[str, ...]]:
@@ -218,6 +316,19 @@ class WorldConfig:
             "count": self.counts,
         }
 
+    @property
+    def shifts(self) -> tuple[str, ...]:
+        """The distribution shifts this world's version draws: ``SHIFTS`` or ``NUISANCE_SHIFTS``."""
+        return SHIFTS if self.version == 1 else NUISANCE_SHIFTS
+
+    @property
+    def name(self) -> str:
+        """``v1``/``v2`` where this is one of ``WORLDS``, else ``custom-v<version>``."""
+        for key, cfg in WORLDS.items():
+            if cfg == self:
+                return key
+        return f"custom-v{self.version}"
+
     def mention_prob(self, attribute: str) -> float:
         """The configured mention probability of one attribute family."""
         return dict(self.mention)[attribute]
@@ -228,10 +339,55 @@ class WorldConfig:
             changes["mention"] = {**dict(self.mention), **changes["mention"]}
         return dataclasses.replace(self, **changes)
 
+    def without_nuisance(self) -> WorldConfig:
+        """The same world with every caption-free nuisance factor switched off.
+
+        v2: objects sit exactly on their position's centre and mid-height, at their class
+        radius, unrotated, under neutral light, on a flat background without specks or noise.
+        v1: no pixel noise, colour or background jitter, one vertical row (the middle one).
+        """
+        if self.version == 1:
+            return self.replace(x_jitter=0, radius_jitter=0,
+                                y_rows=(self.y_rows[len(self.y_rows) // 2],), color_jitter=0,
+                                background_jitter=0.0, noise_std=0.0)
+        mid = (self.y_range[0] + self.y_range[1]) / 2
+        return self.replace(x_jitter=0.0, y_range=(mid, mid), scale_jitter=0.0, rotation=0.0,
+                            light_range=(1.0, 1.0), grating_amplitude=0.0, specks=0,
+                            color_jitter=0, background_jitter=0.0, noise_std=0.0)
+
 
 DEFAULT_WORLD = WorldConfig()
+"""The v1 world: the shipped checkpoint's and every chapter's."""
+NUISANCE_WORLD = WorldConfig(
+    version=2,
+    radii=(7.0, 10.0, 13.0),
+    x_centres=(16.0, 32.0, 48.0),
+    x_jitter=2.0,
+    color_jitter=8,
+    background_jitter=4.0,
+    noise_std=2.0,
+)
+"""The v2 world (tutorial-model candidate P2): caption-free continuous nuisance, larger
+objects (radii 7/10/13; the 8-layer model had learnt no shape after 1,000 steps with 6/9/12 and
+±15°, ±3 px, ±10%), mild photometric nuisance (pixel noise 2, grating up to 10, colour jitter
+8, background jitter 4: stronger photometric nuisance raised layer 0's TwoNN ID as much as the
+middle layers', flattening the hunchback)."""
+WORLDS: dict[str, WorldConfig] = {"v1": DEFAULT_WORLD, "v2": NUISANCE_WORLD}
+"""The named worlds (``--world`` of the training script)."""
+
+
+def world_config(name: str | WorldConfig) -> WorldConfig:
+    """The world called ``name`` in ``WORLDS`` (a config is returned as is)."""
+    if isinstance(name, WorldConfig):
+        return name
+    if name not in WORLDS:
+        raise ValueError(f"unknown world {name!r}; valid: {', '.join(WORLDS)}")
+    return WORLDS[name]
+
+
 ATTRIBUTES: dict[str, tuple[str, ...]] = DEFAULT_WORLD.attributes
-"""Attribute family → value words of the default world (class names of the tasks)."""
+"""Attribute family → value words of the default world (class names of the tasks; the same in
+both versions)."""
 
 _OBJ_TPL = ("a {} object", "a photo of a {} object", "a picture of a {} object")
 TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -262,8 +418,10 @@ class Scenes:
     """A batch of scenes: one int array per attribute family plus the geometry to draw them.
 
     Attribute arrays hold value indices into ``config.attributes[family]``; ``count`` index ``k``
-    means ``k + 1`` stars. Geometry arrays are in pixels. Use ``attributes()`` for the label
-    table and ``words(family)`` for value words.
+    means ``k + 1`` stars. In v1 geometry arrays are integers in pixels and the v2-only fields
+    are ``None``; in v2 geometry and nuisance arrays (``NUISANCE``) are float32 in pixels,
+    radians or factors. Use ``attributes()`` for the label table and ``words(family)`` for
+    value words.
     """
 
     shape: np.ndarray
@@ -274,17 +432,35 @@ class Scenes:
     background: np.ndarray
     count: np.ndarray
     x: np.ndarray
+    """(n,) horizontal centre of the object."""
     y: np.ndarray
+    """(n,) vertical centre of the object."""
     r: np.ndarray
+    """(n,) radius (half-extent before rotation) of the object."""
     phase: np.ndarray
-    """(n,) texture phase of the object."""
+    """v1: (n,) integer texture phase; v2: (n, 2) offset of the texture pattern in the
+    object's frame (pixels)."""
     star_slots: np.ndarray
     """(n, 8) bool: which bottom-strip slots hold a star."""
+    angle: np.ndarray | None = None
+    """(v2) (n,) rotation of the object (radians, counter-clockwise on screen)."""
+    light: np.ndarray | None = None
+    """(v2) (n,) brightness factor of the whole image."""
+    grating: np.ndarray | None = None
+    """(v2) (n, 4) background grating: orientation (radians), period (pixels), phase,
+    amplitude."""
+    specks: np.ndarray | None = None
+    """(v2) (n, k, 3) background specks: column, row, grey level (0: no speck)."""
     shift: str | None = None
     config: WorldConfig = DEFAULT_WORLD
 
     def __len__(self) -> int:
         return int(self.shape.shape[0])
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        """Every array field that is set, in field order."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("shift", "config") and getattr(self, f.name) is not None}
 
     def attributes(self) -> dict[str, np.ndarray]:
         """Attribute family → (n,) int64 value indices, in ``config.attributes`` order."""
@@ -297,96 +473,143 @@ class Scenes:
 
     def subset(self, index: np.ndarray | slice) -> Scenes:
         """The scenes selected by ``index`` (same shift and config)."""
-        arrays = {
-            f.name: getattr(self, f.name)[index]
-            for f in dataclasses.fields(self)
-            if f.name not in ("shift", "config")
-        }
+        arrays = {k: a[index] for k, a in self._arrays().items()}
         return Scenes(**arrays, shift=self.shift, config=self.config)
 
+    @classmethod
+    def concatenate(cls, parts: list[Scenes]) -> Scenes:
+        """One batch from several of the same shift and config, in order."""
+        first = parts[0]
+        arrays = {k: np.concatenate([p._arrays()[k] for p in parts]) for k in first._arrays()}
+        return cls(**arrays, shift=first.shift, config=first.config)
+
     def keys(self) -> np.ndarray:
-        """(n, k) int64 rows that identify each scene (attributes and geometry)."""
-        cols = [
-            getattr(self, f.name).reshape(len(self), -1).astype(np.int64)
-            for f in dataclasses.fields(self)
-            if f.name not in ("shift", "config")
-        ]
+        """(n, k) int64 rows that identify each scene (attributes, geometry to 1/1000)."""
+        cols = []
+        for a in self._arrays().values():
+            a = a.reshape(len(self), -1)
+            cols.append(np.rint(a * 1000).astype(np.int64) if a.dtype.kind == "f"
+                        else a.astype(np.int64))
         return np.concatenate(cols, axis=1)
 
 
-def _check_shift(shift: str | None) -> None:
-    if shift is not None and shift not in SHIFTS:
-        raise ValueError(f"unknown shift {shift!r}; valid: None, {', '.join(SHIFTS)}")
+def _check_shift(shift: str | None, config: WorldConfig) -> None:
+    if shift is not None and shift not in config.shifts:
+        raise ValueError(f"unknown shift {shift!r} for world version {config.version}; "
+                         f"valid: None, {', '.join(config.shifts)}")
 
 
 def sample_scenes(
     n: int, seed: int, config: WorldConfig = DEFAULT_WORLD, shift: str | None = None
 ) -> Scenes:
-    """Sample ``n`` scenes: uniform attribute values and geometry.
+    """Sample ``n`` scenes: uniform attribute values, geometry and (v2) nuisance.
 
     Args:
         n: Number of scenes.
         seed: Seed of the scene generator (independent of the render and caption seeds).
         config: The world.
-        shift: ``None`` for the base world or one of ``SHIFTS`` (recorded, used by ``render``).
+        shift: ``None`` for the base world or one of ``config.shifts`` (recorded, used by
+            ``render``).
 
     Returns:
         The scenes.
     """
-    _check_shift(shift)
+    _check_shift(shift, config)
+    c = config
     rng = np.random.default_rng([seed, 0x5CE7E])
-    attrs = {a: rng.integers(0, len(v), n) for a, v in config.attributes.items()}
-    j = config.radius_jitter
-    r = np.asarray(config.radii)[attrs["size"]] + rng.integers(-j, j + 1, n)
-    x = np.asarray(config.x_centres)[attrs["position"]]
-    x = x + rng.integers(-config.x_jitter, config.x_jitter + 1, n)
-    y = np.asarray(config.y_rows)[rng.integers(0, len(config.y_rows), n)]
-    phase = rng.integers(0, 8, n)
+    attrs = {a: rng.integers(0, len(v), n) for a, v in c.attributes.items()}
+    if c.version == 1:
+        j = c.radius_jitter
+        r = np.asarray(c.radii)[attrs["size"]] + rng.integers(-j, j + 1, n)
+        x = np.asarray(c.x_centres)[attrs["position"]]
+        xj = int(c.x_jitter)
+        x = x + rng.integers(-xj, xj + 1, n)
+        y = np.asarray(c.y_rows)[rng.integers(0, len(c.y_rows), n)]
+        phase = rng.integers(0, 8, n)
+        order = np.argsort(rng.random((n, _STAR_SLOTS)), axis=1)
+        ranks = np.argsort(order, axis=1)
+        star_slots = ranks <= attrs["count"][:, None]
+        return Scenes(**attrs, x=x, y=y, r=r, phase=phase, star_slots=star_slots, shift=shift,
+                      config=c)
+
+    def uniform(lo: float, hi: float, shape: int | tuple[int, ...] = n) -> np.ndarray:
+        return rng.uniform(lo, hi, shape).astype(np.float32)
+
+    x = np.asarray(c.x_centres, np.float32)[attrs["position"]] + uniform(-c.x_jitter,
+                                                                          c.x_jitter)
+    y = uniform(*c.y_range)
+    r = np.asarray(c.radii, np.float32)[attrs["size"]] * uniform(1 - c.scale_jitter,
+                                                                  1 + c.scale_jitter)
+    angle = np.deg2rad(uniform(-c.rotation, c.rotation)).astype(np.float32)
+    phase = uniform(0.0, 8.0, (n, 2))
+    light = uniform(*c.light_range)
+    grating = np.stack([uniform(0.0, np.pi), uniform(*c.grating_period),
+                        uniform(0.0, 2 * np.pi), uniform(0.0, c.grating_amplitude)], axis=1)
+    k = max(c.specks, 1)
+    specks = np.stack([uniform(1.0, IMAGE_SIZE - 2.0, (n, k)),
+                       uniform(1.0, _STRIP_TOP - 2.0, (n, k)), uniform(60.0, 200.0, (n, k))],
+                      axis=2)
+    present = np.arange(k)[None] < rng.integers(0, c.specks + 1, n)[:, None]
+    specks[..., 2] *= present
     order = np.argsort(rng.random((n, _STAR_SLOTS)), axis=1)
     ranks = np.argsort(order, axis=1)
     star_slots = ranks <= attrs["count"][:, None]
-    return Scenes(**attrs, x=x, y=y, r=r, phase=phase, star_slots=star_slots, shift=shift,
-                  config=config)
+    return Scenes(**attrs, x=x, y=y, r=r, angle=angle, phase=phase, light=light,
+                  grating=grating, specks=specks, star_slots=star_slots, shift=shift, config=c)
 
 
 _YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32)
 
 
-def _shape_mask(shape: np.ndarray, cx: np.ndarray, cy: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """(n, H, W) bool mask of each object; shape indices follow ``WorldConfig.shapes`` order.
+def _object_frame(scenes: Scenes) -> tuple[np.ndarray, np.ndarray]:
+    """(n, H, W) coordinates of every pixel in each object's frame (centred, unrotated).
 
-    Every shape stays within ``|dx| <= r`` and ``|dy| <= r`` of its centre.
+    ``u`` runs along the object's horizontal axis, ``v`` downwards along its vertical axis.
+    In v1 (no rotation) they are the plain offsets from the centre.
     """
-    n = shape.shape[0]
-    mask = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
+    dx = _XX[None] - scenes.x[:, None, None].astype(np.float32)
+    dy = _YY[None] - scenes.y[:, None, None].astype(np.float32)
+    if scenes.angle is None:
+        return dx, dy
+    cos, sin = np.cos(scenes.angle)[:, None, None], np.sin(scenes.angle)[:, None, None]
+    return cos * dx - sin * dy, sin * dx + cos * dy
+
+
+def _shape_mask(shape: np.ndarray, u: np.ndarray, v: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """(n, H, W) bool mask of each object from its frame coordinates.
+
+    Shape indices follow ``WorldConfig.shapes`` order; unrotated, every shape stays within
+    ``|u| <= r`` and ``|v| <= r``.
+    """
+    mask = np.zeros(u.shape, dtype=bool)
+    r = r.astype(np.float32)
     for s in range(5):
         sel = np.flatnonzero(shape == s)
         if sel.size == 0:
             continue
-        dx = np.abs(_XX[None] - cx[sel, None, None].astype(np.float32))
-        dy = _YY[None] - cy[sel, None, None].astype(np.float32)
-        rr = r[sel, None, None].astype(np.float32)
+        du, dv = np.abs(u[sel]), v[sel]
+        rr = r[sel, None, None]
         if s == 0:  # circle
-            m = dx * dx + dy * dy <= rr * rr + rr * 0.5
+            m = du * du + dv * dv <= rr * rr + rr * 0.5
         elif s == 1:  # square
-            m = (dx <= 0.85 * rr) & (np.abs(dy) <= 0.85 * rr)
+            m = (du <= 0.85 * rr) & (np.abs(dv) <= 0.85 * rr)
         elif s == 2:  # triangle, apex up
-            m = (dy >= -rr) & (dy <= rr) & (dx <= (dy + rr) * 0.5)
+            m = (dv >= -rr) & (dv <= rr) & (du <= (dv + rr) * 0.5)
         elif s == 3:  # diamond
-            m = dx + np.abs(dy) <= rr + 0.5
+            m = du + np.abs(dv) <= rr + 0.5
         else:  # cross
             arm = np.maximum(rr / 3.0, 1.5)
-            ady = np.abs(dy)
-            m = ((dx <= arm) & (ady <= rr)) | ((ady <= arm) & (dx <= rr))
+            adv = np.abs(dv)
+            m = ((du <= arm) & (adv <= rr)) | ((adv <= arm) & (du <= rr))
         mask[sel] = m
     return mask
 
 
-_TEXTURE_PERIOD = 8  # texture phases; every pattern below repeats within 8 pixels
+_TEXTURE_PERIOD = 8  # v1 texture phases; every pattern below repeats within 8 pixels
 
 
 def _texture_table() -> np.ndarray:
-    """(4 textures, 8 phases, H, W) bool table of dark texture pixels."""
+    """(4 textures, 8 phases, H, W) bool table of dark texture pixels (v1, image-aligned)."""
     phase = np.arange(_TEXTURE_PERIOD)[:, None, None]
     xx = _XX.astype(np.int32)[None] + phase
     yy = _YY.astype(np.int32)[None] + phase
@@ -401,9 +624,33 @@ def _texture_table() -> np.ndarray:
 _TEXTURES = _texture_table()
 
 
-def _texture_mask(texture: np.ndarray, phase: np.ndarray) -> np.ndarray:
+def _texture_mask_v1(texture: np.ndarray, phase: np.ndarray) -> np.ndarray:
     """(n, H, W) bool mask of the dark texture pixels (plain, striped, checkered, dotted)."""
     return _TEXTURES[texture, phase % _TEXTURE_PERIOD]
+
+
+def _texture_mask(texture: np.ndarray, u: np.ndarray, v: np.ndarray,
+                  phase: np.ndarray) -> np.ndarray:
+    """(n, H, W) bool mask of the dark texture pixels (plain, striped, checkered, dotted; v2).
+
+    The pattern lives in the object's frame, offset by ``phase``, so it turns with the object.
+    """
+    mask = np.zeros(u.shape, dtype=bool)
+    for t in (1, 2, 3):
+        sel = np.flatnonzero(texture == t)
+        if sel.size == 0:
+            continue
+        uu = u[sel] + phase[sel, 0, None, None]
+        vv = v[sel] + phase[sel, 1, None, None]
+        if t == 1:  # striped: diagonal bands of period 8
+            m = np.mod(uu + vv, 8.0) < 4.0
+        elif t == 2:  # checkered: 4-pixel squares
+            m = (np.floor(uu / 4.0) + np.floor(vv / 4.0)) % 2 == 0
+        else:  # dotted: discs every 5 pixels
+            du, dv = np.mod(uu, 5.0) - 2.0, np.mod(vv, 5.0) - 2.0
+            m = du * du + dv * dv <= 1.5
+        mask[sel] = m
+    return mask
 
 
 def _star_mask(star_slots: np.ndarray) -> np.ndarray:
@@ -418,6 +665,21 @@ def _star_mask(star_slots: np.ndarray) -> np.ndarray:
     return (hits > 0).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
 
 
+def _speck_mask(specks: np.ndarray) -> np.ndarray:
+    """(n, H, W) index of the speck covering each pixel (2×2 pixels each), -1 where none."""
+    n, k = specks.shape[:2]
+    col = np.floor(specks[..., 0]).astype(np.intp)
+    row = np.floor(specks[..., 1]).astype(np.intp)
+    out = np.full((n, IMAGE_SIZE, IMAGE_SIZE), -1, np.intp)
+    img = np.broadcast_to(np.arange(n)[:, None], (n, k))
+    which = np.broadcast_to(np.arange(k)[None], (n, k))
+    present = specks[..., 2] > 0
+    for dr in (0, 1):
+        for dc in (0, 1):
+            out[img[present], row[present] + dr, col[present] + dc] = which[present]
+    return out
+
+
 def _outline(mask: np.ndarray) -> np.ndarray:
     inner = mask.copy()
     inner[:, 1:, :] &= mask[:, :-1, :]
@@ -428,13 +690,94 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 
 
 _BLOCK_MAP = ((_YY // 8) * 8 + _XX // 8).astype(np.uint8)  # 8×8-pixel block id of each pixel
+_BG, _LIGHT, _DARK, _STAR, _SPECK = 0, 1, 2, 3, 4  # labels; specks 4..4+k-1, clutter after
 
 
-def _render_chunk(scenes: Scenes, rng: np.random.Generator) -> np.ndarray:
-    """Draw a chunk through a per-pixel label map and a per-image colour table.
+def _grating(grating: np.ndarray) -> np.ndarray:
+    """(n, H, W) background grating, from separable sines (cheaper than one sine per pixel)."""
+    theta, period, phase, amp = (grating[:, i] for i in range(4))
+    kx = (2 * np.pi * np.cos(theta) / period)[:, None] * _XX[0][None]  # (n, W)
+    ky = (2 * np.pi * np.sin(theta) / period)[:, None] * _YY[:, 0][None] + phase[:, None]  # (n, H)
+    sx, cx, sy, cy = np.sin(kx), np.cos(kx), np.sin(ky), np.cos(ky)
+    wave = sy[:, :, None] * cx[:, None, :] + cy[:, :, None] * sx[:, None, :]  # sin(kx + ky)
+    return (amp[:, None, None] * wave).astype(np.float32)
+
+
+def _render_chunk_v2(scenes: Scenes, rng: np.random.Generator) -> np.ndarray:
+    """Draw a v2 chunk through a per-pixel label map and a per-image colour table.
+
+    Labels: 0 background, 1/2 object light/dark (texture), 3 star, 4.. the specks, then the
+    clutter blocks. One gather turns labels into lit colours; the (lit) grating is added to
+    the background pixels and noise last, both in integers.
+    """
+    cfg, shift, n = scenes.config, scenes.shift, len(scenes)
+    shape4 = (n, IMAGE_SIZE, IMAGE_SIZE, 3)
+    if shift == "random":
+        return rng.integers(0, 256, shape4, dtype=np.uint8)
+    u, v = _object_frame(scenes)
+    mask = _shape_mask(scenes.shape, u, v, scenes.r)
+    stars = _star_mask(scenes.star_slots)
+    k = scenes.specks.shape[1]
+    clutter = shift == "clutter"
+    table = np.zeros((n, _SPECK + k + 64 * clutter, 3), np.float32)
+    wave = None
+    if shift == "sketch":  # black outlines on a white page: no colour, texture or lighting
+        table[:, _BG], table[:, _LIGHT:] = 235.0, 20.0
+        labels = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+        labels[_outline(mask)] = _LIGHT
+    else:
+        palette = np.asarray(cfg.shift_palette if shift == "palette" else cfg.palette,
+                             np.float32)
+        bg_pal = np.asarray(cfg.shift_background_palette if shift == "palette"
+                            else cfg.background_palette, np.float32)
+        jitter = cfg.shift_color_jitter if shift == "palette" else cfg.color_jitter
+        bj = cfg.background_jitter
+        table[:, _BG] = bg_pal[scenes.background] + rng.uniform(-bj, bj, (n, 1)).astype(np.float32)
+        color = palette[scenes.color] + rng.uniform(-jitter, jitter, (n, 3)).astype(np.float32)
+        table[:, _LIGHT] = color
+        table[:, _DARK] = color * np.float32(cfg.texture_shade)
+        table[:, _STAR] = 240.0
+        table[:, _SPECK:_SPECK + k] = scenes.specks[..., 2:3]
+        speck = _speck_mask(scenes.specks)
+        labels = np.where(speck >= 0, speck + _SPECK, _BG).astype(np.uint8)
+        if clutter:  # 8×8-pixel blocks of random colour, half-blended with the background
+            blocks = rng.integers(0, 256, (n, 64, 3)).astype(np.float32)
+            table[:, _SPECK + k:] = 0.5 * blocks + 0.5 * table[:, _BG:_BG + 1]
+            labels = np.where(labels == _BG, _BLOCK_MAP + np.uint8(_SPECK + k), labels)
+        else:
+            wave = _grating(scenes.grating)
+        pattern = _texture_mask(scenes.texture, u, v, scenes.phase)
+        labels = np.where(mask, pattern.view(np.uint8) + np.uint8(_LIGHT), labels)
+        light = scenes.light
+        if shift == "dark":
+            light = rng.uniform(*cfg.shift_light_range, n).astype(np.float32)
+        table *= light[:, None, None]
+        if wave is not None:
+            wave *= light[:, None, None]
+        if shift == "dark":
+            table += rng.uniform(-cfg.shift_cast, cfg.shift_cast, (n, 1, 3)).astype(np.float32)
+    labels[stars] = _STAR
+    table = np.clip(np.rint(table), 0, 255).astype(np.int16)
+    flat = labels.astype(np.intp) + (np.arange(n) * table.shape[1])[:, None, None]
+    img = table.reshape(-1, 3)[flat]  # (n, H, W, 3) int16
+    if wave is not None:
+        img += np.where(labels == _BG, np.rint(wave), 0).astype(np.int16)[..., None]
+    std = cfg.shift_noise_std if shift == "noise" else cfg.noise_std
+    half_width = int(round(std * np.sqrt(3.0)))  # uniform noise with standard deviation ≈ std
+    if half_width > 0:
+        img += rng.integers(-half_width, half_width + 1, shape4, dtype=np.int16)
+    np.clip(img, 0, 255, out=img)
+    return img.astype(np.uint8)
+
+
+
+
+def _render_chunk_v1(scenes: Scenes, rng: np.random.Generator) -> np.ndarray:
+    """Draw a v1 chunk through a per-pixel label map and a per-image colour table.
 
     Labels: 0 background, 1/2 object light/dark (texture), 3 star, 4 + b the clutter block b.
-    One gather turns labels into colours; noise is added last.
+    One gather turns labels into colours; noise is added last. (Frozen: the order of every
+    random draw fixes the pixels of the shipped checkpoint's datasets.)
     """
     cfg, shift, n = scenes.config, scenes.shift, len(scenes)
     shape4 = (n, IMAGE_SIZE, IMAGE_SIZE, 3)
@@ -446,11 +789,12 @@ def _render_chunk(scenes: Scenes, rng: np.random.Generator) -> np.ndarray:
         cfg.shift_background_palette if shift == "palette" else cfg.background_palette, np.float32
     )
     jitter = cfg.shift_color_jitter if shift == "palette" else cfg.color_jitter
+    bj = cfg.background_jitter
     table = np.zeros((n, 4 + 64 * (shift == "clutter"), 3), np.float32)
     if sketch:
         table[:, 0], table[:, 1:] = 235.0, 20.0
     else:
-        table[:, 0] = bg_pal[scenes.background] + rng.uniform(-8, 8, (n, 1)).astype(np.float32)
+        table[:, 0] = bg_pal[scenes.background] + rng.uniform(-bj, bj, (n, 1)).astype(np.float32)
         table[:, 3] = 240.0
     if shift == "clutter":  # 8×8-pixel blocks of random colour, half-blended with the background
         blocks = rng.integers(0, 256, (n, 64, 3)).astype(np.float32)
@@ -458,14 +802,15 @@ def _render_chunk(scenes: Scenes, rng: np.random.Generator) -> np.ndarray:
         labels = np.broadcast_to(_BLOCK_MAP + np.uint8(4), (n, IMAGE_SIZE, IMAGE_SIZE)).copy()
     else:
         labels = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
-    mask = _shape_mask(scenes.shape, scenes.x, scenes.y, scenes.r)
+    u, v = _object_frame(scenes)
+    mask = _shape_mask(scenes.shape, u, v, scenes.r)
     if sketch:
         labels[_outline(mask)] = 1
     else:
         color = palette[scenes.color] + rng.uniform(-jitter, jitter, (n, 3)).astype(np.float32)
         table[:, 1] = color
         table[:, 2] = color * np.float32(cfg.texture_shade)
-        pattern = _texture_mask(scenes.texture, scenes.phase)
+        pattern = _texture_mask_v1(scenes.texture, scenes.phase)
         labels = np.where(mask, pattern.view(np.uint8) + np.uint8(1), labels)
     labels[_star_mask(scenes.star_slots)] = 3
     table = np.clip(np.rint(table), 0, 255).astype(np.uint8)
@@ -479,6 +824,10 @@ def _render_chunk(scenes: Scenes, rng: np.random.Generator) -> np.ndarray:
     noisy += img
     np.clip(noisy, 0, 255, out=noisy)
     return noisy.astype(np.uint8)
+
+
+def _render_chunk(scenes: Scenes, rng: np.random.Generator) -> np.ndarray:
+    return (_render_chunk_v1 if scenes.config.version == 1 else _render_chunk_v2)(scenes, rng)
 
 
 _CHUNK = 256  # scenes drawn per vectorised step, each step with its own seed

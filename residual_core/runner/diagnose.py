@@ -1,0 +1,355 @@
+"""Fast diagnostic of a tutorial checkpoint against the paper's claims.
+
+``python -m residual_core.runner.diagnose [--checkpoint PATH]`` measures, for any tutorial
+CLIP checkpoint (v1 or v2 world, any depth), what the book's chapters will find, in a few
+minutes on one CPU thread and without touching the chapters' encoding caches (units are
+decomposed in memory). It is the yardstick for choosing the world and the training recipe of
+the shipped model, ported from branch ``tutorial-model`` (there
+``residual_core.tutorial.diagnose``; it lives in the runner because it needs ``analysis/``,
+which ``tutorial/`` may not import):
+
+- zero-shot accuracy of every attribute task on the training distribution (against 2× chance)
+  and on the downstream (shifted) tasks (``data.world.downstream_tasks``);
+- intrinsic dimension of every unit on the world's reference set (linear PCA-99 and TwoNN);
+- the best linear-probe unit and head per attribute;
+- subspace similarity across distributions and mean-ablation of the first two thirds of the
+  layers.
+
+Claims are decided **only** by :mod:`residual_core.analysis.claims` (C1–C4
+``id_claims``, C5–C6 ``stability_claims``, C9 ``alignment_claims``); this module computes
+their inputs with the library (``core`` decomposition, PCA, probes, ablation; ``analysis``
+geometry and layer ablation). C7, C8, C10, C11 (TextSpan, coarse selection, specialisation)
+and C12–C14 are the chapters' (03–05). ``--record NAME`` appends a summary to
+``residual_core/tutorial/assets/prototypes.json``, the record of which world and training
+choices moved which claims.
+
+Example::
+
+    python -m residual_core.runner.diagnose                    # the shipped checkpoint
+    python -m residual_core.runner.diagnose --checkpoint .cache/tutorial_v2/tiny_clip_v2.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from residual_core.analysis import claims as C
+from residual_core.analysis.alignment import layer_ablation
+from residual_core.analysis.geometry import (
+    chance_similarity,
+    depth_profile,
+    subspace_similarity,
+    twonn_fit,
+)
+from residual_core.core.ablation import accuracy
+from residual_core.core.decompose import UnitProjector, decompose
+from residual_core.core.intrinsic_dim import linear_id
+from residual_core.core.model import LoadedModel
+from residual_core.core.probes import probe_table
+from residual_core.core.spectral import unit_pca
+from residual_core.core.units import Units, label_table
+from residual_core.core.zeroshot import build_classifier
+from residual_core.data import world as WD
+from residual_core.data.registry import load_dataset
+from residual_core.tutorial import world as W
+
+__all__ = ["HISTORY_PATH", "Encoded", "encode", "history_entry", "id_table", "load_checkpoint",
+           "main", "record_history", "run", "world_of", "zero_shot_target"]
+
+HISTORY_PATH = Path(__file__).resolve().parents[1] / "tutorial" / "assets" / "prototypes.json"
+"""The models the tutorial model is chosen from, as the diagnostic measured them."""
+
+
+class Encoded:
+    """Units of one dataset split with its ground-truth attributes (``(n,)`` tensors)."""
+
+    def __init__(self, units: Units, attributes: dict[str, torch.Tensor]) -> None:
+        self.units = units
+        self.attributes = attributes
+
+
+def load_checkpoint(path: str | Path) -> tuple[LoadedModel, dict[str, Any]]:
+    """A tutorial checkpoint (hash-checked) as a :class:`LoadedModel`, with its json record."""
+    from residual_core.tutorial.model import load_tiny_clip, preprocess_transform
+
+    path = Path(path)
+    model, tokenizer, record = load_tiny_clip(path)
+    loaded = LoadedModel(model=model,
+                         preprocess=preprocess_transform(
+                             record["model_cfg"]["vision_cfg"]["image_size"]),
+                         tokenizer=tokenizer, name="tutorial", arch="tutorial-tiny-clip",
+                         pretrained=path.name,
+                         named_fingerprint=f"tutorial-{record['sha256'][:16]}")
+    return loaded, record
+
+
+def world_of(record: dict[str, Any]) -> str:
+    """The world a checkpoint was trained on (``v1`` for checkpoints from before ``--world``)."""
+    return str(record.get("metadata", {}).get("world_name", "v1"))
+
+
+def zero_shot_target(n_classes: int) -> float:
+    """Zero-shot accuracy a training-distribution task should reach.
+
+    2× chance, or for a binary task chance + ½(1 − chance).
+    """
+    chance = 1.0 / n_classes
+    return chance + 0.5 * (1 - chance) if n_classes == 2 else 2 * chance
+
+
+@torch.no_grad()
+def encode(loaded: LoadedModel, dataset: str, split: str, size: int,
+           batch_size: int = 250) -> Encoded:
+    """Decompose the images of a registered tutorial dataset split (in memory, no cache)."""
+    ds = load_dataset(dataset, split, size=size)
+    projector = UnitProjector.from_model(loaded.model)
+    parts = [decompose(loaded.model, images_to_tensor(ds.images[i:i + batch_size]),
+                       projector=projector) for i in range(0, len(ds), batch_size)]
+    units = Units(torch.cat([p.data for p in parts]), parts[0].labels, parts[0].layout)
+    return Encoded(units, {k: torch.as_tensor(v) for k, v in (ds.attributes or {}).items()})
+
+
+def images_to_tensor(images) -> torch.Tensor:
+    """uint8 HWC images → the tutorial CLIP's input.
+
+    As ``tutorial.train.images_to_tensor``, which the runner may not import (a script).
+    """
+    from residual_core.tutorial.model import IMAGE_MEAN, IMAGE_STD
+
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    return (x - torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGE_STD).view(
+        1, 3, 1, 1)
+
+
+def id_table(units: Units, threshold: float = 0.99, max_points: int = 50_000,
+             seed: int = 0) -> pd.DataFrame:
+    """Linear (PCA-``threshold``) and TwoNN intrinsic dimension of every unit (in memory).
+
+    The columns of chapter 01's table that :func:`~residual_core.analysis.claims.id_claims`
+    reads: ``label_table`` columns, ``linear_id``, ``evr_pc1``, ``twonn``, ``ratio``.
+    """
+    pca = unit_pca(units)
+    table = label_table(units.labels)
+    evr = pca.explained_variance_ratio
+    table["linear_id"] = linear_id(evr, threshold).cpu().numpy()
+    table["evr_pc1"] = evr[:, 0].cpu().numpy()
+    table["twonn"] = [twonn_fit(units.data[:, i], max_points=max_points, seed=seed).dimension
+                      for i in range(len(units.labels))]
+    table["ratio"] = table.linear_id / table.twonn
+    return table
+
+
+def _first_task(dist: str) -> str:
+    return f"{dist}.{next(iter(W.ATTRIBUTES))}"
+
+
+def run(loaded: LoadedModel, world: str = "v1", *, reference_size: int = 5000,
+        shift_size: int = 1000, probe_size: int = 2000, twonn_points: int = 50_000,
+        seed: int = 0, log: Callable[[str], Any] = print) -> dict[str, Any]:
+    """Every measurement of the diagnostic on one model.
+
+    Args:
+        loaded: The model.
+        world: The world it was trained on (``v1``/``v2``): its datasets are measured.
+        reference_size: Images of the world's reference set (train) for ID and PCA.
+        shift_size: Images per distribution for the subspace similarity (train split).
+        probe_size: Train and test images per distribution for probes and zero-shot.
+        twonn_points: TwoNN subsample.
+        seed: Seed of every random choice (TwoNN subsample, permutations, random bases).
+        log: Where progress lines go.
+
+    Returns:
+        ``claims`` (the claims table of :mod:`residual_core.analysis.claims`), ``zero_shot``,
+        ``ids``, ``probes``, ``best_units``, ``similarity`` and ``wall_s``.
+    """
+    t0 = time.perf_counter()
+    dists = WD.distributions(world)
+    base = next(d for d, s in dists.items() if s is None)
+    ref = encode(loaded, WD.reference_name(world), "train", reference_size)
+    layout = ref.units.layout
+    heads = [u for u in ref.units.labels if label_table([u]).kind[0] == "head"]
+    ids = id_table(ref.units, max_points=twonn_points, seed=seed)
+    tables = [C.id_claims(ids, layout.d_head, seed)]
+    log(f"[{time.perf_counter() - t0:5.0f}s] reference encoded, IDs done")
+
+    natural = [d for d, s in dists.items() if s != "random"]
+    world_tasks = [f"{base}.{a}" for a in W.ATTRIBUTES]
+    down = WD.downstream_tasks(world)
+    clfs = {}
+    for task in world_tasks + down:
+        ds = load_dataset(task, "test", size=1)
+        clfs[task] = build_classifier(loaded, ds.classnames, ds.templates)
+    test = {d: encode(loaded, _first_task(d), "test", probe_size) for d in natural}
+
+    def zs(task: str, z: torch.Tensor | None = None) -> float:
+        dist, attr = task.split(".")
+        clf = clfs[task]
+        emb = test[dist].units.data.sum(1) if z is None else z
+        return accuracy(emb, clf.weights.cpu().float(), test[dist].attributes[attr],
+                          clf.normalize_features)
+
+    rows = []
+    for task in world_tasks + down:
+        dist, attr = task.split(".")
+        k = len(W.ATTRIBUTES[attr])
+        rows.append({"task": task, "K": k, "zero_shot": zs(task),
+                     "target": zero_shot_target(k) if dist == base else float("nan")})
+    zero_shot = pd.DataFrame(rows)
+    log(f"[{time.perf_counter() - t0:5.0f}s] zero-shot done")
+
+    train = encode(loaded, _first_task(base), "train", probe_size)
+    probes = probe_table(train.units, train.attributes, test[base].units, test[base].attributes)
+    best_rows = []
+    for attr in W.ATTRIBUTES:
+        col = probes[attr].drop("embedding")
+        best = col.idxmax()
+        best_rows.append({"attribute": attr, "best_unit": best, "best_acc": col[best],
+                          "best_head": col[heads].idxmax(), "best_head_acc": col[heads].max(),
+                          "embedding": probes.loc["embedding", attr]})
+    best_units = pd.DataFrame(best_rows)
+    log(f"[{time.perf_counter() - t0:5.0f}s] probes done")
+
+    # C5/C6: median head similarity of every distribution's subspaces to the reference's.
+    ref_pca = unit_pca(ref.units)
+    chance = float(chance_similarity(ref_pca, seed=seed)[heads].median())
+    sims = {}
+    for dist, shift in dists.items():
+        enc = encode(loaded, _first_task(dist), "train", shift_size)
+        sim = pd.Series(subspace_similarity(ref_pca, unit_pca(enc.units)).numpy(),
+                        index=list(ref_pca.labels))
+        sims[shift or base] = float(sim[heads].median())
+    similarity = pd.Series(sims, name="median_head_similarity")
+    tables.append(C.stability_claims(sims, chance, control="random", same=(base,)))
+    log(f"[{time.perf_counter() - t0:5.0f}s] subspace similarity done")
+
+    # C9: layer ablation (analysis.alignment.layer_ablation) on every downstream task.
+    means = ref.units.data.mean(0)
+    abl = []
+    for task in down:
+        dist, attr = task.split(".")
+        clf = clfs[task]
+        t = layer_ablation(test[dist].units, means, clf.weights.cpu().float(),
+                           test[dist].attributes[attr], clf.normalize_features)
+        abl.append(t.assign(task=task))
+    layers = pd.concat(abl, ignore_index=True)
+    none = pd.DataFrame(columns=["S", "full"])  # C10/C11 are chapter 04's, not measured here
+    c9 = C.alignment_claims(layers, none, pd.DataFrame(columns=["spec_carriers", "zs_lift"]))
+    tables.append(c9[c9.id == "C9"])
+    claims = pd.concat(tables, ignore_index=True)
+    return {"claims": claims, "zero_shot": zero_shot, "ids": ids, "probes": probes,
+            "best_units": best_units, "similarity": similarity, "layers": layers,
+            "wall_s": time.perf_counter() - t0}
+
+
+def history_entry(name: str, note: str, record: dict[str, Any], out: dict[str, Any],
+                  commit: str) -> dict[str, Any]:
+    """One prototype's summary: what it was, how it was trained, what the diagnostic found."""
+    v = record["model_cfg"]["vision_cfg"]
+    zs = out["zero_shot"]
+    train_dist = zs[~zs.target.isna()]
+    prof = depth_profile(out["ids"], "twonn")
+    return {
+        "name": name, "note": note, "commit": commit,
+        "world": world_of(record),
+        "model": f"{v['layers']} layers, {v['width'] // v['head_width']} heads of "
+                 f"{v['head_width']}, width {v['width']}, MLP x{v['mlp_ratio']:g}",
+        "train_command": record["metadata"].get("command", ""),
+        "steps": record["metadata"].get("steps_done"),
+        "sha256": record["sha256"],
+        "below_target": [t for t, a, g in zip(train_dist.task, train_dist.zero_shot,
+                                              train_dist.target, strict=True) if a < g],
+        "twonn_per_layer": [round(float(m), 2) for m in prof["mean"]],
+        "claims": {r.id: {"holds": r.holds == "yes", "measured": r.measured}
+                   for r in out["claims"].itertuples()},
+    }
+
+
+def record_history(name: str, note: str, record: dict[str, Any], out: dict[str, Any],
+                   path: Path = HISTORY_PATH) -> None:
+    """Add (or replace) ``name`` in the history file, with the commit of this working tree."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=Path(__file__).parent).stdout.strip()
+    entry = history_entry(name, note, record, out, commit)
+    entries = json.loads(path.read_text()) if path.exists() else []
+    entries = [e for e in entries if e["name"] != name] + [entry]
+    path.write_text(json.dumps(entries, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: print every table and the claims; optionally save them as json."""
+    from residual_core.tutorial.model import CHECKPOINT_PATH
+
+    p = argparse.ArgumentParser(prog="python -m residual_core.runner.diagnose",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, default=CHECKPOINT_PATH)
+    p.add_argument("--world", choices=list(W.WORLDS), default=None,
+                   help="the world whose datasets are measured (default: the checkpoint's)")
+    p.add_argument("--reference-size", type=int, default=5000)
+    p.add_argument("--shift-size", type=int, default=1000)
+    p.add_argument("--probe-size", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--record", default=None, metavar="NAME",
+                   help=f"append a summary to {HISTORY_PATH.name} (the history of prototypes) "
+                   "under this name")
+    p.add_argument("--note", default="", help="what this model changed (with --record)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    loaded, record = load_checkpoint(args.checkpoint)
+    world = args.world or world_of(record)
+    out = run(loaded, world, reference_size=args.reference_size, shift_size=args.shift_size,
+              probe_size=args.probe_size, seed=args.seed)
+    pd.set_option("display.width", 200)
+    pd.set_option("display.max_colwidth", 120)
+    print(f"\n== {args.checkpoint} ({loaded.fingerprint}), world {world}")
+    zs = out["zero_shot"]
+    own = zs[~zs.target.isna()]
+    print("\nzero-shot on the training distribution (test split):")
+    print(own.to_string(index=False, float_format="{:.3f}".format))
+    short = own[own.zero_shot < own.target]
+    print(f"tasks below target: {', '.join(short.task) if len(short) else 'none'}")
+    down = zs[zs.target.isna()]
+    print(f"\ndownstream tasks ({len(down)}): mean zero-shot {down.zero_shot.mean():.3f}")
+    ids = out["ids"]
+    print("\nheads per layer (mean ± SE over heads): linear ID, TwoNN, ratio")
+    n = ids[ids.kind == "head"].groupby("layer").size()
+    for col in ("linear_id", "twonn", "ratio"):
+        prof = depth_profile(ids, col)
+        print(f"  {col:>9}: " + "  ".join(
+            f"L{i} {m:.2f}±{s / math.sqrt(n[i]):.2f}"
+            for i, m, s in zip(prof.index, prof["mean"], prof["std"], strict=True)))
+    print("\nbest probe unit per attribute:")
+    print(out["best_units"].to_string(index=False, float_format="{:.3f}".format))
+    print("\nmedian head similarity to the reference subspace:")
+    print(out["similarity"].to_string(float_format="{:.3f}".format))
+    claims = out["claims"]
+    print(f"\nclaims ({int((claims.holds == 'yes').sum())} of {len(claims)} hold), "
+          f"{out['wall_s'] / 60:.1f} min:")
+    print(claims[["id", "measured", "criterion", "holds"]].to_string(index=False))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "checkpoint": str(args.checkpoint), "fingerprint": loaded.fingerprint,
+            "world": world, "claims": claims.to_dict("records"),
+            "zero_shot": zs.to_dict("records"), "ids": ids.to_dict("records"),
+            "best_units": out["best_units"].to_dict("records"),
+            "similarity": out["similarity"].to_dict(), "wall_s": out["wall_s"],
+        }, indent=1, default=float))
+    if args.record:
+        record_history(args.record, args.note, record, out)
+
+
+if __name__ == "__main__":
+    main()

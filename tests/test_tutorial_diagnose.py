@@ -1,0 +1,83 @@
+"""The checkpoint diagnostic (runner.diagnose): its ID table against planted dimensions, that
+claims come only from analysis.claims, and one quick end-to-end run on a small random model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from residual_core.analysis import claims as C
+from residual_core.core.units import UnitLayout, Units
+from residual_core.runner import diagnose as G
+from residual_core.tutorial import world as W
+
+
+def test_zero_shot_target():
+    assert G.zero_shot_target(2) == pytest.approx(0.75)
+    assert G.zero_shot_target(4) == pytest.approx(0.5)
+
+
+def test_id_table_recovers_planted_dimensions(loaded):
+    from residual_core.core.decompose import check_supported
+
+    lay: UnitLayout = check_supported(loaded.model)
+    labels = list(lay.labels)
+    dims = [1 + (i % 5) for i in range(len(labels))]
+    gen = torch.Generator().manual_seed(0)
+    d_out = 16
+    cols = []
+    for k in dims:
+        basis = torch.linalg.qr(torch.randn(d_out, k, generator=gen, dtype=torch.float64))[0]
+        cols.append(torch.rand(3000, k, generator=gen, dtype=torch.float64) @ basis.T)
+    units = Units(torch.stack(cols, 1).float(), tuple(labels), lay)
+    table = G.id_table(units, seed=0)
+    assert table.unit.tolist() == labels
+    assert table.linear_id.tolist() == dims
+    assert ((table.twonn - pd.Series(dims)).abs() <= 0.25 * pd.Series(dims) + 0.3).all()
+
+
+def test_diagnostic_decides_claims_only_through_analysis_claims():
+    source = open(G.__file__).read()
+    assert "C.id_claims(" in source and "C.stability_claims(" in source
+    assert "C.alignment_claims(" in source
+    for threshold in ("0.5 * d_head", "0.25 * d_head", "<= 0.02", "p < 0.05"):
+        assert threshold not in source  # no criterion of its own
+
+
+def test_quick_run_end_to_end(loaded):
+    out = G.run(loaded, "v1", reference_size=120, shift_size=60, probe_size=60,
+                twonn_points=120, log=lambda *_: None)
+    claims = out["claims"]
+    assert list(claims.columns) == list(C.COLUMNS)
+    assert claims.id.tolist() == ["C1", "C2", "C3", "C4", "C5", "C6", "C9"]
+    assert all(claims.criterion[i] == C.CLAIMS[c].criterion for i, c in enumerate(claims.id))
+    assert set(out["zero_shot"].task) >= {f"world.{a}" for a in W.ATTRIBUTES}
+    assert out["ids"].shape[0] == len(out["probes"]) - 1  # every unit, no embedding
+    assert set(out["similarity"].index) == {"world", *W.SHIFTS}
+    entry = G.history_entry("t", "note", {"model_cfg": {"vision_cfg": {
+        "layers": 2, "width": 32, "head_width": 16, "mlp_ratio": 4.0}}, "metadata": {},
+        "sha256": "0" * 64}, out, "abc")
+    assert entry["world"] == "v1" and set(entry["claims"]) == set(claims.id)
+
+
+def test_history_is_kept_and_cli_has_help():
+    import json
+
+    entries = json.loads(G.HISTORY_PATH.read_text())
+    assert {"baseline"} <= {e["name"] for e in entries}
+    res = subprocess.run([sys.executable, "-m", "residual_core.runner.diagnose", "--help"],
+                         capture_output=True, text=True, check=True)
+    assert "--checkpoint" in res.stdout and "--record" in res.stdout
+
+
+def test_images_to_tensor_matches_the_training_script():
+    import numpy as np
+
+    from residual_core.tutorial.train import images_to_tensor
+
+    imgs = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    torch.testing.assert_close(G.images_to_tensor(imgs), images_to_tensor(imgs))
