@@ -43,21 +43,27 @@ def test_id_table_recovers_planted_dimensions(loaded):
 def test_diagnostic_decides_claims_only_through_analysis_claims():
     source = open(G.__file__).read()
     assert "C.id_claims(" in source and "C.stability_claims(" in source
-    assert "C.alignment_claims(" in source
+    assert "C.alignment_claims(" in source and "C.specialization_claims(" in source
+    assert "C.residual_claims(" not in source  # C12-C14 are chapter 05's (see --help)
     for threshold in ("0.5 * d_head", "0.25 * d_head", "<= 0.02", "p < 0.05"):
         assert threshold not in source  # no criterion of its own
 
 
 def test_quick_run_end_to_end(loaded):
-    out = G.run(loaded, "v1", reference_size=120, shift_size=60, probe_size=60,
-                twonn_points=120, log=lambda *_: None)
+    out = G.run(loaded, "v1", reference_size=120, shift_size=60, probe_size=60, val_size=40,
+                twonn_points=120, n_texts=3, random_seeds=2, log=lambda *_: None)
     claims = out["claims"]
     assert list(claims.columns) == list(C.COLUMNS)
-    assert claims.id.tolist() == ["C1", "C2", "C3", "C4", "C5", "C6", "C9"]
+    assert claims.id.tolist() == [f"C{i}" for i in range(1, 12)]
+    assert set(claims.holds) <= {"yes", "no"}
     assert all(claims.criterion[i] == C.CLAIMS[c].criterion for i, c in enumerate(claims.id))
     assert set(out["zero_shot"].task) >= {f"world.{a}" for a in W.ATTRIBUTES}
     assert out["ids"].shape[0] == len(out["probes"]) - 1  # every unit, no embedding
     assert set(out["similarity"].index) == {"world", *W.SHIFTS}
+    assert set(out["truth"].attribute) == set(W.ATTRIBUTES)  # chapter 03's table, every attribute
+    assert set(out["tasks"].task) == set(out["selection"].index)  # chapter 04's, every task
+    assert {"TextSpan and probe views (C7-C8)",
+            "layer ablation, coarse selection, task table (C9-C11)"} <= set(out["timings"])
     entry = G.history_entry("t", "note", {"model_cfg": {"vision_cfg": {
         "layers": 2, "width": 32, "head_width": 16, "mlp_ratio": 4.0}}, "metadata": {},
         "sha256": "0" * 64}, out, "abc")
@@ -72,6 +78,7 @@ def test_history_is_kept_and_cli_has_help():
     res = subprocess.run([sys.executable, "-m", "residual_core.runner.diagnose", "--help"],
                          capture_output=True, text=True, check=True)
     assert "--checkpoint" in res.stdout and "--record" in res.stdout
+    assert "C12-C14" in res.stdout and "--val-size" in res.stdout
 
 
 def test_images_to_tensor_matches_the_training_script():

@@ -16,10 +16,13 @@ which ``tutorial/`` may not import):
   layers.
 
 Claims are decided **only** by :mod:`residual_core.analysis.claims` (C1–C4
-``id_claims``, C5–C6 ``stability_claims``, C9 ``alignment_claims``); this module computes
-their inputs with the library (``core`` decomposition, PCA, probes, ablation; ``analysis``
-geometry and layer ablation). C7, C8, C10, C11 (TextSpan, coarse selection, specialisation)
-and C12–C14 are the chapters' (03–05). ``--record NAME`` appends a summary to
+``id_claims``, C5–C6 ``stability_claims``, C7–C8 ``specialization_claims``, C9–C11
+``alignment_claims``); this module computes their inputs with the library and the chapters'
+analysis functions (``core`` decomposition, PCA, probes; ``analysis`` geometry, chapter 03's
+TextSpan ground-truth and head-view tables from :mod:`residual_core.analysis.specialization`,
+chapter 04's per-task analysis, layer ablation, coarse selection and task table from
+:mod:`residual_core.analysis.alignment`). C12–C14 (chapter 05) need ResiDual trained on many
+tasks and are not measured here: run chapter 05. ``--record NAME`` appends a summary to
 ``residual_core/tutorial/assets/prototypes.json``, the record of which world and training
 choices moved which claims.
 
@@ -44,8 +47,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from residual_core.analysis import alignment as AL
 from residual_core.analysis import claims as C
-from residual_core.analysis.alignment import layer_ablation
+from residual_core.analysis import specialization as SP
 from residual_core.analysis.geometry import (
     chance_similarity,
     depth_profile,
@@ -54,6 +58,7 @@ from residual_core.analysis.geometry import (
 )
 from residual_core.core.ablation import accuracy
 from residual_core.core.decompose import UnitProjector, decompose
+from residual_core.core.dictionary import TextDictionary, embed_texts
 from residual_core.core.intrinsic_dim import linear_id
 from residual_core.core.model import LoadedModel
 from residual_core.core.probes import probe_table
@@ -61,11 +66,13 @@ from residual_core.core.spectral import unit_pca
 from residual_core.core.units import Units, label_table
 from residual_core.core.zeroshot import build_classifier
 from residual_core.data import world as WD
+from residual_core.data.dictionaries import load_dictionary
 from residual_core.data.registry import load_dataset
 from residual_core.tutorial import world as W
 
-__all__ = ["HISTORY_PATH", "Encoded", "encode", "history_entry", "id_table", "load_checkpoint",
-           "main", "record_history", "run", "world_of", "zero_shot_target"]
+__all__ = ["HISTORY_PATH", "Encoded", "embedded_dictionary", "encode", "history_entry",
+           "id_table", "load_checkpoint", "main", "record_history", "run", "world_of",
+           "zero_shot_target"]
 
 HISTORY_PATH = Path(__file__).resolve().parents[1] / "tutorial" / "assets" / "prototypes.json"
 """The models the tutorial model is chosen from, as the diagnostic measured them."""
@@ -150,30 +157,66 @@ def id_table(units: Units, threshold: float = 0.99, max_points: int = 50_000,
     return table
 
 
+def embedded_dictionary(loaded: LoadedModel, name: str = "tutorial") -> TextDictionary:
+    """A dictionary with ``loaded``'s text embeddings, computed in memory (no text cache).
+
+    As ``load_dictionary(name).embed(loaded)`` in chapters 03–04, but the embeddings are
+    written to a temporary folder only (the diagnostic leaves the chapters' caches alone).
+    """
+    import dataclasses
+    import tempfile
+
+    words = load_dictionary(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        emb = embed_texts(loaded, words.texts, cache_dir=tmp)
+    return dataclasses.replace(words, embeddings=emb, model=loaded.name)
+
+
 def _first_task(dist: str) -> str:
     return f"{dist}.{next(iter(W.ATTRIBUTES))}"
 
 
 def run(loaded: LoadedModel, world: str = "v1", *, reference_size: int = 5000,
-        shift_size: int = 1000, probe_size: int = 2000, twonn_points: int = 50_000,
-        seed: int = 0, log: Callable[[str], Any] = print) -> dict[str, Any]:
+        shift_size: int = 1000, probe_size: int = 2000, val_size: int = 1000,
+        twonn_points: int = 50_000, n_texts: int = 8, rank: int = 80, random_seeds: int = 10,
+        k_carriers: int = 2, dictionary: str = "tutorial", seed: int = 0,
+        log: Callable[[str], Any] = print) -> dict[str, Any]:
     """Every measurement of the diagnostic on one model.
 
     Args:
         loaded: The model.
         world: The world it was trained on (``v1``/``v2``): its datasets are measured.
-        reference_size: Images of the world's reference set (train) for ID and PCA.
+        reference_size: Images of the world's reference set (train) for ID, PCA, TextSpan
+            and the means of mean ablation.
         shift_size: Images per distribution for the subspace similarity (train split).
         probe_size: Train and test images per distribution for probes and zero-shot.
+        val_size: Validation images per downstream distribution (coarse selection ranks
+            heads and picks k on them, chapter 04).
         twonn_points: TwoNN subsample.
+        n_texts: TextSpan picks per head (chapter 03's ``n_texts``).
+        rank: TextSpan's singular directions (chapter 03's ``rank``).
+        random_seeds: Seeds of the random ranking ``R`` of coarse selection.
+        k_carriers: Heads a task relies on (chapter 04's ``k_carriers``).
+        dictionary: The TextSpan dictionary (``tutorial`` or ``general``).
         seed: Seed of every random choice (TwoNN subsample, permutations, random bases).
         log: Where progress lines go.
 
     Returns:
-        ``claims`` (the claims table of :mod:`residual_core.analysis.claims`), ``zero_shot``,
-        ``ids``, ``probes``, ``best_units``, ``similarity`` and ``wall_s``.
+        ``claims`` (the claims table of :mod:`residual_core.analysis.claims`, C1–C11),
+        ``zero_shot``, ``ids``, ``probes``, ``best_units``, ``similarity``, ``truth`` and
+        ``view`` (chapter 03's tables), ``layers``, ``selection`` and ``tasks`` (chapter 04's),
+        ``timings`` (seconds per part) and ``wall_s``.
     """
     t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    last = [t0]
+
+    def lap(part: str) -> None:
+        now = time.perf_counter()
+        timings[part] = now - last[0]
+        last[0] = now
+        log(f"[{now - t0:5.0f}s] {part} done ({timings[part]:.1f}s)")
+
     dists = WD.distributions(world)
     base = next(d for d, s in dists.items() if s is None)
     ref = encode(loaded, WD.reference_name(world), "train", reference_size)
@@ -181,7 +224,7 @@ def run(loaded: LoadedModel, world: str = "v1", *, reference_size: int = 5000,
     heads = [u for u in ref.units.labels if label_table([u]).kind[0] == "head"]
     ids = id_table(ref.units, max_points=twonn_points, seed=seed)
     tables = [C.id_claims(ids, layout.d_head, seed)]
-    log(f"[{time.perf_counter() - t0:5.0f}s] reference encoded, IDs done")
+    lap("reference and IDs (C1-C4)")
 
     natural = [d for d, s in dists.items() if s != "random"]
     world_tasks = [f"{base}.{a}" for a in W.ATTRIBUTES]
@@ -206,7 +249,7 @@ def run(loaded: LoadedModel, world: str = "v1", *, reference_size: int = 5000,
         rows.append({"task": task, "K": k, "zero_shot": zs(task),
                      "target": zero_shot_target(k) if dist == base else float("nan")})
     zero_shot = pd.DataFrame(rows)
-    log(f"[{time.perf_counter() - t0:5.0f}s] zero-shot done")
+    lap("zero-shot")
 
     train = encode(loaded, _first_task(base), "train", probe_size)
     probes = probe_table(train.units, train.attributes, test[base].units, test[base].attributes)
@@ -218,7 +261,7 @@ def run(loaded: LoadedModel, world: str = "v1", *, reference_size: int = 5000,
                           "best_head": col[heads].idxmax(), "best_head_acc": col[heads].max(),
                           "embedding": probes.loc["embedding", attr]})
     best_units = pd.DataFrame(best_rows)
-    log(f"[{time.perf_counter() - t0:5.0f}s] probes done")
+    lap("probes")
 
     # C5/C6: median head similarity of every distribution's subspaces to the reference's.
     ref_pca = unit_pca(ref.units)
@@ -231,24 +274,46 @@ def run(loaded: LoadedModel, world: str = "v1", *, reference_size: int = 5000,
         sims[shift or base] = float(sim[heads].median())
     similarity = pd.Series(sims, name="median_head_similarity")
     tables.append(C.stability_claims(sims, chance, control="random", same=(base,)))
-    log(f"[{time.perf_counter() - t0:5.0f}s] subspace similarity done")
+    lap("subspace similarity (C5-C6)")
 
-    # C9: layer ablation (analysis.alignment.layer_ablation) on every downstream task.
+    # C7/C8: chapter 03's ground-truth and head-view tables (TextSpan on the reference set,
+    # probes of the training distribution), as notebooks/03_head_specialization.py builds them.
+    words = embedded_dictionary(loaded, dictionary)
+    textspan = SP.explain_heads(ref.units, heads, words, n_iters=n_texts, rank=rank)
+    probe_chance = SP.chance_levels(test[base].attributes)
+    families = {a: SP.task_family(a, words.family_names()) for a in probes.columns}
+    truth = SP.ground_truth_table(probes, textspan, words, families, probe_chance, n_texts=3)
+    shares = SP.family_shares(list(textspan.values()), words)
+    lift = SP.probe_lift(probes.loc[heads], probe_chance)
+    view = SP.head_views(SP.specialization_scores(shares), lift, families)
+    tables.append(C.specialization_claims(truth[truth["rank"] == 1], view))
+    lap("TextSpan and probe views (C7-C8)")
+
+    # C9-C11: chapter 04's per-task analysis of every downstream task (probes on train, heads
+    # ranked and k chosen on val, everything reported on test), as
+    # notebooks/04_alignment_and_zeroshot.py does it.
     means = ref.units.data.mean(0)
-    abl = []
+    dists_down = list(dict.fromkeys(t.split(".")[0] for t in down))
+    splits = {d: (encode(loaded, _first_task(d), "train", probe_size),
+                  encode(loaded, _first_task(d), "val", val_size)) for d in dists_down}
+    results = {}
     for task in down:
         dist, attr = task.split(".")
-        clf = clfs[task]
-        t = layer_ablation(test[dist].units, means, clf.weights.cpu().float(),
-                           test[dist].attributes[attr], clf.normalize_features)
-        abl.append(t.assign(task=task))
-    layers = pd.concat(abl, ignore_index=True)
-    none = pd.DataFrame(columns=["S", "full"])  # C10/C11 are chapter 04's, not measured here
-    c9 = C.alignment_claims(layers, none, pd.DataFrame(columns=["spec_carriers", "zs_lift"]))
-    tables.append(c9[c9.id == "C9"])
+        (tr, va), te = splits[dist], test[dist]
+        results[task] = AL.analyze_task(
+            task, (tr.units, tr.attributes[attr]), (va.units, va.attributes[attr]),
+            (te.units, te.attributes[attr]), means, clfs[task], random_seeds=random_seeds)
+    layers, _ = AL.ablation_by_layer(results)
+    selection = AL.selection_table(results)
+    task_families = {t: SP.task_family(t, words.family_names()) for t in down}
+    task_tab = AL.task_table(list(results.values()), shares, task_families,
+                             k_carriers=k_carriers)
+    tables.append(C.alignment_claims(layers, selection, task_tab, seed=seed))
+    lap("layer ablation, coarse selection, task table (C9-C11)")
     claims = pd.concat(tables, ignore_index=True)
     return {"claims": claims, "zero_shot": zero_shot, "ids": ids, "probes": probes,
-            "best_units": best_units, "similarity": similarity, "layers": layers,
+            "best_units": best_units, "similarity": similarity, "truth": truth, "view": view,
+            "layers": layers, "selection": selection, "tasks": task_tab, "timings": timings,
             "wall_s": time.perf_counter() - t0}
 
 
@@ -290,14 +355,28 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: print every table and the claims; optionally save them as json."""
     from residual_core.tutorial.model import CHECKPOINT_PATH
 
-    p = argparse.ArgumentParser(prog="python -m residual_core.runner.diagnose",
-                                description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m residual_core.runner.diagnose", description=__doc__.splitlines()[0],
+        epilog="Claims reported: C1-C11, each decided by residual_core.analysis.claims. "
+        "C12-C14 (ResiDual against fine-tuning, a linear adapter and zero-shot) need ResiDual "
+        "trained on many tasks and are not measured by the diagnostic: run chapter 05 "
+        "(python -m residual_core.runner run 05_residual). Smaller --probe-size, --val-size, "
+        "--reference-size and --random-seeds make the run faster; the per-part timings are "
+        "printed.")
     p.add_argument("--checkpoint", type=Path, default=CHECKPOINT_PATH)
     p.add_argument("--world", choices=list(W.WORLDS), default=None,
                    help="the world whose datasets are measured (default: the checkpoint's)")
     p.add_argument("--reference-size", type=int, default=5000)
     p.add_argument("--shift-size", type=int, default=1000)
-    p.add_argument("--probe-size", type=int, default=2000)
+    p.add_argument("--probe-size", type=int, default=2000,
+                   help="train and test images per distribution (probes, zero-shot, chapter 04)")
+    p.add_argument("--val-size", type=int, default=1000,
+                   help="validation images per downstream distribution (coarse selection)")
+    p.add_argument("--random-seeds", type=int, default=10,
+                   help="seeds of coarse selection's random ranking R")
+    p.add_argument("--n-texts", type=int, default=8, help="TextSpan picks per head")
+    p.add_argument("--dictionary", default="tutorial", choices=["tutorial", "general"],
+                   help="TextSpan's dictionary")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -310,7 +389,9 @@ def main(argv: list[str] | None = None) -> None:
     loaded, record = load_checkpoint(args.checkpoint)
     world = args.world or world_of(record)
     out = run(loaded, world, reference_size=args.reference_size, shift_size=args.shift_size,
-              probe_size=args.probe_size, seed=args.seed)
+              probe_size=args.probe_size, val_size=args.val_size,
+              random_seeds=args.random_seeds, n_texts=args.n_texts,
+              dictionary=args.dictionary, seed=args.seed)
     pd.set_option("display.width", 200)
     pd.set_option("display.max_colwidth", 120)
     print(f"\n== {args.checkpoint} ({loaded.fingerprint}), world {world}")
@@ -334,6 +415,13 @@ def main(argv: list[str] | None = None) -> None:
     print(out["best_units"].to_string(index=False, float_format="{:.3f}".format))
     print("\nmedian head similarity to the reference subspace:")
     print(out["similarity"].to_string(float_format="{:.3f}".format))
+    truth = out["truth"]
+    print("\nTextSpan's first texts for each attribute's best-probe head (chapter 03):")
+    print(truth[["attribute", "head", "probe_acc", "top_texts", "names_family"]].to_string(
+        index=False, float_format="{:.3f}".format))
+    print("\ncoarse selection, test accuracy at the k chosen on validation (chapter 04):")
+    print(out["selection"].to_string(float_format="{:.3f}".format))
+    print("\ntime per part: " + ", ".join(f"{k} {v:.1f}s" for k, v in out["timings"].items()))
     claims = out["claims"]
     print(f"\nclaims ({int((claims.holds == 'yes').sum())} of {len(claims)} hold), "
           f"{out['wall_s'] / 60:.1f} min:")
@@ -345,7 +433,9 @@ def main(argv: list[str] | None = None) -> None:
             "world": world, "claims": claims.to_dict("records"),
             "zero_shot": zs.to_dict("records"), "ids": ids.to_dict("records"),
             "best_units": out["best_units"].to_dict("records"),
-            "similarity": out["similarity"].to_dict(), "wall_s": out["wall_s"],
+            "similarity": out["similarity"].to_dict(), "truth": truth.to_dict("records"),
+            "tasks": out["tasks"].to_dict("records"), "timings": out["timings"],
+            "wall_s": out["wall_s"],
         }, indent=1, default=float))
     if args.record:
         record_history(args.record, args.note, record, out)
