@@ -12,8 +12,11 @@ which ``tutorial/`` may not import):
   and on the downstream (shifted) tasks (``data.world.downstream_tasks``);
 - intrinsic dimension of every unit on the world's reference set (linear PCA-99 and TwoNN);
 - the best linear-probe unit and head per attribute;
-- subspace similarity across distributions and mean-ablation of the first two thirds of the
-  layers.
+- subspace similarity across distributions;
+- TextSpan on the reference set against the probes (chapter 03's ground-truth and head-view
+  tables);
+- on every downstream task, mean-ablation by layer, coarse selection (heads ranked and k chosen
+  on validation) and the specialisation of the heads the task relies on (chapter 04).
 
 Claims are decided **only** by :mod:`residual_core.analysis.claims` (C1–C4
 ``id_claims``, C5–C6 ``stability_claims``, C7–C8 ``specialization_claims``, C9–C11
@@ -420,7 +423,9 @@ def main(argv: list[str] | None = None) -> None:
     print(truth[["attribute", "head", "probe_acc", "top_texts", "names_family"]].to_string(
         index=False, float_format="{:.3f}".format))
     print("\ncoarse selection, test accuracy at the k chosen on validation (chapter 04):")
-    print(out["selection"].to_string(float_format="{:.3f}".format))
+    sel = out["selection"]
+    ks = [c for c in sel.columns if c.endswith(" k")]
+    print(sel.astype({c: int for c in ks}).to_string(float_format="{:.3f}".format))
     print("\ntime per part: " + ", ".join(f"{k} {v:.1f}s" for k, v in out["timings"].items()))
     claims = out["claims"]
     print(f"\nclaims ({int((claims.holds == 'yes').sum())} of {len(claims)} hold), "
