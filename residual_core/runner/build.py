@@ -327,9 +327,9 @@ def _execute_parallel(selected: Sequence[tuple[Path, str, dict]], jobs: int, *,
                       keep_going: bool, log_output: bool, **executed) -> list[ChapterRun]:
     """Execute the runs ``jobs`` at a time, each in a spawned process; the runs in their order.
 
-    Without ``keep_going`` the first failure cancels the runs not started yet, waits for the
-    running ones and is raised; with it every failure is logged and a :class:`RunnerError`
-    lists them once all have ended.
+    A run is handed to the pool only when a worker is free. Without ``keep_going`` the first
+    failure leaves the runs not started yet, waits for the running ones and is raised; with it
+    every failure is logged and a :class:`RunnerError` lists them once all have ended.
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -342,14 +342,20 @@ def _execute_parallel(selected: Sequence[tuple[Path, str, dict]], jobs: int, *,
     results: dict[int, ChapterRun] = {}
     failed = []
     kwargs = {"log_output": log_output, **executed}
+    queue = list(reversed(order))  # popped from the end
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    pending = {}
+
+    def start_next() -> None:  # one at a time: the pool queues ahead what it is given at once
+        i = queue.pop()
+        source, run, overrides = selected[i]
+        shown = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "defaults"
+        _log(f"{source.stem} [{run}] ({shown}) ...")
+        pending[pool.submit(_execute_job, source, run, overrides, threads, kwargs)] = i
+
     try:
-        pending = {}
-        for i in order:
-            source, run, overrides = selected[i]
-            shown = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "defaults"
-            _log(f"{source.stem} [{run}] ({shown}) ...")
-            pending[pool.submit(_execute_job, source, run, overrides, threads, kwargs)] = i
+        while queue and len(pending) < jobs:
+            start_next()
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
@@ -366,7 +372,9 @@ def _execute_parallel(selected: Sequence[tuple[Path, str, dict]], jobs: int, *,
                     raise err
                 _log(f"{source.stem} [{run}] FAILED after {seconds:.1f} s:\n{err}")
                 failed.append((i, f"{source.stem} [{run}] code cell {err.cell or '?'}"))
-    finally:  # a failure: the runs not started are dropped, the running ones end first
+            while queue and len(pending) < jobs:
+                start_next()
+    finally:  # a failure: the runs not started never are, the running ones end first
         pool.shutdown(wait=True, cancel_futures=True)
     if failed:
         listed = [what for _, what in sorted(failed)]
