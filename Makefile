@@ -5,8 +5,10 @@ setup:
 	@bash scripts/setup_env.sh
 
 ## Execute every chapter (tutorial profile) with papermill, then build the HTML book.
+## JOBS=2: two chapters at once, each in its own process (default 1: one after another).
+JOBS ?= 1
 book: setup
-	.venv/bin/python -m residual_core.runner book
+	.venv/bin/python -m residual_core.runner book --jobs $(JOBS)
 
 ## Run the test suite and the linter.
 test: setup

@@ -436,3 +436,87 @@ def test_killed_rerun_leaves_the_earlier_complete_run_intact(tmp_path: Path):
     assert done.returncode == 0, done.stderr
     assert table.read_text() == "x\n3\n" and records.read_record(record)["parameters"]["x"] == 3
     assert not list(out.glob(".*")), "the killed run's partial files are removed"
+
+
+# --- book --jobs: chapters in parallel worker processes ---------------------------------------
+
+
+def fake_book(tmp_path: Path, monkeypatch, *bodies: tuple[str, str]) -> dict:
+    """Fake chapters ``(stem, body)`` as ``book``'s profile, no assets, no Jupyter Book build;
+    returns what reached place_chapters (``"done"``)."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    selected = [(write_notebook(notebooks / f"{stem}.py", '# %% tags=["parameters"]\nn = 1',
+                                f"# %%\n{body}"), "tutorial", {}) for stem, body in bodies]
+    seen: dict = {}
+    monkeypatch.setattr(build, "runs_for", lambda profile: selected)
+    monkeypatch.setattr(build, "ensure_widget_assets", lambda: None)
+    monkeypatch.setattr(build, "ensure_mathjax", lambda: None)
+    monkeypatch.setattr(build, "copy_book_sources", lambda target: target)
+    monkeypatch.setattr(build, "place_chapters", lambda done, where: seen.setdefault("done", done))
+    monkeypatch.setattr(build, "write_scoreboard", lambda *a: None)
+    monkeypatch.setattr(build, "build_book", lambda root: root / "index.html")
+    return seen
+
+
+def test_book_jobs_runs_the_chapters_in_parallel_in_chapter_order(tmp_path: Path, monkeypatch,
+                                                                  capsys):
+    # 05 (the costliest) starts first; 00 sleeps so it ends last: done is in chapter order anyway
+    seen = fake_book(tmp_path, monkeypatch,
+                     ("00_slow", "import os, time\ntime.sleep(3)\n"
+                      "print('threads', os.environ['OMP_NUM_THREADS'])"),
+                     ("01_quick", "print('quick')"), ("05_residual", "print('long one')"))
+    build.book(jobs=2, out=tmp_path / "book")
+    assert [r.source.stem for r in seen["done"]] == ["00_slow", "01_quick", "05_residual"]
+    assert all(r.output.is_file() for r in seen["done"])
+    threads = str(max(1, len(__import__("os").sched_getaffinity(0)) // 2))
+    assert f"threads {threads}" in cell_text(seen["done"][0].output)
+    log = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[runner] 0")]
+    assert log[0].startswith("[runner] 05_residual [tutorial] (defaults) ..."), log
+    ok = [ln.split()[1] for ln in log if " ok in " in ln]
+    assert sorted(ok) == ["00_slow", "01_quick", "05_residual"], log
+    assert ok.index("05_residual") < ok.index("00_slow"), "ended out of chapter order"
+
+
+def test_book_jobs_first_failure_stops_the_book(tmp_path: Path, monkeypatch):
+    # 05 fails at once while 00 runs: 01 never starts, 00 is waited for, the error is 05's
+    seen = fake_book(tmp_path, monkeypatch, ("00_slow", "import time\ntime.sleep(3)"),
+                     ("01_never", "print('ran')"), ("05_residual", "raise ValueError('boom')"))
+    with pytest.raises(execute.NotebookError, match="05_residual.py") as err:
+        build.book(jobs=2, out=tmp_path / "book")
+    assert err.value.cell == 2 and err.value.run == "tutorial"
+    executed = tmp_path / "book" / "executed"
+    assert (executed / "00_slow-tutorial.ipynb").is_file(), "the running chapter was waited for"
+    assert not (executed / "01_never-tutorial.ipynb").exists(), "the pending one was cancelled"
+    assert "done" not in seen
+
+
+def test_book_jobs_keep_going_lists_every_failure(tmp_path: Path, monkeypatch):
+    seen = fake_book(tmp_path, monkeypatch, ("00_fails", "raise ValueError('one')"),
+                     ("01_ok", "print('ok')"), ("05_residual", "raise ValueError('two')"))
+    with pytest.raises(chapters.RunnerError, match="2 chapter") as err:
+        build.book(jobs=2, keep_going=True, out=tmp_path / "book")
+    assert not isinstance(err.value, execute.NotebookError)
+    assert "00_fails [tutorial] code cell 2; 05_residual [tutorial] code cell 2" in str(err.value)
+    assert (tmp_path / "book" / "executed" / "01_ok-tutorial.ipynb").is_file()
+    assert "done" not in seen
+
+
+def test_book_jobs_refuses_less_than_one(capsys):
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(chapters.ParameterError, match="--jobs must be"):
+            build.check_jobs(bad)
+    assert cli.main(["book", "--jobs", "0", "--dry-run"]) == 2
+    assert "--jobs must be a whole number of chapters ≥ 1, got 0" in capsys.readouterr().err
+
+
+def test_a_chapter_run_and_its_error_cross_processes(tmp_path: Path):
+    import pickle
+
+    run = records.ChapterRun(tmp_path / "a.py", "r", {"x": [1]}, tmp_path / "a-r.ipynb", 1.5)
+    assert pickle.loads(pickle.dumps(run)) == run
+    err = execute.NotebookError("boom", tmp_path / "a.py", "r", 3, 7, tmp_path / "a.failed")
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is execute.NotebookError and str(back) == "boom"
+    assert (back.notebook, back.run, back.cell, back.line, back.output) == (
+        err.notebook, err.run, err.cell, err.line, err.output)

@@ -14,7 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from residual_core.core.io import atomic_write
-from residual_core.runner.chapters import ROOT, RunnerError, _log, _rel, check_overrides
+from residual_core.runner.chapters import (
+    ROOT,
+    ParameterError,
+    RunnerError,
+    _log,
+    _rel,
+    check_overrides,
+)
 from residual_core.runner.execute import NotebookError, check_device_here, execute
 from residual_core.runner.presets import DEFAULT_PROFILE, runs_for
 from residual_core.runner.records import ChapterRun
@@ -271,8 +278,112 @@ def copy_book_sources(target: Path, root: Path = ROOT) -> Path:
     return target
 
 
+CHAPTER_COST = {
+    "00_units": 1,
+    "01_intrinsic_dimension": 1,
+    "02_spectral_geometry": 1,
+    "03_head_specialization": 2,
+    "04_alignment_and_zeroshot": 2,
+    "05_residual": 10,
+}
+"""Rough relative wall time of each chapter's run (``book --jobs``: the costliest starts first;
+a chapter not listed counts 1). Chapter 05 takes most of the book's time."""
+
+
+def check_jobs(jobs: object) -> int:
+    """Refuse a ``jobs`` that is not a whole number ≥ 1 (:class:`ParameterError`)."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ParameterError(f"--jobs must be a whole number of chapters ≥ 1, got {jobs!r}")
+    return jobs
+
+
+def _threads_per_job(jobs: int) -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // jobs)
+
+
+def _execute_job(source: Path, run: str, overrides: dict, threads: int,
+                 kwargs: dict) -> tuple[ChapterRun | None, NotebookError | None, float]:
+    """One chapter in a worker process of ``book --jobs``: (run, None, s) or (None, error, s).
+
+    The thread variables are set in this worker only: its kernel inherits them.
+    """
+    for name in _THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    started = time.perf_counter()
+    try:
+        return execute(source, run, overrides, **kwargs), None, time.perf_counter() - started
+    except NotebookError as err:
+        return None, err, time.perf_counter() - started
+
+
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _execute_parallel(selected: Sequence[tuple[Path, str, dict]], jobs: int, *,
+                      keep_going: bool, log_output: bool, **executed) -> list[ChapterRun]:
+    """Execute the runs ``jobs`` at a time, each in a spawned process; the runs in their order.
+
+    A run is handed to the pool only when a worker is free. Without ``keep_going`` the first
+    failure leaves the runs not started yet, waits for the running ones and is raised; with it
+    every failure is logged and a :class:`RunnerError` lists them once all have ended.
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = _threads_per_job(jobs)
+    order = sorted(range(len(selected)),
+                   key=lambda i: -CHAPTER_COST.get(selected[i][0].stem, 1))  # stable: ties keep
+    _log(f"{jobs} chapters at a time, {threads} thread(s) each (OMP_NUM_THREADS, "
+         "MKL_NUM_THREADS), the longest first")
+    results: dict[int, ChapterRun] = {}
+    failed = []
+    kwargs = {"log_output": log_output, **executed}
+    queue = list(reversed(order))  # popped from the end
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    pending = {}
+
+    def start_next() -> None:  # one at a time: the pool queues ahead what it is given at once
+        i = queue.pop()
+        source, run, overrides = selected[i]
+        shown = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "defaults"
+        _log(f"{source.stem} [{run}] ({shown}) ...")
+        pending[pool.submit(_execute_job, source, run, overrides, threads, kwargs)] = i
+
+    try:
+        while queue and len(pending) < jobs:
+            start_next()
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                i = pending.pop(future)
+                source, run, _ = selected[i]
+                result, err, seconds = future.result()  # another error: raised as it is
+                if err is None:
+                    assert result is not None
+                    _log(f"{source.stem} [{run}] ok in {result.seconds:.1f} s → "
+                         f"{_rel(result.output)}")
+                    results[i] = result
+                    continue
+                if not keep_going:
+                    raise err
+                _log(f"{source.stem} [{run}] FAILED after {seconds:.1f} s:\n{err}")
+                failed.append((i, f"{source.stem} [{run}] code cell {err.cell or '?'}"))
+            while queue and len(pending) < jobs:
+                start_next()
+    finally:  # a failure: the runs not started never are, the running ones end first
+        pool.shutdown(wait=True, cancel_futures=True)
+    if failed:
+        listed = [what for _, what in sorted(failed)]
+        raise RunnerError(f"{len(failed)} chapter(s) failed (details above): {'; '.join(listed)}")
+    return [results[i] for i in sorted(results)]
+
+
 def book(profile: str = DEFAULT_PROFILE, *, log_output: bool = False,
-         keep_going: bool = False, out: Path | str | None = None) -> Path:
+         keep_going: bool = False, out: Path | str | None = None, jobs: int = 1) -> Path:
     """Execute every chapter's run of ``profile``, write the claims scoreboard, build the book.
 
     Args:
@@ -283,16 +394,21 @@ def book(profile: str = DEFAULT_PROFILE, *, log_output: bool = False,
             ``out/executed``, the sources are copied there and the HTML is
             ``out/_build/html``; the repository's book is left as it is. ``None``: the
             repository's own (``_build/executed``, ``book/chapters``, ``_build/html``).
+        jobs: Chapters executed at once, each in its own process, the costliest first
+            (:data:`CHAPTER_COST`); their kernels get ``OMP_NUM_THREADS`` and
+            ``MKL_NUM_THREADS`` = cores // jobs (at least 1). 1: one after another, in chapter
+            order, the environment left alone.
 
     Returns:
         The built ``index.html``.
 
     Raises:
-        ParameterError: For an unknown profile or a refused parameter of any chapter, before
-            anything runs.
+        ParameterError: For an unknown profile, a refused parameter of any chapter or
+            ``jobs`` < 1, before anything runs.
         NotebookError: The first failing chapter (without ``keep_going``).
         RunnerError: Listing every failing chapter (with ``keep_going``), or a failed build.
     """
+    check_jobs(jobs)
     selected = runs_for(profile)
     if not selected:
         raise RunnerError(f"no chapter has a run named {profile!r}")
@@ -304,21 +420,25 @@ def book(profile: str = DEFAULT_PROFILE, *, log_output: bool = False,
     executed = {} if out is None else {"out_dir": root / "executed"}
     _log(f"profile {profile!r}: {len(selected)} chapter(s)")
     done, failed, total = [], [], time.perf_counter()
-    for source, run, overrides in selected:
-        shown = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "defaults"
-        _log(f"{source.stem} [{run}] ({shown}) ...")
-        started = time.perf_counter()
-        try:
-            result = execute(source, run, overrides, log_output=log_output, **executed)
-        except NotebookError as err:
-            if not keep_going:
-                raise
-            _log(f"{source.stem} [{run}] FAILED after {time.perf_counter() - started:.1f} s:\n"
-                 f"{err}")
-            failed.append(f"{source.stem} [{run}] code cell {err.cell or '?'}")
-            continue
-        _log(f"{source.stem} [{run}] ok in {result.seconds:.1f} s → {_rel(result.output)}")
-        done.append(result)
+    if jobs > 1:
+        done = _execute_parallel(selected, jobs, keep_going=keep_going, log_output=log_output,
+                                 **executed)
+    else:
+        for source, run, overrides in selected:
+            shown = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "defaults"
+            _log(f"{source.stem} [{run}] ({shown}) ...")
+            started = time.perf_counter()
+            try:
+                result = execute(source, run, overrides, log_output=log_output, **executed)
+            except NotebookError as err:
+                if not keep_going:
+                    raise
+                _log(f"{source.stem} [{run}] FAILED after {time.perf_counter() - started:.1f} s:\n"
+                     f"{err}")
+                failed.append(f"{source.stem} [{run}] code cell {err.cell or '?'}")
+                continue
+            _log(f"{source.stem} [{run}] ok in {result.seconds:.1f} s → {_rel(result.output)}")
+            done.append(result)
     if failed:
         raise RunnerError(f"{len(failed)} chapter(s) failed (details above): {'; '.join(failed)}")
     chapters = root / "book" / "chapters"

@@ -9,7 +9,7 @@ nit-picky and warnings as errors.
 
 Command line::
 
-    python -m residual_core.runner book [--profile tutorial] [--keep-going]
+    python -m residual_core.runner book [--profile tutorial] [--keep-going] [--jobs 2]
     python -m residual_core.runner run 00_units [--preset paper] --param n_images=64 \
         --param device=cuda [--name RUNNAME] [--out DIR]
     python -m residual_core.runner run 05 --preset paper --dry-run
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from residual_core.core.errors import cli_main
-from residual_core.runner.build import book
+from residual_core.runner.build import book, check_jobs
 from residual_core.runner.chapters import (
     BUILD,
     EXECUTED,
@@ -73,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
                         "real models, GPU). Default: %(default)s")
     p_book.add_argument("-k", "--keep-going", action="store_true",
                         help="after a failing chapter, still execute the others")
+    p_book.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                        help="chapters executed at once, each in its own process, the longest "
+                        "first; their kernels share the cores (OMP_NUM_THREADS = cores // N). "
+                        "Default: %(default)s, one after another")
     p_book.add_argument("-v", "--verbose", action="store_true", help="stream cell outputs")
     p_book.add_argument("--out", type=Path, default=None,
                         help="build a separate copy of the book in this folder (executed "
@@ -376,11 +380,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "book":
+        check_jobs(args.jobs)
     if args.command == "book" and args.dry_run:
         print(_dry_run([(f"{s.stem} [{r}]", check_overrides(s, o))
                         for s, r, o in runs_for(args.profile)]))
     elif args.command == "book":
-        book(args.profile, log_output=args.verbose, keep_going=args.keep_going, out=args.out)
+        book(args.profile, log_output=args.verbose, keep_going=args.keep_going, out=args.out,
+             jobs=args.jobs)
     elif args.command == "run":
         _cmd_run(args)
     elif args.command == "sweep":

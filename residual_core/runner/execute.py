@@ -50,6 +50,10 @@ class NotebookError(RunnerError):
 
     exit_code = 1  # the chapter's own code failed: not a refused input
 
+    def __reduce__(self):  # crosses processes whole (``book --jobs``): args is the message only
+        return type(self), (str(self), self.notebook, self.run, self.cell, self.line,
+                            self.output)
+
 
 class NotebookTimeoutError(NotebookError):
     """A cell ran past the per-cell timeout the user set (``--timeout``): exit 2."""
