@@ -255,7 +255,7 @@ if flip_figures:
 if probe_headroom:
     room = ex.headroom_table(table, enc.probes(tasks).loc["embedding"],
                              [v for v in variants if v != "zero-shot"])
-    display(styled(room).format(precision=2, na_rep="–"))
+    display(styled(room.rename(index=task_label)).format(precision=2, na_rep="–"))
     print(ex.headroom_summary(room).to_string(float_format=lambda x: f"{x:.3f}"))
 
 # %% [markdown]

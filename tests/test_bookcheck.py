@@ -80,6 +80,18 @@ def test_every_kind_of_problem_is_found(tmp_path):
     assert (tmp_path / "shots" / "sub__bad.png").stat().st_size > 0
 
 
+def test_a_table_scrolled_inside_a_narrower_output_area_is_found(tmp_path):
+    # fits the 600 px column, but its output area (a cell's, 500 px) scrolls it sideways
+    (tmp_path / "p.html").write_text(page(
+        "<div class='cell_output' style='width: 500px; overflow-x: auto'>"
+        "<table style='width: 550px'><tr><th>wide</th></tr></table></div>"
+        "<div class='cell_output' style='width: 500px'>"
+        "<table style='width: 450px'><tr><th>fits</th></tr></table></div>"))
+    problems = bookcheck.check_book(tmp_path)
+    assert [(p.kind, p.detail) for p in problems] == [
+        ("table", "table 1 (wide): 550 px in a 500 px column")], problems
+
+
 def test_cli_exit_codes(tmp_path, capsys):
     assert bookcheck.main([str(tmp_path)]) == 2  # nothing built
     assert "build the book first" in capsys.readouterr().err

@@ -36,10 +36,13 @@ _PAGE_CHECKS = """() => {
   const width = column ? column.getBoundingClientRect().width : window.innerWidth;
   document.querySelectorAll("table").forEach((table, i) => {
     const w = table.getBoundingClientRect().width;
-    if (w > width + 1) {
+    // an output area narrower than the column scrolls its table sideways: that cuts it too
+    const box = table.closest(".cell_output, .output");
+    const limit = box ? Math.min(width, box.clientWidth) : width;
+    if (w > limit + 1) {
       const head = (table.querySelector("th, td") || {}).textContent || "";
       out.wide.push(`table ${i + 1} (${head.trim().slice(0, 40)}): ${Math.round(w)} px in a `
-                    + `${Math.round(width)} px column`);
+                    + `${Math.round(limit)} px column`);
     }
   });
   const text = document.body.innerText;
