@@ -297,30 +297,19 @@ def check_jobs(jobs: object) -> int:
     return jobs
 
 
-def _threads_per_job(jobs: int) -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // jobs)
-
-
-def _execute_job(source: Path, run: str, overrides: dict, threads: int,
+def _execute_job(source: Path, run: str, overrides: dict,
                  kwargs: dict) -> tuple[ChapterRun | None, NotebookError | None, float]:
     """One chapter in a worker process of ``book --jobs``: (run, None, s) or (None, error, s).
 
-    The thread variables are set in this worker only: its kernel inherits them.
+    The kernel keeps the environment's thread settings, as with ``jobs=1``: fewer threads
+    would change the order of floating-point sums and so the last bits of every number (and,
+    through TextSpan's greedy picks, chapter 03's texts), so that ``--jobs`` would change results.
     """
-    for name in _THREAD_VARIABLES:
-        os.environ[name] = str(threads)
     started = time.perf_counter()
     try:
         return execute(source, run, overrides, **kwargs), None, time.perf_counter() - started
     except NotebookError as err:
         return None, err, time.perf_counter() - started
-
-
-_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _execute_parallel(selected: Sequence[tuple[Path, str, dict]], jobs: int, *,
@@ -334,11 +323,9 @@ def _execute_parallel(selected: Sequence[tuple[Path, str, dict]], jobs: int, *,
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    threads = _threads_per_job(jobs)
     order = sorted(range(len(selected)),
                    key=lambda i: -CHAPTER_COST.get(selected[i][0].stem, 1))  # stable: ties keep
-    _log(f"{jobs} chapters at a time, {threads} thread(s) each (OMP_NUM_THREADS, "
-         "MKL_NUM_THREADS), the longest first")
+    _log(f"{jobs} chapters at a time, the longest first")
     results: dict[int, ChapterRun] = {}
     failed = []
     kwargs = {"log_output": log_output, **executed}
@@ -351,7 +338,7 @@ def _execute_parallel(selected: Sequence[tuple[Path, str, dict]], jobs: int, *,
         source, run, overrides = selected[i]
         shown = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "defaults"
         _log(f"{source.stem} [{run}] ({shown}) ...")
-        pending[pool.submit(_execute_job, source, run, overrides, threads, kwargs)] = i
+        pending[pool.submit(_execute_job, source, run, overrides, kwargs)] = i
 
     try:
         while queue and len(pending) < jobs:
@@ -395,9 +382,8 @@ def book(profile: str = DEFAULT_PROFILE, *, log_output: bool = False,
             ``out/_build/html``; the repository's book is left as it is. ``None``: the
             repository's own (``_build/executed``, ``book/chapters``, ``_build/html``).
         jobs: Chapters executed at once, each in its own process, the costliest first
-            (:data:`CHAPTER_COST`); their kernels get ``OMP_NUM_THREADS`` and
-            ``MKL_NUM_THREADS`` = cores // jobs (at least 1). 1: one after another, in chapter
-            order, the environment left alone.
+            (:data:`CHAPTER_COST`), with the same thread settings as one at a time (so the
+            same numbers). 1: one after another, in chapter order.
 
     Returns:
         The built ``index.html``.
