@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
 import jaxtyping
 import pytest
 import torch
@@ -61,6 +64,25 @@ def loaded() -> LoadedModel:
 SHAPE_ERRORS = (ValueError, jaxtyping.TypeCheckError)
 """What mismatched shapes raise in the tests: the library's own check names them (ValueError),
 unless the runtime check of the annotated shapes (jaxtyping, on in the tests) comes first."""
+
+
+def run_in_threads(body: Callable[[int], object], n: int = 2,
+                   timeout: float | None = None) -> list[BaseException]:
+    """Run ``body(k)`` for k in 0..n-1, each in its own thread; what they raised, in no order."""
+    errors: list[BaseException] = []
+
+    def run(k: int) -> None:
+        try:
+            body(k)
+        except Exception as err:  # noqa: BLE001 - returned to the test
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    return errors
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import run_in_threads
 
 from residual_core.core.errors import ResidualError
 from residual_core.core.io import (
@@ -104,22 +105,14 @@ def test_two_writers_of_one_file_in_one_process(tmp_path):
     """Both write at once (same pid): neither crashes, the file is one of the two, whole."""
     path = tmp_path / "f.npy"
     both_inside = threading.Barrier(2)
-    errors = []
 
     def write(k):
         def content(f):
             both_inside.wait(timeout=10)
             np.save(f, np.full(1000, k))
-        try:
-            atomic_write(path, content)
-        except Exception as err:  # noqa: BLE001 - reported below
-            errors.append(err)
+        atomic_write(path, content)
 
-    threads = [threading.Thread(target=write, args=(k,)) for k in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_in_threads(write)
     assert not errors, errors
     got = np.load(path)
     assert len(set(got.tolist())) == 1 and got[0] in (0, 1)

@@ -15,6 +15,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import run_in_threads
 from open_clip.transformer import VisionTransformer
 from torch.utils.data import Dataset
 
@@ -306,21 +307,14 @@ def test_two_unlocked_builders_of_one_store_both_finish(tmp_path, how):
     root, go = tmp_path / "s", tmp_path / "go"
     if how == "threads":
         models = [make_model() for _ in range(2)]  # seeded: build them one after the other
-        start, errors = threading.Barrier(2), []
+        start = threading.Barrier(2)
 
         def run(k):
-            try:
-                start.wait()
-                build_store(root, models[k], Images(), FP, batch_size=4, chunk_size=4,
-                            dtype="float32", progress=False)
-            except Exception as err:  # noqa: BLE001 - reported below
-                errors.append(err)
+            start.wait()
+            build_store(root, models[k], Images(), FP, batch_size=4, chunk_size=4,
+                        dtype="float32", progress=False)
 
-        threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=240)
+        errors = run_in_threads(run, timeout=240)
         assert not errors, errors
     else:
         script = RACE.format(tests=os.path.dirname(__file__), go=str(go), root=str(root))
