@@ -88,7 +88,7 @@ dictionary = "tutorial"  # texts the λ-changed PCs are matched with
 default_task = "world_clutter.color"
 results_dir = None  # None: <cache>/residual; finished (task, variant) pairs are skipped
 device = "cpu"
-threads = 1  # torch CPU threads (None: torch's default); 1 is fastest on a shared machine
+threads = 1  # torch CPU threads while training (None: as is); encoding keeps the default
 seed = 0
 centering = "shared"  # final LayerNorm mean split over units: "shared" (the authors') or "per-unit"
 weights = "pretrained"  # or "random": random-initialised stand-in (residual_core.data.synthetic)
@@ -113,8 +113,6 @@ from residual_core.plots.images import plot_prediction_flips
 from residual_core.runner.records import write_results
 
 _ = torch.manual_seed(seed)
-if threads is not None:
-    torch.set_num_threads(threads)
 
 # %% [markdown]
 # ## Model, encodings and reference PCA
@@ -155,7 +153,7 @@ print(f"model {loaded.name} ({loaded.fingerprint}); {pcas[0].layout}; reference 
 # %%
 res = ex.run_experiments(loaded, tasks, variants, enc, pcas, config, out_dir,
                          stream_units=stream_units, preload_images=preload_images,
-                         num_workers=num_workers)
+                         num_workers=num_workers, threads=threads)
 table = res.table
 print(f"{len(table)} results ({len(tasks)} tasks × {len(variants)} variants); training time "
       f"recorded per result: {table.wall_time_s.sum():.0f} s")
@@ -199,7 +197,7 @@ plt.show()
 # %%
 if authors_settings:
     authors = ex.run_experiments(loaded, tasks, authors_settings, enc, pcas, config.authors(),
-                                 out_dir, stream_units=stream_units)
+                                 out_dir, stream_units=stream_units, threads=threads)
     display(styled(ex.settings_table(table, authors.table)))
 
 # %% [markdown]

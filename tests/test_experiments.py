@@ -377,3 +377,26 @@ def test_lambda_overview_and_pc_text_table():
     assert found.index.tolist() == ["amplified", "suppressed"]
     assert found.pcs.sum() == len(pcs)
     assert found.name_task_family.sum() == pcs.names_task_family.sum()
+
+
+def test_threads_apply_to_training_only(loaded, cache, tmp_path, monkeypatch):
+    enc, pcas = setup(loaded, cache)
+    seen: dict[str, int] = {}
+
+    def spy(name, real):
+        def call(*args, **kwargs):
+            seen.setdefault(name, torch.get_num_threads())
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(ex, "run_task", spy("train", ex.run_task))
+    monkeypatch.setattr(enc, "units", spy("encode", enc.units))
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        ex.run_experiments(loaded, TASKS[:1], ["coarse"], enc, pcas, config(loaded), tmp_path,
+                           threads=1)
+        assert torch.get_num_threads() == 3  # restored
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"encode": 3, "train": 1}

@@ -21,12 +21,13 @@ reruns only that variant.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -76,6 +77,7 @@ __all__ = [
     "run_experiments",
     "run_task",
     "settings_table",
+    "torch_threads",
     "variant_summary",
 ]
 
@@ -208,6 +210,18 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Tensor):
         return value.tolist()
     return str(value)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch CPU threads (``None``: as is), then restore them."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def image_tensor(dataset, preprocess, size: int | None = None) -> Float[Tensor, "n 3 h w"]:
@@ -414,6 +428,7 @@ def run_experiments(
     preload_images: bool = True,
     num_workers: int = 0,
     progress: bool = False,
+    threads: int | None = None,
 ) -> ExperimentResults:
     """Every variant on every task, resumable (see the module docstring).
 
@@ -433,6 +448,9 @@ def run_experiments(
             unit of a split in memory (faster when they fit).
         num_workers: DataLoader workers of ``fine-tune``.
         progress: Show progress bars.
+        threads: Torch CPU threads while training (``None``: unchanged). Encoding keeps the
+            caller's setting, so the stores (shared with other chapters) hold the same bits
+            whatever this is.
 
     Returns:
         The results of this configuration, for the requested tasks and variants.
@@ -468,9 +486,10 @@ def run_experiments(
         inputs = TaskInputs(task, copy.deepcopy(zs).cpu(),
                             dict(zip(SPLITS, units, strict=True)),
                             dict(zip(SPLITS, targets, strict=True)), task_images)
-        out = run_task(inputs, variants, pca, output_pca, config, model=loaded.name, log=log,
-                       ckpt_root=ckpt_root, visual=loaded.model.visual, progress=progress,
-                       num_workers=num_workers)
+        with torch_threads(threads):
+            out = run_task(inputs, variants, pca, output_pca, config, model=loaded.name,
+                           log=log, ckpt_root=ckpt_root, visual=loaded.model.visual,
+                           progress=progress, num_workers=num_workers)
         trained.update({(task, v): m for v, m in out.items()})
     table = log.table()
     keep = (table.config == table.variant.map(config.key)) & (table.model == loaded.name)
