@@ -81,6 +81,30 @@ def test_history_is_kept_and_cli_has_help():
     assert "C12-C14" in res.stdout and "--val-size" in res.stdout
 
 
+def test_book_scoreboard_is_attached_to_its_entry(tmp_path):
+    import json
+
+    from residual_core.core.errors import InputError
+
+    history = tmp_path / "prototypes.json"
+    history.write_text(json.dumps([{"name": "P9", "claims": {}}, {"name": "other"}]))
+    book = tmp_path / "executed"
+    book.mkdir()
+    # two chapters' tables, with planted answers: C1 holds, C12 does not
+    C.write_claims(C._table([C._row("C1", "planted 1", True)]), book / "01-t.results.csv")
+    C.write_claims(C._table([C._row("C12", "planted 12", False)]), book / "05-t.results.csv")
+    G.attach_book("P9", book, history)
+    entries = json.loads(history.read_text())
+    assert entries[0]["book"] == {"C1": {"holds": True, "measured": "planted 1"},
+                                  "C12": {"holds": False, "measured": "planted 12"}}
+    assert "book" not in entries[1]
+    with pytest.raises(InputError, match="'P8'.*P9, other"):
+        G.attach_book("P8", book, history)
+    with pytest.raises(InputError, match="no \\*.claims.csv"):
+        G.attach_book("P9", tmp_path / "nowhere", history)
+    assert G.main(["--record", "P8", "--book", str(book)]) == 2  # refused, not a traceback
+
+
 def test_images_to_tensor_matches_the_training_script():
     import numpy as np
 

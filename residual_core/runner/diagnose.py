@@ -62,6 +62,7 @@ from residual_core.analysis.geometry import (
 from residual_core.core.ablation import accuracy
 from residual_core.core.decompose import UnitProjector, decompose
 from residual_core.core.dictionary import TextDictionary, embed_texts
+from residual_core.core.errors import InputError, cli_main
 from residual_core.core.intrinsic_dim import linear_id
 from residual_core.core.model import LoadedModel
 from residual_core.core.probes import probe_table
@@ -73,9 +74,9 @@ from residual_core.data.dictionaries import load_dictionary
 from residual_core.data.registry import load_dataset
 from residual_core.tutorial import world as W
 
-__all__ = ["HISTORY_PATH", "Encoded", "embedded_dictionary", "encode", "history_entry",
-           "id_table", "load_checkpoint", "main", "record_history", "run", "world_of",
-           "zero_shot_target"]
+__all__ = ["HISTORY_PATH", "Encoded", "attach_book", "book_claims", "embedded_dictionary",
+           "encode", "history_entry", "id_table", "load_checkpoint", "main", "record_history",
+           "run", "world_of", "zero_shot_target"]
 
 HISTORY_PATH = Path(__file__).resolve().parents[1] / "tutorial" / "assets" / "prototypes.json"
 """The models the tutorial model is chosen from, as the diagnostic measured them."""
@@ -354,7 +355,40 @@ def record_history(name: str, note: str, record: dict[str, Any], out: dict[str, 
     path.write_text(json.dumps(entries, indent=1) + "\n")
 
 
-def main(argv: list[str] | None = None) -> None:
+def book_claims(directory: str | Path) -> dict[str, dict[str, Any]]:
+    """Every claim of a built book's run (the chapters' ``*.claims.csv`` in ``directory``).
+
+    Raises:
+        InputError: If ``directory`` holds no claims table.
+    """
+    tables = sorted(Path(directory).glob("*.claims.csv"))
+    if not tables:
+        raise InputError(f"no *.claims.csv in {directory}: point at a built book's executed "
+                         "chapters (e.g. _build/executed)")
+    return {r.id: {"holds": r.holds == "yes", "measured": r.measured}
+            for table in tables for r in C.read_claims(table).itertuples()}
+
+
+def attach_book(name: str, directory: str | Path, path: Path = HISTORY_PATH) -> dict[str, Any]:
+    """Add the whole book scoreboard (``book_claims``) to history entry ``name`` as ``book``.
+
+    The diagnostic decides C1–C11 on its own data sizes; the book's run is what readers see,
+    and the only source of C12–C14.
+
+    Raises:
+        InputError: If the history has no entry ``name``.
+    """
+    entries = json.loads(path.read_text()) if path.exists() else []
+    names = [e["name"] for e in entries]
+    if name not in names:
+        raise InputError(f"no prototype {name!r} in {path.name}; recorded: {', '.join(names)}")
+    entry = entries[names.index(name)]
+    entry["book"] = book_claims(directory)
+    path.write_text(json.dumps(entries, indent=1) + "\n")
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
     """Entry point: print every table and the claims; optionally save them as json."""
     from residual_core.tutorial.model import CHECKPOINT_PATH
 
@@ -387,7 +421,24 @@ def main(argv: list[str] | None = None) -> None:
                    help=f"append a summary to {HISTORY_PATH.name} (the history of prototypes) "
                    "under this name")
     p.add_argument("--note", default="", help="what this model changed (with --record)")
+    p.add_argument("--book", type=Path, default=None, metavar="DIR",
+                   help="with --record: add the scoreboard of a book built on this checkpoint "
+                   "(DIR holds its chapters' *.claims.csv, e.g. _build/executed) to the entry "
+                   "NAME, without running the diagnostic")
     args = p.parse_args(argv)
+    if args.book is not None and not args.record:
+        p.error("--book needs --record NAME (the entry the scoreboard belongs to)")
+    return cli_main(lambda: _command(args), "residual_core.runner.diagnose: error:")
+
+
+def _command(args: argparse.Namespace) -> None:
+    if args.book is not None:
+        entry = attach_book(args.record, args.book)
+        held = sorted((k for k, v in entry["book"].items() if v["holds"]),
+                      key=lambda k: int(k[1:]))
+        print(f"{args.record}: book scoreboard {len(held)} of {len(entry['book'])} hold "
+              f"({' '.join(held)})")
+        return
     torch.set_num_threads(args.threads)
     loaded, record = load_checkpoint(args.checkpoint)
     world = args.world or world_of(record)
@@ -447,4 +498,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
