@@ -12,6 +12,8 @@ from PIL import Image
 
 from residual_core.core.decompose import check_supported, decompose
 from residual_core.tutorial.model import (
+    ASSETS_DIR,
+    CHECKPOINT_PATH,
     ChecksumError,
     build_tiny_clip,
     load_tiny_clip,
@@ -420,3 +422,15 @@ def test_v2_training_batch_draws_the_nuisance_world(monkeypatch):
     images, captions, *_ = train_mod.training_batch(0, args, W.world_config(args.world))
     assert images.shape == (8, 64, 64, 3) and len(captions) == 8
     assert seen and all(c is W.NUISANCE_WORLD for c in seen)
+
+
+@pytest.mark.slow
+def test_model_card_reproduces_from_the_checkpoint(tmp_path):
+    from residual_core.analysis.experiments import torch_threads
+    from residual_core.tutorial.train import write_model_card
+
+    for f in ASSETS_DIR.glob(f"{CHECKPOINT_PATH.stem}*"):
+        shutil.copy(f, tmp_path / f.name)
+    with torch_threads(2):  # what `train --card-only` uses (--threads 2)
+        card = write_model_card(tmp_path / CHECKPOINT_PATH.name)
+    assert card.read_text() == (ASSETS_DIR / "MODEL_CARD.md").read_text()

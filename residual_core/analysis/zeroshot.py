@@ -30,16 +30,18 @@ def tutorial_table(
     """Zero-shot accuracy of every tutorial-world task on each distribution.
 
     Images of one distribution are shared by all its tasks, so each is encoded once.
+    ``distributions`` defaults to every distribution of the shipped checkpoint's world.
 
     Returns:
         One row per (distribution, task): ``distribution``, ``task``, ``classes``,
         ``accuracy``, ``chance`` (majority class), ``uniform`` (1/K), ``normalized``.
     """
+    from residual_core.data import world as DW
     from residual_core.data.registry import load_dataset
-    from residual_core.data.world import DISTRIBUTIONS
+    from residual_core.tutorial.model import checkpoint_world
     from residual_core.tutorial.world import ATTRIBUTES
 
-    distributions = list(distributions or DISTRIBUTIONS)
+    distributions = list(distributions or DW.distributions(checkpoint_world()))
     rows = []
     classifiers = {}
     for dist in distributions:
@@ -79,15 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     An unknown model, distribution or device is refused up front with its message and exit
     status 2 (no traceback).
     """
-    from residual_core.data.world import DISTRIBUTIONS
+    from residual_core.data.world import DISTRIBUTIONS, NUISANCE_DISTRIBUTIONS
 
     p = argparse.ArgumentParser(description="Zero-shot accuracy of every tutorial-world task.")
     p.add_argument("--model", default="tutorial",
                    help="registry key (see residual_core.models.list_models)")
     p.add_argument("--pretrained", default=None, help="pretrained tag for an open_clip name")
-    p.add_argument("--distributions", nargs="*", default=None, choices=list(DISTRIBUTIONS),
-                   metavar="DIST", help="tutorial distributions (default: world and every "
-                   f"shifted variant; choose from {', '.join(DISTRIBUTIONS)})")
+    names = [*DISTRIBUTIONS, *NUISANCE_DISTRIBUTIONS]
+    p.add_argument("--distributions", nargs="*", default=None, choices=names,
+                   metavar="DIST", help="tutorial distributions (default: every distribution of "
+                   f"the shipped checkpoint's world; choose from {', '.join(names)})")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")

@@ -32,6 +32,7 @@ __all__ = [
     "ChecksumError",
     "TINY_CLIP_CONFIG",
     "build_tiny_clip",
+    "checkpoint_world",
     "load_tiny_clip",
     "preprocess_transform",
     "retrain_command",
@@ -198,6 +199,11 @@ def read_record(path: Path | str = CHECKPOINT_PATH) -> dict[str, Any]:
             f"`{retrain_command(path)}`"
         )
     return json.loads(config.read_text())
+
+
+def checkpoint_world(path: Path | str = CHECKPOINT_PATH) -> str:
+    """The world a checkpoint was trained on, from its record (``v1`` before ``--world``)."""
+    return str(read_record(path).get("metadata", {}).get("world_name", "v1"))
 
 
 def load_tiny_clip(

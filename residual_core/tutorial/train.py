@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
 import platform
@@ -555,11 +556,13 @@ def train(args: argparse.Namespace) -> Path:
 
 
 @torch.no_grad()
-def unit_probes(loaded: Any, n_train: int = 2000, n_test: int = 2000) -> list[dict[str, Any]]:
+def unit_probes(loaded: Any, n_train: int = 2000, n_test: int = 2000,
+                base: str = "world") -> list[dict[str, Any]]:
     """Best linear probe per attribute over single units, and on the whole embedding.
 
-    Probes are ridge least-squares classifiers fitted on the ``world`` train split and scored on
-    its test split (the per-unit outputs of :func:`residual_core.core.decompose.decompose`).
+    Probes are ridge least-squares classifiers fitted on the ``base`` distribution's train split
+    (``world``, or ``world2`` for the v2 world) and scored on its test split (the per-unit
+    outputs of :func:`residual_core.core.decompose.decompose`).
     """
     from residual_core.core.decompose import check_supported, decompose
     from residual_core.core.probes import ridge_probe
@@ -568,7 +571,7 @@ def unit_probes(loaded: Any, n_train: int = 2000, n_test: int = 2000) -> list[di
     labels = check_supported(loaded.model).labels
     feats = {}
     for split, n in (("train", n_train), ("test", n_test)):
-        ds = load_dataset("world.shape", split, loaded.preprocess, size=n)
+        ds = load_dataset(f"{base}.shape", split, loaded.preprocess, size=n)
         images = torch.stack([ds[i][0] for i in range(len(ds))])
         units = torch.cat([decompose(loaded.model, images[i:i + 256]).data
                            for i in range(0, len(images), 256)])
@@ -612,6 +615,52 @@ def _pos_embed_scale(meta: dict[str, Any]) -> float:
     return float(meta.get("pos_embed_scale", 1.0))
 
 
+def history_section(path: Path | None = None) -> list[str]:
+    """The card's record of which world and training choices moved which claims.
+
+    One column per prototype of ``prototypes.json`` (``runner.diagnose --record``) and per book
+    built on it (``--record NAME --book DIR``): the diagnostic decides C1–C11 on its own data
+    sizes, the book all fourteen claims on the chapters' (C12–C14 only there).
+    """
+    from residual_core.analysis.claims import CLAIMS
+    from residual_core.runner.diagnose import HISTORY_PATH
+
+    path = HISTORY_PATH if path is None else path
+    if not path.exists():
+        return []
+    columns = []  # (header, claims)
+    entries = json.loads(path.read_text())
+    for e in entries:
+        if e.get("claims"):
+            columns.append((f"{e['name']} diagnostic", e["claims"]))
+        if e.get("book"):
+            columns.append((f"{e['name']} book", e["book"]))
+    if not columns:
+        return []
+    lines = [
+        "## Which choices moved which claims",
+        "",
+        "The models this one was chosen from (`residual_core/tutorial/assets/prototypes.json`, "
+        "written by `python -m residual_core.runner.diagnose --record NAME`, and by "
+        "`--record NAME --book _build/executed` for the scoreboard of a `make book` run on it):",
+        "",
+    ]
+    lines += [f"- **{e['name']}** ({e.get('model', '?')}; "
+              + (f"world {e['world']}, " if "world" in e else "")
+              + f"{e.get('steps', '?')} steps, commit {e.get('commit', '?')}): {e.get('note', '')}"
+              for e in entries]
+    lines += ["", "| claim | " + " | ".join(h for h, _ in columns) + " |",
+              "|---|" + "---|" * len(columns)]
+    for cid, claim in CLAIMS.items():
+        cells = [("yes" if c[cid]["holds"] else "no") if cid in c else "–" for _, c in columns]
+        lines.append(f"| {cid} {claim.claim} | " + " | ".join(cells) + " |")
+    held = [sum(c[cid]["holds"] for cid in c) for _, c in columns]
+    lines.append("| **holding** | " + " | ".join(
+        f"{h} of {len(c)}" for h, (_, c) in zip(held, columns, strict=True)) + " |")
+    lines.append("")
+    return lines
+
+
 def write_model_card(path: Path = CHECKPOINT_PATH, probes: bool = True) -> Path:
     """Write ``MODEL_CARD.md`` next to a checkpoint from its json record and fresh evaluations.
 
@@ -620,6 +669,7 @@ def write_model_card(path: Path = CHECKPOINT_PATH, probes: bool = True) -> Path:
     """
     from residual_core.analysis.zeroshot import format_table, tutorial_table
     from residual_core.core.model import LoadedModel
+    from residual_core.data import world as DW
     from residual_core.tutorial.model import load_tiny_clip, preprocess_transform
 
     path = Path(path)
@@ -629,15 +679,20 @@ def write_model_card(path: Path = CHECKPOINT_PATH, probes: bool = True) -> Path:
     meta, cfg = record["metadata"], record["model_cfg"]
     command = in_place_command(str(meta.get("command", "")))
     v, t = cfg["vision_cfg"], cfg["text_cfg"]
-    rows = tutorial_table(loaded)
-    zs = {r["task"]: r["accuracy"] for r in rows if r["distribution"] == "world"}
+    world_name = str(meta.get("world_name", "v1"))
+    distributions = list(DW.distributions(world_name))
+    base = distributions[0]  # the training distribution: "world" (v1), "world2" (v2)
+    rows = tutorial_table(loaded, distributions)
+    zs = {r["task"]: r["accuracy"] for r in rows if r["distribution"] == base}
     lines = [
         "# Tutorial CLIP (tiny open_clip `CLIP`)",
         "",
         "The model every chapter of the `tutorial` profile runs on: a plain `open_clip.CLIP` built "
         "from the custom config below (so decomposition and zero-shot code paths are the same as "
         "for the paper's CLIPs), trained from scratch with CLIP's contrastive loss on the "
-        "procedural world of `residual_core.tutorial.world` (`DEFAULT_WORLD`). Generated by "
+        "procedural world of `residual_core.tutorial.world` (world "
+        f"`{world_name}`, `{meta.get('world', 'DEFAULT_WORLD').rpartition('.')[2]}`; datasets "
+        f"`{base}.*` and `{base}_<shift>.*`). Generated by "
         "`residual_core.tutorial.train.write_model_card`.",
         "",
         "## Files",
@@ -712,7 +767,7 @@ def write_model_card(path: Path = CHECKPOINT_PATH, probes: bool = True) -> Path:
         "## Zero-shot accuracy (test split, 2,000 images per distribution)",
         "",
         "Prompt-ensemble classifier (the book's Method and conventions page), logits "
-        "`scale · normalize(z) @ C`; `world` is the training distribution, the other columns "
+        f"`scale · normalize(z) @ C`; `{base}` is the training distribution, the other columns "
         "its shifted variants. Reproduce with "
         "`python -m residual_core.analysis.zeroshot --model tutorial`.",
         "",
@@ -720,16 +775,16 @@ def write_model_card(path: Path = CHECKPOINT_PATH, probes: bool = True) -> Path:
         "",
     ]
     low = [f"{r['task']} ({r['accuracy']:.2f} < {2 * r['uniform']:.2f})" for r in rows
-           if r["distribution"] == "world" and r["accuracy"] < 2 * r["uniform"]]
+           if r["distribution"] == base and r["accuracy"] < 2 * r["uniform"]]
     lines += [
-        "**Every attribute task at least 2× chance on `world`: "
+        f"**Every attribute task at least 2× chance on `{base}`: "
         + ("yes.**" if not low else "no.** Below 2× chance: " + ", ".join(low) + "."),
         "",
     ]
     if probes:
-        probe_rows = unit_probes(loaded)
+        probe_rows = unit_probes(loaded, base=base)
         lines += [
-            "## Linear probes on the units (world, 2,000 train / 2,000 test images)",
+            f"## Linear probes on the units ({base}, 2,000 train / 2,000 test images)",
             "",
             "Ridge least-squares probe on a single unit's direct contribution (best unit shown) "
             "and on the whole image embedding, against zero-shot. The gap between zero-shot and "
@@ -759,6 +814,7 @@ def write_model_card(path: Path = CHECKPOINT_PATH, probes: bool = True) -> Path:
             lines.append(f"| {label} | "
                          + " | ".join(f"{r['per_unit'][label]:.2f}" for r in probe_rows) + " |")
         lines.append("")
+    lines += history_section()
     lines += [
         "## Reproduce",
         "",
