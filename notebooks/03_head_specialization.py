@@ -60,6 +60,8 @@ weights = "pretrained"  # or "random": random-initialised stand-in (residual_cor
 results_file = None  # CSV of the key results (the runner sets it next to the notebook)
 
 # %%
+import textwrap
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
@@ -93,8 +95,8 @@ layout = ref_units.layout
 late_heads = [h for la in range(max(0, layout.n_layers - last_layers), layout.n_layers)
               for h in layout.heads(la)]
 words = rc.load_dictionary(dictionary).embed(loaded)
-print(f"model {loaded.name} ({loaded.fingerprint}); {layout}")
-print(f"reference {reference}: {ref_units.n_samples} images; dictionary {dictionary!r}: "
+print(f"model {loaded.name} ({loaded.fingerprint})\n{layout}")
+print(f"reference {reference}: {ref_units.n_samples} images\ndictionary {dictionary!r}: "
       f"{len(words)} texts; families: {', '.join(words.family_names())}")
 
 # %% [markdown]
@@ -126,8 +128,9 @@ display(spec.explanation_table(somp, n_texts=5))
 # %% tags=["hide-input"]
 ph.plot_explained_variance({h: textspan[h] for h in late_heads}, somp)
 plt.show()
-print("texts picked by both methods, per head:",
-      spec.pick_overlap(textspan, somp).to_dict())
+shared = spec.pick_overlap(textspan, somp)
+print(textwrap.fill("texts picked by both methods, per head: "
+                    + ", ".join(f"{h} {n}" for h, n in shared.items()), width=96))
 
 # %% [markdown]
 # *A curve that rises steeply and then flattens is a head that a few texts describe well.*
@@ -207,7 +210,7 @@ view = spec.head_views(scores, lift, {short[t]: families[t] for t in tasks})
 display(styled(view[["top_family", "score", "entropy_score", "top_attribute", "top_lift",
                     "concentration", "agree"]], precision=2))
 print(spec.views_agreement(view, seed=seed).to_string(float_format=lambda x: f"{x:.2f}"))
-print(f"mean specialisation score {scores.score.mean():.2f}, max {scores.score.max():.2f} "
+print(f"mean specialisation score {scores.score.mean():.2f}, max {scores.score.max():.2f}\n"
       f"(random texts: about {prior.max():.2f}, the prior of the most common family)")
 
 # %% [markdown]
