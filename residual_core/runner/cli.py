@@ -75,8 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="after a failing chapter, still execute the others")
     p_book.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
                         help="chapters executed at once, each in its own process, the longest "
-                        "first; their kernels share the cores (OMP_NUM_THREADS = cores // N). "
-                        "Default: %(default)s, one after another")
+                        "first; each kernel keeps the thread settings of a sequential build, so "
+                        "the numbers are the same as with 1. Default: %(default)s, one after "
+                        "another")
     p_book.add_argument("-v", "--verbose", action="store_true", help="stream cell outputs")
     p_book.add_argument("--out", type=Path, default=None,
                         help="build a separate copy of the book in this folder (executed "
