@@ -5,8 +5,9 @@ setup:
 	@bash scripts/setup_env.sh
 
 ## Execute every chapter (tutorial profile) with papermill, then build the HTML book.
-## JOBS=2: two chapters at once, each in its own process (default 1: one after another).
-JOBS ?= 1
+## Two chapters at once by default, each in its own process (the same numbers as one after
+## another: JOBS=1).
+JOBS ?= 2
 book: setup
 	.venv/bin/python -m residual_core.runner book --jobs $(JOBS)
 
