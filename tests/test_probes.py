@@ -38,3 +38,27 @@ def test_probe_table_has_units_and_embedding():
     with pytest.raises(ValueError, match="differ"):
         probe_table(train, {"a": y_tr}, test.heads(), {"a": y_te})
     assert table.loc["embedding", "a"] > 0.6  # the sum adds the other units' noise
+
+
+def test_ridge_probe_of_wide_units_with_two_threads():
+    # Batched LU solves of d + 1 > ~150 failed with 2 MKL threads (pytorch#142815): the
+    # probe of 192-wide units (the tutorial CLIP's) must run, and match a per-unit numpy fit.
+    import numpy as np
+
+    from residual_core.analysis.experiments import torch_threads
+
+    g = torch.Generator().manual_seed(0)
+    n, d = 400, 192
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = torch.randn(n, 3, d, generator=g)
+    x[:, 1, :3] += 8 * torch.nn.functional.one_hot(y, 3)  # unit 1 carries the labels
+    with torch_threads(2):
+        acc = ridge_probe(x[:300], y[:300], x[300:], y[300:])
+    for u in range(3):
+        xtr, xte = x[:300, u].double().numpy(), x[300:, u].double().numpy()
+        mean, std = xtr.mean(0), xtr.std(0, ddof=1) + 1e-6
+        a = np.c_[(xtr - mean) / std, np.ones(300)]
+        b = np.c_[(xte - mean) / std, np.ones(100)]
+        w = np.linalg.solve(a.T @ a + 0.1 * np.eye(d + 1), a.T @ np.eye(3)[y[:300].numpy()])
+        assert acc[u].item() == pytest.approx(((b @ w).argmax(1) == y[300:].numpy()).mean())
+    assert acc[1] > 0.9

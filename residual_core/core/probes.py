@@ -49,7 +49,11 @@ def ridge_probe(
     a, b = a.transpose(0, 1), b.transpose(0, 1)  # (unit, n, d + 1)
     onehot = torch.nn.functional.one_hot(train_y.long(), k).double()
     eye = torch.eye(a.shape[-1], dtype=a.dtype)
-    w = torch.linalg.solve(a.transpose(1, 2) @ a + alpha * eye, a.transpose(1, 2) @ onehot)
+    # The normal matrix is symmetric positive definite (alpha > 0): Cholesky, not the batched
+    # LU of torch.linalg.solve, which fails with several MKL threads once d + 1 > ~150
+    # (pytorch/pytorch#142815: "Pivots given to lu_solve must all be greater or equal to 1").
+    chol = torch.linalg.cholesky(a.transpose(1, 2) @ a + alpha * eye)
+    w = torch.cholesky_solve(a.transpose(1, 2) @ onehot, chol)
     pred = (b @ w).argmax(-1)  # (unit, m)
     return (pred == test_y.long()[None]).double().mean(1)
 
