@@ -73,10 +73,11 @@ from residual_core.data import world as WD
 from residual_core.data.dictionaries import load_dictionary
 from residual_core.data.registry import load_dataset
 from residual_core.tutorial import world as W
+from residual_core.tutorial.model import read_record
 
 __all__ = ["HISTORY_PATH", "Encoded", "attach_book", "book_claims", "embedded_dictionary",
-           "encode", "history_entry", "id_table", "load_checkpoint", "main", "record_history",
-           "run", "world_of", "zero_shot_target"]
+           "encode", "history_entry", "id_table", "load_checkpoint", "main", "model_entry",
+           "record_history", "run", "world_of", "zero_shot_target"]
 
 HISTORY_PATH = Path(__file__).resolve().parents[1] / "tutorial" / "assets" / "prototypes.json"
 """The models the tutorial model is chosen from, as the diagnostic measured them."""
@@ -321,13 +322,9 @@ def run(loaded: LoadedModel, world: str = "v1", *, reference_size: int = 5000,
             "wall_s": time.perf_counter() - t0}
 
 
-def history_entry(name: str, note: str, record: dict[str, Any], out: dict[str, Any],
-                  commit: str) -> dict[str, Any]:
-    """One prototype's summary: what it was, how it was trained, what the diagnostic found."""
+def model_entry(name: str, note: str, record: dict[str, Any], commit: str) -> dict[str, Any]:
+    """What a prototype was and how it was trained, from its checkpoint's record."""
     v = record["model_cfg"]["vision_cfg"]
-    zs = out["zero_shot"]
-    train_dist = zs[~zs.target.isna()]
-    prof = depth_profile(out["ids"], "twonn")
     return {
         "name": name, "note": note, "commit": commit,
         "world": world_of(record),
@@ -336,6 +333,17 @@ def history_entry(name: str, note: str, record: dict[str, Any], out: dict[str, A
         "train_command": record["metadata"].get("command", ""),
         "steps": record["metadata"].get("steps_done"),
         "sha256": record["sha256"],
+    }
+
+
+def history_entry(name: str, note: str, record: dict[str, Any], out: dict[str, Any],
+                  commit: str) -> dict[str, Any]:
+    """One prototype's summary: what it was, how it was trained, what the diagnostic found."""
+    zs = out["zero_shot"]
+    train_dist = zs[~zs.target.isna()]
+    prof = depth_profile(out["ids"], "twonn")
+    return {
+        **model_entry(name, note, record, commit),
         "below_target": [t for t, a, g in zip(train_dist.task, train_dist.zero_shot,
                                               train_dist.target, strict=True) if a < g],
         "twonn_per_layer": [round(float(m), 2) for m in prof["mean"]],
@@ -344,12 +352,15 @@ def history_entry(name: str, note: str, record: dict[str, Any], out: dict[str, A
     }
 
 
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, cwd=Path(__file__).parent).stdout.strip()
+
+
 def record_history(name: str, note: str, record: dict[str, Any], out: dict[str, Any],
                    path: Path = HISTORY_PATH) -> None:
     """Add (or replace) ``name`` in the history file, with the commit of this working tree."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=Path(__file__).parent).stdout.strip()
-    entry = history_entry(name, note, record, out, commit)
+    entry = history_entry(name, note, record, out, _commit())
     entries = json.loads(path.read_text()) if path.exists() else []
     entries = [e for e in entries if e["name"] != name] + [entry]
     path.write_text(json.dumps(entries, indent=1) + "\n")
@@ -369,19 +380,25 @@ def book_claims(directory: str | Path) -> dict[str, dict[str, Any]]:
             for table in tables for r in C.read_claims(table).itertuples()}
 
 
-def attach_book(name: str, directory: str | Path, path: Path = HISTORY_PATH) -> dict[str, Any]:
+def attach_book(name: str, directory: str | Path, path: Path = HISTORY_PATH,
+                record: dict[str, Any] | None = None, note: str = "") -> dict[str, Any]:
     """Add the whole book scoreboard (``book_claims``) to history entry ``name`` as ``book``.
 
     The diagnostic decides C1–C11 on its own data sizes; the book's run is what readers see,
-    and the only source of C12–C14.
+    and the only source of C12–C14. Without an entry ``name``, one is made from the checkpoint
+    ``record`` (what the model is and how it was trained, with ``note``).
 
     Raises:
-        InputError: If the history has no entry ``name``.
+        InputError: If the history has no entry ``name`` and no ``record`` is given.
     """
     entries = json.loads(path.read_text()) if path.exists() else []
     names = [e["name"] for e in entries]
     if name not in names:
-        raise InputError(f"no prototype {name!r} in {path.name}; recorded: {', '.join(names)}")
+        if record is None:
+            raise InputError(f"no prototype {name!r} in {path.name}; recorded: "
+                             f"{', '.join(names)}")
+        entries.append(model_entry(name, note, record, _commit()))
+        names.append(name)
     entry = entries[names.index(name)]
     entry["book"] = book_claims(directory)
     path.write_text(json.dumps(entries, indent=1) + "\n")
@@ -422,9 +439,10 @@ def main(argv: list[str] | None = None) -> int:
                    "under this name")
     p.add_argument("--note", default="", help="what this model changed (with --record)")
     p.add_argument("--book", type=Path, default=None, metavar="DIR",
-                   help="with --record: add the scoreboard of a book built on this checkpoint "
+                   help="with --record: add the scoreboard of a book built on --checkpoint "
                    "(DIR holds its chapters' *.claims.csv, e.g. _build/executed) to the entry "
-                   "NAME, without running the diagnostic")
+                   "NAME (made from the checkpoint's record if new), without running the "
+                   "diagnostic")
     args = p.parse_args(argv)
     if args.book is not None and not args.record:
         p.error("--book needs --record NAME (the entry the scoreboard belongs to)")
@@ -433,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _command(args: argparse.Namespace) -> None:
     if args.book is not None:
-        entry = attach_book(args.record, args.book)
+        entry = attach_book(args.record, args.book, record=read_record(args.checkpoint),
+                            note=args.note)
         held = sorted((k for k, v in entry["book"].items() if v["holds"]),
                       key=lambda k: int(k[1:]))
         print(f"{args.record}: book scoreboard {len(held)} of {len(entry['book'])} hold "
