@@ -29,7 +29,9 @@ from residual_core.core.textspan import textspan
 from residual_core.core.units import Units
 from residual_core.data.dictionaries import load_dictionary
 from residual_core.data.registry import load_dataset
+from residual_core.data.world import reference_name
 from residual_core.models import load_model
+from residual_core.tutorial.model import checkpoint_world
 
 
 def random_vit_b16(seed: int) -> torch.nn.Module:
@@ -56,10 +58,11 @@ def centring(images: int, seed: int) -> None:
 
     loaded = load_model("tutorial")
     words = load_dictionary("tutorial")
-    data = load_dataset("world.reference", "train", loaded.preprocess, size=2000)
+    reference = reference_name(checkpoint_world())  # the shipped checkpoint's world
+    data = load_dataset(reference, "train", loaded.preprocess, size=2000)
     batches = (b for b, _ in torch.utils.data.DataLoader(data, batch_size=256))
     cmp = compare_centerings(loaded.model, batches, words.embed(loaded), seed=seed)
-    print("\n## 1b. Centring, tutorial CLIP, 2,000 world.reference train images")
+    print(f"\n## 1b. Centring, tutorial CLIP, 2,000 {reference} train images")
     print(cmp.summary().to_string(float_format=lambda v: f"{v:.4f}"))
     common = cmp.texts.common
     print(f"last layer's heads: first 3 TextSpan texts shared by both centrings: "

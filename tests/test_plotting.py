@@ -99,5 +99,7 @@ def test_task_label_drops_only_the_world_prefix():
     assert task_label("world.color") == "color"
     assert task_label("world_clutter.color") == "clutter.color"
     assert task_label("world.reference") == "reference"
+    assert task_label("world2_dark.count") == "dark.count"
+    assert task_label("world2.reference") == "reference"
     assert task_label("eurosat") == "eurosat"
     assert task_label("worldwide.x") == "worldwide.x"
