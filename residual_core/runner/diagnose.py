@@ -73,7 +73,7 @@ from residual_core.data import world as WD
 from residual_core.data.dictionaries import load_dictionary
 from residual_core.data.registry import load_dataset
 from residual_core.tutorial import world as W
-from residual_core.tutorial.model import read_record
+from residual_core.tutorial.model import read_record, record_world
 
 __all__ = ["HISTORY_PATH", "Encoded", "attach_book", "book_claims", "embedded_dictionary",
            "encode", "history_entry", "id_table", "load_checkpoint", "main", "model_entry",
@@ -108,7 +108,7 @@ def load_checkpoint(path: str | Path) -> tuple[LoadedModel, dict[str, Any]]:
 
 def world_of(record: dict[str, Any]) -> str:
     """The world a checkpoint was trained on (``v1`` for checkpoints from before ``--world``)."""
-    return str(record.get("metadata", {}).get("world_name", "v1"))
+    return record_world(record)
 
 
 def zero_shot_target(n_classes: int) -> float:

@@ -35,6 +35,8 @@ __all__ = [
     "checkpoint_world",
     "load_tiny_clip",
     "preprocess_transform",
+    "read_record",
+    "record_world",
     "retrain_command",
     "save_tiny_clip",
     "sha256_file",
@@ -201,9 +203,14 @@ def read_record(path: Path | str = CHECKPOINT_PATH) -> dict[str, Any]:
     return json.loads(config.read_text())
 
 
+def record_world(record: dict[str, Any]) -> str:
+    """The world a checkpoint's record says it was trained on (``v1`` before ``--world``)."""
+    return str(record.get("metadata", {}).get("world_name", "v1"))
+
+
 def checkpoint_world(path: Path | str = CHECKPOINT_PATH) -> str:
-    """The world a checkpoint was trained on, from its record (``v1`` before ``--world``)."""
-    return str(read_record(path).get("metadata", {}).get("world_name", "v1"))
+    """The world a checkpoint was trained on, from its record next to it."""
+    return record_world(read_record(path))
 
 
 def load_tiny_clip(

@@ -670,7 +670,7 @@ def write_model_card(path: Path = CHECKPOINT_PATH, probes: bool = True) -> Path:
     from residual_core.analysis.zeroshot import format_table, tutorial_table
     from residual_core.core.model import LoadedModel
     from residual_core.data import world as DW
-    from residual_core.tutorial.model import load_tiny_clip, preprocess_transform
+    from residual_core.tutorial.model import load_tiny_clip, preprocess_transform, record_world
 
     path = Path(path)
     model, tokenizer, record = load_tiny_clip(path)
@@ -679,7 +679,7 @@ def write_model_card(path: Path = CHECKPOINT_PATH, probes: bool = True) -> Path:
     meta, cfg = record["metadata"], record["model_cfg"]
     command = in_place_command(str(meta.get("command", "")))
     v, t = cfg["vision_cfg"], cfg["text_cfg"]
-    world_name = str(meta.get("world_name", "v1"))
+    world_name = record_world(record)
     distributions = list(DW.distributions(world_name))
     base = distributions[0]  # the training distribution: "world" (v1), "world2" (v2)
     rows = tutorial_table(loaded, distributions)
