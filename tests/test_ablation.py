@@ -98,3 +98,22 @@ def test_accuracy_normalisation_is_explicit():
     z = torch.tensor([[3.0, 1.0], [0.1, 0.2]])
     assert accuracy(z, classifier, torch.tensor([0, 1])) == 1.0
     assert accuracy(z, classifier, torch.tensor([0, 1]), normalize=False) == 1.0
+
+
+def test_coarse_selection_rows_equal_ablating_the_dropped_heads():
+    # Oracle: each row's accuracy recomputed from scratch with ``ablate`` on the heads that the
+    # row's ranking drops (the incremental prefix sums must give the same embeddings).
+    val, val_t, classifier = planted(200, 5)
+    test, test_t, _ = planted(200, 6)
+    g = torch.Generator().manual_seed(7)
+    means = val.mean() + 0.3 * torch.randn(val.mean().shape, generator=g)  # unlike either split
+    heads = [u for u in val.labels if is_head(u)]
+    ks = [1, 3, 3, 6]  # a repeated k too
+    table = coarse_selection(val, val_t, test, test_t, means, classifier, ks=ks, random_seeds=2)
+    for (ranking, seed), rows in table[table.ranking != "full"].groupby(["ranking", "seed"]):
+        order = rank_heads(ranking, val, means, classifier, val_t, k_max=max(ks), seed=seed)
+        for row in rows.itertuples():
+            dropped = [h for h in heads if h not in order[: row.k]]
+            for units, t, got in ((val, val_t, row.val_acc), (test, test_t, row.test_acc)):
+                want = accuracy(ablate(units, dropped, "mean", means), classifier, t)
+                assert got == pytest.approx(want, abs=1e-9), (ranking, seed, row.k)

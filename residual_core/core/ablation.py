@@ -180,6 +180,34 @@ def rank_heads(
     return [heads[i] for i in order]
 
 
+def _kept_prefix_parts(
+    units: Units, heads: Sequence[str], means: Tensor
+) -> tuple[Float[Tensor, "n d_out"], Float[Tensor, "n head d_out"]]:
+    """Every head mean-ablated, and what restoring each head adds (``heads`` order)."""
+    deltas = _centered_heads(units.data, torch.tensor(units.index(list(heads))), means)
+    return units.data.sum(1) - deltas.sum(1), deltas
+
+
+def _prefix_accuracies(
+    base: Tensor, deltas: Tensor, order: Tensor, ks: Sequence[int], classifier: Tensor,
+    targets: Tensor, normalize: bool,
+) -> list[float]:
+    """Accuracy with the first ``k`` heads of ``order`` kept, for every (sorted) ``k``.
+
+    The same embeddings as :func:`ablate` with the other heads mean-ablated, built by adding
+    the kept heads' restorations one block of ``order`` at a time instead of re-summing every
+    unit for each ``k`` (heads missing from ``order`` stay ablated).
+    """
+    z, done, out = base.clone(), 0, []
+    for k in ks:
+        take = order[done:k]
+        if len(take):
+            z = z + deltas[:, take].sum(1)
+        done = max(done, k)
+        out.append(accuracy(z, classifier, targets, normalize))
+    return out
+
+
 def coarse_selection(
     val_units: Units,
     val_targets: Int[Tensor, " n_val"],
@@ -201,20 +229,22 @@ def coarse_selection(
     """
     heads = [u for u in val_units.labels if is_head(u)]
     ks = k_values(len(heads)) if ks is None else sorted(ks)
+    position = {h: i for i, h in enumerate(heads)}
+    splits = {"val": (*_kept_prefix_parts(val_units, heads, means), val_targets),
+              "test": (*_kept_prefix_parts(test_units, heads, means), test_targets)}
     rows = []
     for ranking in rankings:
         seeds = range(random_seeds) if ranking == "R" else [0]
         for seed in seeds:
             order = rank_heads(ranking, val_units, means, classifier, val_targets,
                                k_max=max(ks), seed=seed, normalize=normalize)
-            for k in ks:
-                dropped = order[k:] + [h for h in heads if h not in order]
-                row = {"ranking": ranking, "seed": seed, "k": k, "fraction": k / len(heads)}
-                for split, u, t in (("val", val_units, val_targets),
-                                    ("test", test_units, test_targets)):
-                    z = ablate(u, dropped, "mean", means)
-                    row[f"{split}_acc"] = accuracy(z, classifier, t, normalize)
-                rows.append(row)
+            order_idx = torch.tensor([position[h] for h in order], dtype=torch.long)
+            accs = {split: _prefix_accuracies(base, deltas, order_idx, ks, classifier, t,
+                                              normalize)
+                    for split, (base, deltas, t) in splits.items()}
+            for i, k in enumerate(ks):
+                rows.append({"ranking": ranking, "seed": seed, "k": k, "fraction": k / len(heads),
+                             "val_acc": accs["val"][i], "test_acc": accs["test"][i]})
     full = {"ranking": "full", "seed": 0, "k": len(heads), "fraction": 1.0}
     full["val_acc"] = accuracy(val_units.sum(), classifier, val_targets, normalize)
     full["test_acc"] = accuracy(test_units.sum(), classifier, test_targets, normalize)
