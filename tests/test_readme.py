@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import torch
@@ -27,10 +26,8 @@ def test_library_section_has_three_short_blocks():
 def test_library_section_runs_on_the_tutorial_model(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RESIDUAL_CACHE", str(tmp_path))
     namespace: dict = {}
-    started = time.perf_counter()
     for block in library_blocks():
         exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
-    seconds = time.perf_counter() - started
     printed = capsys.readouterr().out
     units, head, fit = namespace["units"], namespace["head"], namespace["fit"]
     # Block 1: the stack adds up to the embedding and picks units by label.
@@ -46,7 +43,6 @@ def test_library_section_runs_on_the_tutorial_model(tmp_path, monkeypatch, capsy
     assert 0 <= fit.accuracy <= 1 and fit.row["variant"] == "residual-full"
     assert fit.lambdas("L3H1").shape == (units.layout.d_head,)
     assert "test accuracy" in printed and (tmp_path / "encodings" / "tutorial").is_dir()
-    assert seconds < 60, f"the README's library section took {seconds:.0f} s"
 
 
 def test_guarantees_table_names_tests_that_exist():

@@ -521,3 +521,19 @@ def test_a_chapter_run_and_its_error_cross_processes(tmp_path: Path):
     assert type(back) is execute.NotebookError and str(back) == "boom"
     assert (back.notebook, back.run, back.cell, back.line, back.output) == (
         err.notebook, err.run, err.cell, err.line, err.output)
+
+
+def test_dry_run_counts_the_tutorial_models_stores():
+    from residual_core.runner import dryrun
+    from residual_core.tutorial.model import load_tiny_clip
+
+    visual = load_tiny_clip()[0].visual  # the layout, read off the built model itself
+    layers = len(visual.transformer.resblocks)
+    width = visual.conv1.out_channels
+    heads = visual.transformer.resblocks[0].attn.num_heads
+    params = {"model": "tutorial", "reference": "world.reference", "reference_size": 1000}
+    plan = dryrun.plan([("t", params)])
+    need = plan.models["tutorial"]
+    assert need.bytes_per_image == 4 * (layers * width + (layers + 1) * width + 2)
+    assert need.images == 1000 and width % heads == 0
+    assert plan.disk_gb == pytest.approx(1000 * need.bytes_per_image / 2**30)

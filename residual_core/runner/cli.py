@@ -216,7 +216,7 @@ def _dry_run(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     free = shutil.disk_usage(where).free / 2**30
     verdict = "enough" if free >= plan.disk_gb else "NOT ENOUGH"
     return (f"{dryrun.format_plan(plan)}\nfree disk at the cache ({cache}): "
-            f"{free:,.0f} GiB ({verdict} for {plan.disk_gb:,.0f} GiB)")
+            f"{free:,.0f} GiB ({verdict} for {dryrun.gb_text(plan.disk_gb)})")
 
 
 SWEEP_EXECUTORS = ("local", "slurm")

@@ -357,13 +357,20 @@ def _commit() -> str:
                           text=True, cwd=Path(__file__).parent).stdout.strip()
 
 
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _write_history(path: Path, entries: list[dict[str, Any]]) -> None:
+    path.write_text(json.dumps(entries, indent=1) + "\n")
+
+
 def record_history(name: str, note: str, record: dict[str, Any], out: dict[str, Any],
                    path: Path = HISTORY_PATH) -> None:
     """Add (or replace) ``name`` in the history file, with the commit of this working tree."""
     entry = history_entry(name, note, record, out, _commit())
-    entries = json.loads(path.read_text()) if path.exists() else []
-    entries = [e for e in entries if e["name"] != name] + [entry]
-    path.write_text(json.dumps(entries, indent=1) + "\n")
+    entries = [e for e in _read_history(path) if e["name"] != name] + [entry]
+    _write_history(path, entries)
 
 
 def book_claims(directory: str | Path) -> dict[str, dict[str, Any]]:
@@ -391,7 +398,7 @@ def attach_book(name: str, directory: str | Path, path: Path = HISTORY_PATH,
     Raises:
         InputError: If the history has no entry ``name`` and no ``record`` is given.
     """
-    entries = json.loads(path.read_text()) if path.exists() else []
+    entries = _read_history(path)
     names = [e["name"] for e in entries]
     if name not in names:
         if record is None:
@@ -401,7 +408,7 @@ def attach_book(name: str, directory: str | Path, path: Path = HISTORY_PATH,
         names.append(name)
     entry = entries[names.index(name)]
     entry["book"] = book_claims(directory)
-    path.write_text(json.dumps(entries, indent=1) + "\n")
+    _write_history(path, entries)
     return entry
 
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ModelNeeds", "Plan", "arch_of", "format_plan", "plan"]
+__all__ = ["ModelNeeds", "Plan", "arch_of", "format_plan", "gb_text", "plan"]
 
 IMAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "reference": ("reference_size", "size"),
@@ -174,9 +174,12 @@ def arch_of(key: str) -> tuple[dict[str, int] | None, str]:
                   "patch_size": v.patch_size, "image_size": spec.image_size}
         return layout, "the key's Hugging Face vision tower (residual_core.models.specs)"
     if key == "tutorial":
-        from residual_core.tutorial.model import CHECKPOINT_PATH
+        from residual_core.tutorial.model import CHECKPOINT_PATH, read_record
 
-        return None, f"tutorial model (shipped, {CHECKPOINT_PATH.stat().st_size / 2**20:.0f} MiB)"
+        v = read_record(CHECKPOINT_PATH)["model_cfg"]["vision_cfg"]
+        layout = {k: v[k] for k in ("layers", "width", "head_width", "patch_size", "image_size")}
+        return layout, (f"tutorial model (shipped, {CHECKPOINT_PATH.stat().st_size / 2**20:.0f} "
+                        "MiB; layout from its record)")
     cfg = open_clip.get_model_config(name)
     if cfg is None:
         return None, f"no local config for {name!r}"
@@ -292,7 +295,8 @@ def plan(
     return out
 
 
-def _gb(value: float | None) -> str:
+def gb_text(value: float | None) -> str:
+    """A size in GiB for the plan's text (``unknown`` for a missing value)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "unknown"
     return f"{value:,.2f} GiB" if value < 100 else f"{value:,.0f} GiB"
@@ -307,20 +311,20 @@ def format_plan(p: Plan) -> str:
         lines.append(f"  ... and {len(p.runs) - 20} more")
     lines.append("models:")
     for m in p.models.values():
-        size = "no download" if m.download_gb == 0 else f"download {_gb(m.download_gb)}"
+        size = "no download" if m.download_gb == 0 else f"download {gb_text(m.download_gb)}"
         params = "?" if m.params_m is None else f"{m.params_m:,.0f}M params"
         lines.append(f"  {m.key}: {size}, {params}, {m.images:,} images encoded → stores "
-                     f"{_gb(m.store_gb)}; GPU memory ≈ {_gb(m.gpu_gb)} (estimate; "
+                     f"{gb_text(m.store_gb)}; GPU memory ≈ {gb_text(m.gpu_gb)} (estimate; "
                      f"{m.arch_note})")
     lines.append("datasets:")
     for name, d in p.datasets.items():
         manual = "  MANUAL DOWNLOAD" if d["manual"] else ""
         src = f" from {d['source']}" if d["source"] else ""
         lines.append(f"  {name}: {d['images']:,} images used; download "
-                     f"{_gb(d['download_gb'])}{src}{manual}")
-    lines.append(f"total download ≈ {_gb(p.download_gb)}; disk needed ≈ {_gb(p.disk_gb)} "
+                     f"{gb_text(d['download_gb'])}{src}{manual}")
+    lines.append(f"total download ≈ {gb_text(p.download_gb)}; disk needed ≈ {gb_text(p.disk_gb)} "
                  "(downloads + encoding stores + fine-tune checkpoints)")
-    lines.append(f"GPU memory ≈ {_gb(p.gpu_gb)} per job (a run, or one pair of a sweep; an "
+    lines.append(f"GPU memory ≈ {gb_text(p.gpu_gb)} per job (a run, or one pair of a sweep; an "
                  "estimate: float32 weights + one decomposition batch, or fine-tuning with Adam; "
                  "measure on the device)")
     lines += [f"note: {n}" for n in p.notes]

@@ -674,14 +674,17 @@ def write_model_card(path: Path = CHECKPOINT_PATH, probes: bool = True) -> Path:
 
     path = Path(path)
     model, tokenizer, record = load_tiny_clip(path)
-    loaded = LoadedModel(model, preprocess_transform(64), tokenizer, "tutorial",
+    size = record["model_cfg"]["vision_cfg"]["image_size"]
+    loaded = LoadedModel(model, preprocess_transform(size), tokenizer, "tutorial",
                          "tutorial-tiny-clip", path.name, f"tutorial-{record['sha256'][:16]}")
     meta, cfg = record["metadata"], record["model_cfg"]
     command = in_place_command(str(meta.get("command", "")))
     v, t = cfg["vision_cfg"], cfg["text_cfg"]
     world_name = record_world(record)
-    distributions = list(DW.distributions(world_name))
-    base = distributions[0]  # the training distribution: "world" (v1), "world2" (v2)
+    shifts = DW.distributions(world_name)
+    distributions = list(shifts)
+    # The training distribution, the one without a shift: "world" (v1), "world2" (v2).
+    base = next(name for name, shift in shifts.items() if shift is None)
     rows = tutorial_table(loaded, distributions)
     zs = {r["task"]: r["accuracy"] for r in rows if r["distribution"] == base}
     lines = [
