@@ -434,3 +434,17 @@ def test_model_card_reproduces_from_the_checkpoint(tmp_path):
     with torch_threads(2):  # what `train --card-only` uses (--threads 2)
         card = write_model_card(tmp_path / CHECKPOINT_PATH.name)
     assert card.read_text() == (ASSETS_DIR / "MODEL_CARD.md").read_text()
+
+
+def test_snapshots_name_their_world(tmp_path):
+    """A snapshot is measured on the world it was trained on (the diagnostic reads it)."""
+    from residual_core.tutorial import train as train_mod
+    from residual_core.tutorial.model import checkpoint_world
+
+    work = tmp_path / "work"
+    args = train_mod.parse_args(["--world", "v2", "--steps", "2", "--warmup", "1",
+                                 "--batch-size", "4", "--threads", "1", "--snapshot-every", "1",
+                                 "--no-card", "--work-dir", str(work),
+                                 "--out", str(tmp_path / "m.safetensors")])
+    train_mod.train(args)
+    assert checkpoint_world(work / "snapshot_1.safetensors") == "v2"

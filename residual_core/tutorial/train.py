@@ -507,7 +507,8 @@ def train(args: argparse.Namespace) -> Path:
         if args.snapshot_every and done % args.snapshot_every == 0 and done < args.steps:
             # weights only, for watching a long run with the diagnostic (not resumable)
             save_tiny_clip(model, tokenizer, model_cfg,
-                           Path(args.work_dir) / f"snapshot_{done}.safetensors", {"step": done})
+                           Path(args.work_dir) / f"snapshot_{done}.safetensors",
+                           {"step": done, "world_name": args.world})
         if args.max_minutes and (elapsed + time.perf_counter() - t0) / 60 > args.max_minutes:
             stopped_early = done < args.steps
             break
