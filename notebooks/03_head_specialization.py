@@ -223,7 +223,7 @@ print(f"mean specialisation score {scores.score.mean():.2f}, max {scores.score.m
 # The figures are precomputed, so the choice also works on the static page.
 
 # %%
-card_heads = heads if len(heads) <= 64 else late_heads
+card_heads = heads if len(heads) <= 24 else late_heads  # ~0.3 MB a card: keep the page light
 ref_images = rc.load_dataset(reference, "train", size=reference_size).images
 extremes = unit_extremes(ref_units, rc.unit_pca(ref_units.select(card_heads)), card_heads,
                          n_pcs=2, n_images=n_extremes)
