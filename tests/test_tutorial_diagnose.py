@@ -121,3 +121,35 @@ def test_images_to_tensor_matches_the_training_script():
 
     imgs = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
     torch.testing.assert_close(G.images_to_tensor(imgs), images_to_tensor(imgs))
+
+
+def test_recording_from_json_keeps_the_book_and_checks_the_model(tmp_path, monkeypatch):
+    import json
+
+    from residual_core.tutorial.model import CHECKPOINT_PATH, read_record
+
+    sha = read_record(CHECKPOINT_PATH)["sha256"]
+    history = tmp_path / "prototypes.json"
+    book = {"C12": {"holds": True, "measured": "planted"}}
+    history.write_text(json.dumps([{"name": "P9", "sha256": sha, "book": book}]))
+    monkeypatch.setattr(G, "HISTORY_PATH", history)
+    # planted results, as --json writes them: C1 holds, C3 does not; two layers of two heads
+    results = {"fingerprint": f"tutorial-{sha[:16]}",
+               "claims": [{"id": "C1", "holds": "yes", "measured": "planted 1"},
+                          {"id": "C3", "holds": "no", "measured": "planted 3"}],
+               "zero_shot": [{"task": "world.color", "zero_shot": 0.9, "target": 0.33},
+                             {"task": "world.shape", "zero_shot": 0.1, "target": 0.4}],
+               "ids": [{"kind": "head", "layer": la, "twonn": t}
+                       for la, t in ((0, 4.0), (0, 6.0), (1, 3.0), (1, 3.0))]}
+    found = tmp_path / "d.json"
+    found.write_text(json.dumps(results))
+    assert G.main(["--record", "P9", "--from-json", str(found)]) == 0
+    (entry,) = json.loads(history.read_text())
+    assert entry["claims"] == {"C1": {"holds": True, "measured": "planted 1"},
+                               "C3": {"holds": False, "measured": "planted 3"}}
+    assert entry["book"] == book and entry["below_target"] == ["world.shape"]
+    assert entry["twonn_per_layer"] == [5.0, 3.0]
+    # results of another model are refused, naming both
+    found.write_text(json.dumps({**results, "fingerprint": "tutorial-0000000000000000"}))
+    assert G.main(["--record", "P9", "--from-json", str(found)]) == 2
+    assert json.loads(history.read_text()) == [entry]

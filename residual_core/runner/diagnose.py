@@ -366,11 +366,33 @@ def _write_history(path: Path, entries: list[dict[str, Any]]) -> None:
 
 
 def record_history(name: str, note: str, record: dict[str, Any], out: dict[str, Any],
-                   path: Path = HISTORY_PATH) -> None:
-    """Add (or replace) ``name`` in the history file, with the commit of this working tree."""
+                   path: Path | None = None) -> None:
+    """Add (or replace) ``name`` in the history file, with the commit of this working tree.
+
+    A book scoreboard already attached to ``name`` (``attach_book``) is kept: it was measured
+    on the same checkpoint, and the diagnostic cannot re-create it.
+    """
+    path = HISTORY_PATH if path is None else path
     entry = history_entry(name, note, record, out, _commit())
-    entries = [e for e in _read_history(path) if e["name"] != name] + [entry]
-    _write_history(path, entries)
+    entries = _read_history(path)
+    old = next((e for e in entries if e["name"] == name), {})
+    if "book" in old and old.get("sha256") == entry["sha256"]:
+        entry["book"] = old["book"]
+    _write_history(path, [e for e in entries if e["name"] != name] + [entry])
+
+
+def results_from_json(path: str | Path) -> dict[str, Any]:
+    """The tables ``record_history`` reads, from a file written by ``--json``.
+
+    Raises:
+        InputError: If the file is not a diagnostic's json (no claims, zero-shot or ID table).
+    """
+    data = json.loads(Path(path).read_text())
+    missing = [k for k in ("claims", "zero_shot", "ids") if k not in data]
+    if missing:
+        raise InputError(f"{path} is not a diagnostic's --json output (no {', '.join(missing)})")
+    return {"fingerprint": data.get("fingerprint", ""),
+            **{k: pd.DataFrame(data[k]) for k in ("claims", "zero_shot", "ids")}}
 
 
 def book_claims(directory: str | Path) -> dict[str, dict[str, Any]]:
@@ -450,9 +472,14 @@ def main(argv: list[str] | None = None) -> int:
                    "(DIR holds its chapters' *.claims.csv, e.g. _build/executed) to the entry "
                    "NAME (made from the checkpoint's record if new), without running the "
                    "diagnostic")
+    p.add_argument("--from-json", type=Path, default=None, metavar="FILE",
+                   help="with --record: record the results a diagnostic of --checkpoint wrote "
+                   "with --json FILE, without running it again")
     args = p.parse_args(argv)
     if args.book is not None and not args.record:
         p.error("--book needs --record NAME (the entry the scoreboard belongs to)")
+    if args.from_json is not None and (not args.record or args.book is not None):
+        p.error("--from-json needs --record NAME, and not --book")
     return cli_main(lambda: _command(args), "residual_core.runner.diagnose: error:")
 
 
@@ -464,6 +491,17 @@ def _command(args: argparse.Namespace) -> None:
                       key=lambda k: int(k[1:]))
         print(f"{args.record}: book scoreboard {len(held)} of {len(entry['book'])} hold "
               f"({' '.join(held)})")
+        return
+    if args.from_json is not None:
+        out, record = results_from_json(args.from_json), read_record(args.checkpoint)
+        if not out["fingerprint"].endswith(record["sha256"][:16]):
+            measured = out["fingerprint"] or "an unnamed model"
+            raise InputError(f"{args.from_json} measured {measured}, not {args.checkpoint} "
+                             f"(sha256 {record['sha256'][:16]}…)")
+        record_history(args.record, args.note, record, out)
+        held = out["claims"][out["claims"].holds == "yes"].id.tolist()
+        print(f"{args.record}: diagnostic {len(held)} of {len(out['claims'])} hold "
+              f"({' '.join(held)}), from {args.from_json}")
         return
     torch.set_num_threads(args.threads)
     loaded, record = load_checkpoint(args.checkpoint)
