@@ -160,6 +160,10 @@ def residual_results(full_acc, adapter_acc, full_params, fine_wins, n_tasks=5):
     return pd.DataFrame(rows)
 
 
+def got_text(table):
+    return " ".join(table.measured)
+
+
 def test_residual_claims():
     got = claims.residual_claims(residual_results(0.8, 0.78, 1_000, fine_wins=4))
     assert holds(got) == {"C12": True, "C13": True, "C14": True}  # 75% of the gap; 10%
@@ -167,6 +171,11 @@ def test_residual_claims():
     assert got == {"C12": False, "C13": False, "C14": False}  # 67.5%; worse; 3 of 5
     few_params = holds(claims.residual_claims(residual_results(0.8, 0.78, 1_001, 4)))
     assert not few_params["C13"]  # 10.01% of the adapter's parameters
+    # ResiDual above the fine-tune (0.95 vs 0.9: 112% of the gap) holds, flagged
+    above = claims.residual_claims(residual_results(0.95, 0.78, 1_000, 4)).set_index("id")
+    assert above.loc["C12", "holds"] == "yes" and "112% of the gap" in above.loc["C12", "measured"]
+    assert "fine-tune, whose budget may be too small" in above.loc["C12", "measured"]
+    assert "budget" not in got_text(claims.residual_claims(residual_results(0.8, 0.78, 1_000, 4)))
 
 
 def test_residual_claims_without_some_variants_say_what_was_not_run():
