@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -153,3 +154,29 @@ def test_recording_from_json_keeps_the_book_and_checks_the_model(tmp_path, monke
     found.write_text(json.dumps({**results, "fingerprint": "tutorial-0000000000000000"}))
     assert G.main(["--record", "P9", "--from-json", str(found)]) == 2
     assert json.loads(history.read_text()) == [entry]
+
+
+def test_nuisance_profile_script_switches_off_only_its_group():
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "scripts" / "id_profile_by_nuisance.py"
+    spec = importlib.util.spec_from_file_location("id_profile_by_nuisance", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    v = script.variants()
+    base = W.NUISANCE_WORLD
+    assert v["v2"] == base and v["no-nuisance"] == base.without_nuisance()
+    assert v["no-pixel-noise"] == base.replace(noise_std=0.0)
+    photometric = v["no-photometric"]
+    assert (photometric.noise_std, photometric.specks, photometric.grating_amplitude) == (0, 0, 0)
+    assert (photometric.rotation, photometric.scale_jitter) == (base.rotation, base.scale_jitter)
+    geometric = v["no-geometric"]
+    assert geometric.rotation == 0 and geometric.y_range[0] == geometric.y_range[1]
+    assert geometric.noise_std == base.noise_std
+    from residual_core.tutorial.model import CHECKPOINT_PATH
+
+    loaded, record = G.load_checkpoint(CHECKPOINT_PATH)
+    heads = script.head_units(loaded, base, 6)
+    layout = record["model_cfg"]["vision_cfg"]
+    n_heads = layout["layers"] * layout["width"] // layout["head_width"]
+    assert heads.data.shape[:2] == (6, n_heads) and all(h.startswith("L") for h in heads.labels)
