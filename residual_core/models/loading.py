@@ -10,6 +10,7 @@ paper profile's smoke runs use before anything is downloaded).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from residual_core.core.errors import InputError
 from residual_core.core.model import LoadedModel, weights_fingerprint
 from residual_core.models.specs import MODELS, TUTORIAL, ModelLoadError, get_spec, list_models
 
-__all__ = ["WEIGHTS", "load_model"]
+__all__ = ["WEIGHTS", "load_model", "load_tutorial_checkpoint"]
 
 WEIGHTS = ("pretrained", "random")
 """Valid values of ``load_model``'s ``weights`` (and of the chapters' ``weights`` parameter)."""
@@ -35,24 +36,36 @@ def _valid_names_message() -> str:
             "open_clip.list_models())")
 
 
-def _load_tutorial(device: str | torch.device) -> LoadedModel:
+def load_tutorial_checkpoint(
+    path: Any = None, device: str | torch.device = "cpu"
+) -> tuple[LoadedModel, dict[str, Any]]:
+    """A tutorial CLIP checkpoint (sha256-checked) as a ``LoadedModel``, with its json record.
+
+    Args:
+        path: The ``.safetensors`` file (default: the shipped checkpoint). Another checkpoint
+            (a training run's, a snapshot) gets its own fingerprint, so caches never mix.
+        device: Where to put the model.
+    """
     from residual_core.tutorial.model import (
         CHECKPOINT_PATH,
         load_tiny_clip,
         preprocess_transform,
+        record_fingerprint,
     )
 
-    model, tokenizer, record = load_tiny_clip(CHECKPOINT_PATH, device)
+    path = CHECKPOINT_PATH if path is None else Path(path)
+    model, tokenizer, record = load_tiny_clip(path, device)
     image_size = record["model_cfg"]["vision_cfg"]["image_size"]
-    return LoadedModel(
+    loaded = LoadedModel(
         model=model,
         preprocess=preprocess_transform(image_size),
         tokenizer=tokenizer,
         name=TUTORIAL,
         arch="tutorial-tiny-clip",
-        pretrained=CHECKPOINT_PATH.name,
-        named_fingerprint=f"tutorial-{record['sha256'][:16]}",
+        pretrained=path.name,
+        named_fingerprint=record_fingerprint(record),
     )
+    return loaded, record
 
 
 def _load_open_clip(
@@ -191,7 +204,7 @@ def load_model(
     if name == TUTORIAL:
         if pretrained is not _UNSET:
             raise ModelLoadError("'tutorial' takes no pretrained tag (it ships one checkpoint)")
-        return _load_tutorial(device)
+        return load_tutorial_checkpoint(device=device)[0]
     if spec is not None and spec.source == "hf":
         if pretrained not in (_UNSET, None, spec.arch):
             raise ModelLoadError(f"{name!r} loads {spec.arch!r} (or None for random weights), "

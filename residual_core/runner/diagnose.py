@@ -72,8 +72,9 @@ from residual_core.core.zeroshot import build_classifier
 from residual_core.data import world as WD
 from residual_core.data.dictionaries import load_dictionary
 from residual_core.data.registry import load_dataset
+from residual_core.models.loading import load_tutorial_checkpoint
 from residual_core.tutorial import world as W
-from residual_core.tutorial.model import read_record, record_world
+from residual_core.tutorial.model import read_record, record_fingerprint, record_world
 
 __all__ = ["HISTORY_PATH", "Encoded", "attach_book", "book_claims", "embedded_dictionary",
            "encode", "history_entry", "id_table", "load_checkpoint", "main", "model_entry",
@@ -93,17 +94,7 @@ class Encoded:
 
 def load_checkpoint(path: str | Path) -> tuple[LoadedModel, dict[str, Any]]:
     """A tutorial checkpoint (hash-checked) as a :class:`LoadedModel`, with its json record."""
-    from residual_core.tutorial.model import load_tiny_clip, preprocess_transform
-
-    path = Path(path)
-    model, tokenizer, record = load_tiny_clip(path)
-    loaded = LoadedModel(model=model,
-                         preprocess=preprocess_transform(
-                             record["model_cfg"]["vision_cfg"]["image_size"]),
-                         tokenizer=tokenizer, name="tutorial", arch="tutorial-tiny-clip",
-                         pretrained=path.name,
-                         named_fingerprint=f"tutorial-{record['sha256'][:16]}")
-    return loaded, record
+    return load_tutorial_checkpoint(path)
 
 
 def world_of(record: dict[str, Any]) -> str:
@@ -409,7 +400,7 @@ def book_claims(directory: str | Path) -> dict[str, dict[str, Any]]:
             for table in tables for r in C.read_claims(table).itertuples()}
 
 
-def attach_book(name: str, directory: str | Path, path: Path = HISTORY_PATH,
+def attach_book(name: str, directory: str | Path, path: Path | None = None,
                 record: dict[str, Any] | None = None, note: str = "") -> dict[str, Any]:
     """Add the whole book scoreboard (``book_claims``) to history entry ``name`` as ``book``.
 
@@ -420,6 +411,7 @@ def attach_book(name: str, directory: str | Path, path: Path = HISTORY_PATH,
     Raises:
         InputError: If the history has no entry ``name`` and no ``record`` is given.
     """
+    path = HISTORY_PATH if path is None else path
     entries = _read_history(path)
     names = [e["name"] for e in entries]
     if name not in names:
@@ -494,7 +486,7 @@ def _command(args: argparse.Namespace) -> None:
         return
     if args.from_json is not None:
         out, record = results_from_json(args.from_json), read_record(args.checkpoint)
-        if not out["fingerprint"].endswith(record["sha256"][:16]):
+        if out["fingerprint"] != record_fingerprint(record):
             measured = out["fingerprint"] or "an unnamed model"
             raise InputError(f"{args.from_json} measured {measured}, not {args.checkpoint} "
                              f"(sha256 {record['sha256'][:16]}…)")

@@ -36,6 +36,7 @@ __all__ = [
     "load_tiny_clip",
     "preprocess_transform",
     "read_record",
+    "record_fingerprint",
     "record_world",
     "retrain_command",
     "save_tiny_clip",
@@ -206,6 +207,11 @@ def read_record(path: Path | str = CHECKPOINT_PATH) -> dict[str, Any]:
 def record_world(record: dict[str, Any]) -> str:
     """The world a checkpoint's record says it was trained on (``v1`` before ``--world``)."""
     return str(record.get("metadata", {}).get("world_name", "v1"))
+
+
+def record_fingerprint(record: dict[str, Any]) -> str:
+    """The ``LoadedModel`` fingerprint of the checkpoint a record describes (caches key on it)."""
+    return f"tutorial-{record['sha256'][:16]}"
 
 
 def checkpoint_world(path: Path | str = CHECKPOINT_PATH) -> str:

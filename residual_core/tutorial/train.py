@@ -669,15 +669,12 @@ def write_model_card(path: Path = CHECKPOINT_PATH, probes: bool = True) -> Path:
     ``probes``, the best single-unit and whole-embedding linear probes per task.
     """
     from residual_core.analysis.zeroshot import format_table, tutorial_table
-    from residual_core.core.model import LoadedModel
     from residual_core.data import world as DW
-    from residual_core.tutorial.model import load_tiny_clip, preprocess_transform, record_world
+    from residual_core.models.loading import load_tutorial_checkpoint
+    from residual_core.tutorial.model import record_world
 
     path = Path(path)
-    model, tokenizer, record = load_tiny_clip(path)
-    size = record["model_cfg"]["vision_cfg"]["image_size"]
-    loaded = LoadedModel(model, preprocess_transform(size), tokenizer, "tutorial",
-                         "tutorial-tiny-clip", path.name, f"tutorial-{record['sha256'][:16]}")
+    loaded, record = load_tutorial_checkpoint(path)
     meta, cfg = record["metadata"], record["model_cfg"]
     command = in_place_command(str(meta.get("command", "")))
     v, t = cfg["vision_cfg"], cfg["text_cfg"]
