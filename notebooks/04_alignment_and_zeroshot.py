@@ -105,9 +105,11 @@ print(f"model {loaded.name} ({loaded.fingerprint}): {len(ref_units.heads())} hea
 # paper, ranked on validation and evaluated on test.
 
 # %%
+probes = enc.probes(tasks)  # tasks sharing images are probed together
 results = {
     t: al.analyze_task(t, enc.get(t, "train"), enc.get(t, "val"), enc.get(t, "test"),
-                       ref_units.mean(), enc.classifier(t), random_seeds=random_seeds)
+                       ref_units.mean(), enc.classifier(t), random_seeds=random_seeds,
+                       probes=probes[t])
     for t in tasks
 }
 words = rc.load_dictionary(dictionary).embed(loaded)

@@ -20,6 +20,7 @@ from residual_core.analysis.alignment import (
     spare_layers,
     task_table,
 )
+from residual_core.core.probes import probe_table
 from residual_core.core.units import UnitLayout, Units
 from residual_core.core.zeroshot import ZeroShotClassifier
 
@@ -153,3 +154,20 @@ def test_correlations():
     out = correlations(table, ["up", "noise"], seed=0)
     assert out.loc["up", "rho"] == pytest.approx(1.0) and out.loc["up", "significant"]
     assert not out.loc["noise", "significant"] and out.loc["noise", "n"] == 6
+
+
+def test_analyze_task_takes_the_probes_of_a_batched_call(result):
+    # probing the task together with another labelling of the same images (one factorisation)
+    # gives the task's own probes; probes of other units are refused
+    train, val, test, ref = (planted(300, s) for s in (0, 1, 2, 3))
+    other_tr, other_te = (torch.remainder(y + 1, 2) for y in (train[1], test[1]))
+    table = probe_table(train[0], {"task": train[1], "other": other_tr},
+                        test[0], {"task": test[1], "other": other_te})
+    clf = ZeroShotClassifier(CLASSIFIER, ["a", "b", "c"], ["{}"])
+    given = analyze_task("toy.task", train, val, test, ref[0].mean(), clf, random_seeds=3,
+                         s_heads=2, probes=table["task"])
+    pd.testing.assert_series_equal(given.probes, result.probes, check_names=False, atol=1e-12)
+    assert given.zero_shot == result.zero_shot
+    with pytest.raises(ValueError, match="probes are of other units"):
+        analyze_task("toy.task", train, val, test, ref[0].mean(), clf, random_seeds=3,
+                     probes=table["task"].iloc[1:])

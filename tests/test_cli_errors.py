@@ -66,6 +66,7 @@ def a_file(tmp_path_factory) -> Path:
     (["sweep", "05", "--axis", "model=nope", "--dry-run"], ["model='nope': is not a model key"]),
     (["run", "00", "--timeout", "0"], ["--timeout must be at least 1 second"]),
     (["book", "--jobs", "0"], ["--jobs must be a whole number of chapters ≥ 1, got 0"]),
+    (["book", "--threads", "0"], ["--threads must be a whole number of CPU threads ≥ 1, got 0"]),
     (["book", "--jobs", "two", "--dry-run"], ["--jobs: invalid int value: 'two'"]),
 ])
 def test_runner_refuses_bad_input_with_exit_2(args, says):

@@ -62,3 +62,33 @@ def test_ridge_probe_of_wide_units_with_two_threads():
         w = np.linalg.solve(a.T @ a + 0.1 * np.eye(d + 1), a.T @ np.eye(3)[y[:300].numpy()])
         assert acc[u].item() == pytest.approx(((b @ w).argmax(1) == y[300:].numpy()).mean())
     assert acc[1] > 0.9
+
+
+def test_ridge_probes_of_several_labellings_match_one_fit_each():
+    # one factorisation for every labelling must give what a separate numpy fit per unit and
+    # labelling gives (an oracle that factorises nothing)
+    import numpy as np
+
+    from residual_core.core.probes import ridge_probes
+
+    g = torch.Generator().manual_seed(3)
+    n, d = 500, 20
+    ys = [torch.randint(0, k, (n,), generator=g) for k in (2, 5, 3)]
+    x = torch.randn(n, 4, d, generator=g)
+    for u, (y, k) in enumerate(zip(ys, (2, 5, 3), strict=True)):
+        x[:, u, :k] += 1.5 * torch.nn.functional.one_hot(y, k)  # unit u carries labelling u
+    accs = ridge_probes(x[:350], [y[:350] for y in ys], x[350:], [y[350:] for y in ys],
+                        alpha=0.1)
+    assert len(accs) == 3
+    for y, k, acc in zip(ys, (2, 5, 3), accs, strict=True):
+        for u in range(4):
+            xtr, xte = x[:350, u].double().numpy(), x[350:, u].double().numpy()
+            mean, std = xtr.mean(0), xtr.std(0, ddof=1) + 1e-6
+            a = np.c_[(xtr - mean) / std, np.ones(350)]
+            b = np.c_[(xte - mean) / std, np.ones(150)]
+            w = np.linalg.solve(a.T @ a + 0.1 * np.eye(d + 1), a.T @ np.eye(k)[y[:350].numpy()])
+            expected = ((b @ w).argmax(1) == y[350:].numpy()).mean()
+            assert float(acc[u]) == pytest.approx(expected, abs=1e-12), (k, u)
+    assert accs[1][1] > 0.6 and accs[1][0] < 0.4, "unit 1 carries the 5-class labelling"
+    with pytest.raises(ValueError, match="2 training labellings but 1 test"):
+        ridge_probes(x[:350], [y[:350] for y in ys[:2]], x[350:], [ys[0][350:]])

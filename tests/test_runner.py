@@ -470,8 +470,8 @@ def test_book_jobs_runs_the_chapters_in_parallel_in_chapter_order(tmp_path: Path
     build.book(jobs=2, out=tmp_path / "book")
     assert [r.source.stem for r in seen["done"]] == ["00_slow", "01_quick", "05_residual"]
     assert all(r.output.is_file() for r in seen["done"])
-    # the kernels keep the thread settings of a sequential build (the same numbers)
-    assert f"threads {os.environ.get('OMP_NUM_THREADS')}" in cell_text(seen["done"][0].output)
+    # the kernels get the thread count of a sequential build (the same numbers)
+    assert f"threads {build.kernel_threads()}" in cell_text(seen["done"][0].output)
     log = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[runner] 0")]
     assert log[0].startswith("[runner] 05_residual [tutorial] (defaults) ..."), log
     ok = [ln.split()[1] for ln in log if " ok in " in ln]
@@ -501,6 +501,32 @@ def test_book_jobs_keep_going_lists_every_failure(tmp_path: Path, monkeypatch):
     assert "00_fails [tutorial] code cell 2; 05_residual [tutorial] code cell 2" in str(err.value)
     assert (tmp_path / "book" / "executed" / "01_ok-tutorial.ipynb").is_file()
     assert "done" not in seen
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_book_threads_reach_every_kernel_whatever_the_jobs(tmp_path: Path, monkeypatch, jobs):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # torch caps it at the cores: 1 differs
+    body = ("import os, torch\n"
+            "print('seen', os.environ['OMP_NUM_THREADS'], os.environ['MKL_NUM_THREADS'], "
+            "torch.get_num_threads())")
+    seen = fake_book(tmp_path, monkeypatch, ("00_a", body), ("01_b", body))
+    build.book(jobs=jobs, threads=1, out=tmp_path / "book")
+    for run in seen["done"]:
+        assert "seen 1 1 1" in cell_text(run.output), cell_text(run.output)
+    assert os.environ["OMP_NUM_THREADS"] == "2", "the runner's own setting is restored"
+
+
+def test_kernel_threads_default_is_the_environments_else_half_the_cores(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    assert build.kernel_threads() == 7 and build.kernel_threads(2) == 2
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(build.os, "cpu_count", lambda: 16)
+    assert build.kernel_threads() == 8
+    monkeypatch.setattr(build.os, "cpu_count", lambda: 1)
+    assert build.kernel_threads() == 1
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(chapters.ParameterError, match="--threads must be"):
+            build.kernel_threads(bad)
 
 
 def test_book_jobs_refuses_less_than_one(capsys):

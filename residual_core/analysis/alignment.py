@@ -135,6 +135,7 @@ def analyze_task(
     ks: Sequence[int] | None = None,
     s_heads: int = 3,
     probe_alpha: float = 0.1,
+    probes: pd.Series | None = None,
 ) -> TaskResult:
     """Zero-shot, probes, alignment, layer ablation and coarse selection of one task.
 
@@ -149,10 +150,17 @@ def analyze_task(
         ks: Numbers of heads kept (default :func:`residual_core.core.ablation.k_values`).
         s_heads: How many heads of the ``S`` ranking to record.
         probe_alpha: Ridge penalty of the probes.
+        probes: This task's column of :func:`~residual_core.core.probes.probe_table` on the
+            same train and test units, if already computed (tasks sharing images are probed
+            in one call, e.g. by ``TaskEncodings.probes``); ``None``: fitted here.
     """
     weights, norm = classifier.weights.cpu().float(), classifier.normalize_features
     (xtr, ytr), (xva, yva), (xte, yte) = train, val, test
-    probes = probe_table(xtr, {task: ytr}, xte, {task: yte}, alpha=probe_alpha)[task]
+    if probes is None:
+        probes = probe_table(xtr, {task: ytr}, xte, {task: yte}, alpha=probe_alpha)[task]
+    elif list(probes.index) != [*xtr.labels, "embedding"]:
+        raise ValueError(f"analyze_task({task!r}): the probes are of other units than the "
+                         f"task's ({len(probes)} rows for {len(xtr.labels)} units + embedding)")
     align = classifier_alignment(xva.heads(), weights)
     coarse = coarse_selection(xva, yva, xte, yte, means, weights, ks=ks,
                               random_seeds=random_seeds, normalize=norm)

@@ -31,6 +31,7 @@ from residual_core.core.units import Units
 from residual_core.core.zeroshot import ZeroShotClassifier, build_classifier
 from residual_core.data.base import ClassificationDataset
 from residual_core.data.registry import load_dataset
+from residual_core.data.world import image_set
 
 __all__ = ["TaskEncodings", "encode_dataset"]
 
@@ -142,9 +143,18 @@ class TaskEncodings:
         return load_dataset(task, split, size=self.sizes.get(split))
 
     def source(self, task: str, split: str) -> str:
-        """The task whose encoding store holds this task's images (itself if none shares them)."""
+        """The task whose encoding store holds this task's images (itself if none shares them).
+
+        Tutorial-world tasks use their distribution's one name
+        (:func:`residual_core.data.world.image_set`), so every chapter reads the same store;
+        other tasks share with a task of this object that shows the very same images.
+        """
         key = (task, split)
         if key not in self._sources:
+            canonical = image_set(task)
+            if canonical != task:
+                self._sources[key] = canonical
+                return canonical
             images = self.dataset(task, split).images
             self._sources[key] = next(
                 (src for (t, s), src in self._sources.items()

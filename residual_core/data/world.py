@@ -48,6 +48,7 @@ __all__ = [
     "clear",
     "distributions",
     "downstream_tasks",
+    "image_set",
     "reference_name",
     "specs",
     "world_split",
@@ -81,6 +82,21 @@ def distributions(world: str = "v1") -> dict[str, str | None]:
     """
     W.world_config(world)
     return DISTRIBUTIONS if world == "v1" else NUISANCE_DISTRIBUTIONS
+
+
+def image_set(dataset: str) -> str:
+    """The name under which a dataset's images are encoded (one store for every task).
+
+    Every task of one tutorial distribution shows the same images, so all of them share the
+    store of ``<distribution>.<first attribute>`` (``world_palette.color`` →
+    ``world_palette.shape``), whichever task or chapter asks first. Any other name, the
+    references included, is its own.
+    """
+    distribution, _, task = dataset.partition(".")
+    if task in W.ATTRIBUTES and (distribution in DISTRIBUTIONS
+                                 or distribution in NUISANCE_DISTRIBUTIONS):
+        return f"{distribution}.{next(iter(W.ATTRIBUTES))}"
+    return dataset
 
 
 def reference_name(world: str = "v1") -> str:

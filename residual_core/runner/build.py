@@ -26,8 +26,8 @@ from residual_core.runner.execute import NotebookError, check_device_here, execu
 from residual_core.runner.presets import DEFAULT_PROFILE, runs_for
 from residual_core.runner.records import ChapterRun
 
-__all__ = ["book", "build_book", "copy_book_sources", "ensure_mathjax", "ensure_widget_assets",
-           "place_chapters", "write_scoreboard"]
+__all__ = ["book", "build_book", "check_threads", "copy_book_sources", "ensure_mathjax",
+           "ensure_widget_assets", "kernel_threads", "place_chapters", "write_scoreboard"]
 
 CHAPTERS = ROOT / "book" / "chapters"
 SCOREBOARD = ROOT / "book" / "scoreboard.md"
@@ -297,22 +297,69 @@ def check_jobs(jobs: object) -> int:
     return jobs
 
 
-def _execute_job(source: Path, run: str, overrides: dict,
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+"""What a chapter's kernel reads its number of CPU threads from (torch's intra-op pool)."""
+
+
+def check_threads(threads: object) -> int | None:
+    """Refuse a ``threads`` that is neither ``None`` nor a whole number ≥ 1 (ParameterError)."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise ParameterError(f"--threads must be a whole number of CPU threads ≥ 1, got "
+                             f"{threads!r}")
+    return threads
+
+
+def kernel_threads(threads: int | None = None) -> int:
+    """CPU threads of each chapter's kernel in ``book``: the same whatever ``--jobs`` is.
+
+    ``threads`` if given; else ``$OMP_NUM_THREADS`` if set; else half the machine's cores (at
+    least 1), sized for the default of two chapters at once. Two kernels of all the cores each
+    oversubscribe the machine, and OpenMP's waiting threads then slow both several times over
+    (measured: chapter 04 of the 8-layer model 5× slower). The count does not follow
+    ``--jobs`` because it fixes the order of floating-point sums: the last bits of every
+    number (and, through TextSpan's greedy picks, chapter 03's texts) would change with it.
+    """
+    if check_threads(threads) is not None:
+        return int(threads)
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) >= 1:
+        return int(env)
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+def _with_threads(threads: int, fn, *args, **kwargs):
+    """Call ``fn`` with the thread variables set to ``threads``, then restore them.
+
+    A kernel that ``fn`` starts inherits them.
+    """
+    before = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _execute_job(source: Path, run: str, overrides: dict, threads: int,
                  kwargs: dict) -> tuple[ChapterRun | None, NotebookError | None, float]:
     """One chapter in a worker process of ``book --jobs``: (run, None, s) or (None, error, s).
 
-    The kernel keeps the environment's thread settings, as with ``jobs=1``: fewer threads
-    would change the order of floating-point sums and so the last bits of every number (and,
-    through TextSpan's greedy picks, chapter 03's texts), so that ``--jobs`` would change results.
+    The kernel gets ``threads`` CPU threads, as with ``jobs=1`` (:func:`kernel_threads`).
     """
     started = time.perf_counter()
     try:
-        return execute(source, run, overrides, **kwargs), None, time.perf_counter() - started
+        return (_with_threads(threads, execute, source, run, overrides, **kwargs), None,
+                time.perf_counter() - started)
     except NotebookError as err:
         return None, err, time.perf_counter() - started
 
 
-def _execute_parallel(selected: Sequence[tuple[Path, str, dict]], jobs: int, *,
+def _execute_parallel(selected: Sequence[tuple[Path, str, dict]], jobs: int, threads: int, *,
                       keep_going: bool, log_output: bool, **executed) -> list[ChapterRun]:
     """Execute the runs ``jobs`` at a time, each in a spawned process; the runs in their order.
 
@@ -338,7 +385,7 @@ def _execute_parallel(selected: Sequence[tuple[Path, str, dict]], jobs: int, *,
         source, run, overrides = selected[i]
         shown = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "defaults"
         _log(f"{source.stem} [{run}] ({shown}) ...")
-        pending[pool.submit(_execute_job, source, run, overrides, kwargs)] = i
+        pending[pool.submit(_execute_job, source, run, overrides, threads, kwargs)] = i
 
     try:
         while queue and len(pending) < jobs:
@@ -370,7 +417,8 @@ def _execute_parallel(selected: Sequence[tuple[Path, str, dict]], jobs: int, *,
 
 
 def book(profile: str = DEFAULT_PROFILE, *, log_output: bool = False,
-         keep_going: bool = False, out: Path | str | None = None, jobs: int = 1) -> Path:
+         keep_going: bool = False, out: Path | str | None = None, jobs: int = 1,
+         threads: int | None = None) -> Path:
     """Execute every chapter's run of ``profile``, write the claims scoreboard, build the book.
 
     Args:
@@ -384,17 +432,20 @@ def book(profile: str = DEFAULT_PROFILE, *, log_output: bool = False,
         jobs: Chapters executed at once, each in its own process, the costliest first
             (:data:`CHAPTER_COST`), with the same thread settings as one at a time (so the
             same numbers). 1: one after another, in chapter order.
+        threads: CPU threads of each chapter's kernel (:func:`kernel_threads`; ``None``:
+            ``$OMP_NUM_THREADS``, else half the cores), whatever ``jobs`` is.
 
     Returns:
         The built ``index.html``.
 
     Raises:
         ParameterError: For an unknown profile, a refused parameter of any chapter or
-            ``jobs`` < 1, before anything runs.
+            ``jobs`` or ``threads`` < 1, before anything runs.
         NotebookError: The first failing chapter (without ``keep_going``).
         RunnerError: Listing every failing chapter (with ``keep_going``), or a failed build.
     """
     check_jobs(jobs)
+    threads = kernel_threads(threads)
     selected = runs_for(profile)
     if not selected:
         raise RunnerError(f"no chapter has a run named {profile!r}")
@@ -404,18 +455,19 @@ def book(profile: str = DEFAULT_PROFILE, *, log_output: bool = False,
     ensure_mathjax()
     root = ROOT if out is None else copy_book_sources(Path(out).resolve())
     executed = {} if out is None else {"out_dir": root / "executed"}
-    _log(f"profile {profile!r}: {len(selected)} chapter(s)")
+    _log(f"profile {profile!r}: {len(selected)} chapter(s), {threads} CPU thread(s) each")
     done, failed, total = [], [], time.perf_counter()
     if jobs > 1:
-        done = _execute_parallel(selected, jobs, keep_going=keep_going, log_output=log_output,
-                                 **executed)
+        done = _execute_parallel(selected, jobs, threads, keep_going=keep_going,
+                                 log_output=log_output, **executed)
     else:
         for source, run, overrides in selected:
             shown = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "defaults"
             _log(f"{source.stem} [{run}] ({shown}) ...")
             started = time.perf_counter()
             try:
-                result = execute(source, run, overrides, log_output=log_output, **executed)
+                result = _with_threads(threads, execute, source, run, overrides,
+                                       log_output=log_output, **executed)
             except NotebookError as err:
                 if not keep_going:
                     raise

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from residual_core.core.errors import cli_main
-from residual_core.runner.build import book, check_jobs
+from residual_core.runner.build import book, check_jobs, check_threads
 from residual_core.runner.chapters import (
     BUILD,
     EXECUTED,
@@ -78,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
                         "first; each kernel keeps the thread settings of a sequential build, so "
                         "the numbers are the same as with 1. Default: %(default)s, one after "
                         "another")
+    p_book.add_argument("-t", "--threads", type=int, default=None, metavar="N",
+                        help="CPU threads of each chapter's kernel, whatever --jobs is (so the "
+                        "same numbers). Default: $OMP_NUM_THREADS if set, else half the cores "
+                        "(two kernels of all the cores slow each other several times over)")
     p_book.add_argument("-v", "--verbose", action="store_true", help="stream cell outputs")
     p_book.add_argument("--out", type=Path, default=None,
                         help="build a separate copy of the book in this folder (executed "
@@ -383,12 +387,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "book":
         check_jobs(args.jobs)
+        check_threads(args.threads)
     if args.command == "book" and args.dry_run:
         print(_dry_run([(f"{s.stem} [{r}]", check_overrides(s, o))
                         for s, r, o in runs_for(args.profile)]))
     elif args.command == "book":
         book(args.profile, log_output=args.verbose, keep_going=args.keep_going, out=args.out,
-             jobs=args.jobs)
+             jobs=args.jobs, threads=args.threads)
     elif args.command == "run":
         _cmd_run(args)
     elif args.command == "sweep":

@@ -292,13 +292,20 @@ def run(loaded: LoadedModel, world: str = "v1", *, reference_size: int = 5000,
     dists_down = list(dict.fromkeys(t.split(".")[0] for t in down))
     splits = {d: (encode(loaded, _first_task(d), "train", probe_size),
                   encode(loaded, _first_task(d), "val", val_size)) for d in dists_down}
-    results = {}
+    results, down_probes = {}, {}
+    for dist in dists_down:  # every attribute of a distribution probed at once
+        attrs = [t.split(".")[1] for t in down if t.split(".")[0] == dist]
+        (tr, _), te = splits[dist], test[dist]
+        table = probe_table(tr.units, {a: tr.attributes[a] for a in attrs},
+                            te.units, {a: te.attributes[a] for a in attrs})
+        down_probes.update({f"{dist}.{a}": table[a] for a in attrs})
     for task in down:
         dist, attr = task.split(".")
         (tr, va), te = splits[dist], test[dist]
         results[task] = AL.analyze_task(
             task, (tr.units, tr.attributes[attr]), (va.units, va.attributes[attr]),
-            (te.units, te.attributes[attr]), means, clfs[task], random_seeds=random_seeds)
+            (te.units, te.attributes[attr]), means, clfs[task], random_seeds=random_seeds,
+            probes=down_probes[task])
     layers, _ = AL.ablation_by_layer(results)
     selection = AL.selection_table(results)
     task_families = {t: SP.task_family(t, words.family_names()) for t in down}
