@@ -310,7 +310,7 @@ def check_threads(threads: object) -> int | None:
     return threads
 
 
-def kernel_threads(threads: int | None = None) -> int:
+def kernel_threads(threads: object = None) -> int:
     """CPU threads of each chapter's kernel in ``book``: the same whatever ``--jobs`` is.
 
     ``threads`` if given; else ``$OMP_NUM_THREADS`` if set; else half the machine's cores (at
