@@ -46,7 +46,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -74,7 +73,12 @@ from residual_core.data.dictionaries import load_dictionary
 from residual_core.data.registry import load_dataset
 from residual_core.models.loading import load_tutorial_checkpoint
 from residual_core.tutorial import world as W
-from residual_core.tutorial.model import read_record, record_fingerprint, record_world
+from residual_core.tutorial.model import (
+    images_to_tensor,
+    read_record,
+    record_fingerprint,
+    record_world,
+)
 
 __all__ = ["HISTORY_PATH", "Encoded", "attach_book", "book_claims", "embedded_dictionary",
            "encode", "history_entry", "id_table", "load_checkpoint", "main", "model_entry",
@@ -117,22 +121,12 @@ def encode(loaded: LoadedModel, dataset: str, split: str, size: int,
     """Decompose the images of a registered tutorial dataset split (in memory, no cache)."""
     ds = load_dataset(dataset, split, size=size)
     projector = UnitProjector.from_model(loaded.model)
-    parts = [decompose(loaded.model, images_to_tensor(ds.images[i:i + batch_size]),
+    pixels = loaded.model.visual.image_size
+    pixels = pixels[0] if isinstance(pixels, tuple | list) else pixels
+    parts = [decompose(loaded.model, images_to_tensor(ds.images[i:i + batch_size], pixels),
                        projector=projector) for i in range(0, len(ds), batch_size)]
     units = Units(torch.cat([p.data for p in parts]), parts[0].labels, parts[0].layout)
     return Encoded(units, {k: torch.as_tensor(v) for k, v in (ds.attributes or {}).items()})
-
-
-def images_to_tensor(images) -> torch.Tensor:
-    """uint8 HWC images → the tutorial CLIP's input.
-
-    As ``tutorial.train.images_to_tensor``, which the runner may not import (a script).
-    """
-    from residual_core.tutorial.model import IMAGE_MEAN, IMAGE_STD
-
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-    return (x - torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGE_STD).view(
-        1, 3, 1, 1)
 
 
 def id_table(units: Units, threshold: float = 0.99, max_points: int = 50_000,

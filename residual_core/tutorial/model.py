@@ -16,10 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import open_clip
 import torch
+from jaxtyping import Float, UInt8
+from PIL import Image
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 
 from residual_core.tutorial.tokenizer import WordTokenizer
 
@@ -33,6 +36,7 @@ __all__ = [
     "TINY_CLIP_CONFIG",
     "build_tiny_clip",
     "checkpoint_world",
+    "images_to_tensor",
     "load_tiny_clip",
     "preprocess_transform",
     "read_record",
@@ -78,22 +82,26 @@ TINY_CLIP_CONFIG: dict[str, Any] = {
 
 
 ARCHITECTURES: dict[str, dict[str, Any]] = {
-    "v1": {"layers": 4, "width": 128, "head_width": 32, "mlp_ratio": 4.0, "embed_dim": 128},
-    "v2": {"layers": 8, "width": 192, "head_width": 32, "mlp_ratio": 2.0, "embed_dim": 192},
+    "v1": {"layers": 4, "width": 128, "head_width": 32, "mlp_ratio": 4.0, "embed_dim": 128,
+           "image_size": 64},
+    "v2": {"layers": 8, "width": 192, "head_width": 32, "mlp_ratio": 2.0, "embed_dim": 192,
+           "image_size": 48},
 }
 """Image tower and embedding of the tutorial CLIP per world version (the training script's
 defaults for ``--world``). ``v1`` is :data:`TINY_CLIP_CONFIG`'s, the shipped checkpoint's;
 ``v2`` is the 8-layer candidate of the nuisance world (6 heads of 32, MLP ×2, ``embed_dim``
 192: ResiDual-full's parameters, 48 heads × 32 + 8 MLPs × d_out, are 8.3% of a d_out × d_out
-linear adapter's at 192 but 15.5% at 128, over C13's 10%)."""
+linear adapter's at 192 but 15.5% at 128, over C13's 10%). Both see the world's 64-pixel
+renders as they are; ``--image-size`` resizes them (a 48-pixel v2 candidate, 37 tokens instead
+of 65, was ~1.7× cheaper per forward pass but did not learn shape in 3,000 steps)."""
 
 
 def with_architecture(config: dict[str, Any], layers: int, width: int, head_width: int,
-                      mlp_ratio: float, embed_dim: int) -> dict[str, Any]:
-    """A copy of a model config with another image tower and embedding width."""
+                      mlp_ratio: float, embed_dim: int, image_size: int = 64) -> dict[str, Any]:
+    """A copy of a model config with another image tower, input size and embedding width."""
     out = copy.deepcopy(config)
     out["vision_cfg"].update(layers=layers, width=width, head_width=head_width,
-                             mlp_ratio=mlp_ratio)
+                             mlp_ratio=mlp_ratio, image_size=image_size)
     out["embed_dim"] = embed_dim
     return out
 
@@ -141,6 +149,25 @@ def build_tiny_clip(model_cfg: dict[str, Any]) -> open_clip.CLIP:
 def preprocess_transform(image_size: int = 64):
     """PIL image → normalised float tensor ``(3, image_size, image_size)``, as at training."""
     return open_clip.image_transform(image_size, is_train=False, mean=IMAGE_MEAN, std=IMAGE_STD)
+
+
+def images_to_tensor(
+    images: UInt8[np.ndarray, "batch height width 3"], image_size: int | None = None
+) -> Float[Tensor, "batch 3 size size"]:
+    """uint8 HWC images → normalised float CHW tensor, identical to ``preprocess_transform``.
+
+    Images already ``image_size`` wide (or any size with ``image_size=None``) are converted
+    in one vectorised step; others go through ``preprocess_transform(image_size)`` one by one,
+    so a model trained on resized renders sees the very pixels the chapters will give it.
+    """
+    images = np.ascontiguousarray(images)
+    if image_size is not None and images.shape[1:3] != (image_size, image_size):
+        transform = preprocess_transform(image_size)
+        return torch.stack([transform(Image.fromarray(im)) for im in images])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 def sha256_file(path: Path | str) -> str:

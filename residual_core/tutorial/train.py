@@ -76,10 +76,9 @@ from residual_core.tutorial import world
 from residual_core.tutorial.model import (
     ARCHITECTURES,
     CHECKPOINT_PATH,
-    IMAGE_MEAN,
-    IMAGE_STD,
     build_tiny_clip,
     count_parameters,
+    images_to_tensor,
     save_tiny_clip,
     tiny_clip_config,
     with_architecture,
@@ -104,14 +103,6 @@ __all__ = [
 
 CONTEXT_LENGTH = 32
 _MAX_LOGIT_SCALE = math.log(100.0)
-
-
-def images_to_tensor(images: UInt8[np.ndarray, "batch 64 64 3"]) -> Float[Tensor, "batch 3 64 64"]:
-    """uint8 HWC images → normalised float CHW tensor, identical to ``preprocess_transform``."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 def attribute_captions(
@@ -488,8 +479,9 @@ def train(args: argparse.Namespace) -> Path:
         if neg_texts is not None:
             negatives = tokenizer(neg_texts).to(device)
             valid = torch.from_numpy(neg_valid).to(device)
-        loss = clip_loss(model, images_to_tensor(images).to(device), tokenizer(texts).to(device),
-                         negatives, valid, phrases, tokenizer)
+        pixels = images_to_tensor(images, arch["image_size"]).to(device)
+        loss = clip_loss(model, pixels, tokenizer(texts).to(device), negatives, valid, phrases,
+                         tokenizer)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if step < args.freeze_text_steps:
@@ -869,6 +861,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="width of each attention head, heads = width / head width (default 32)")
     p.add_argument("--mlp-ratio", type=float, default=None,
                    help="image tower MLP hidden width / width (default: v1 4, v2 2)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input pixels per side; the 64-pixel renders are resized to it "
+                   "(default: v1 64, v2 48)")
     p.add_argument("--embed-dim", type=int, default=None,
                    help="joint embedding width (default: v1 128, v2 192)")
     p.add_argument("--seed", type=int, default=0, help="seed of the init and the data stream")
