@@ -81,6 +81,7 @@ preload_images = True  # fine-tune: preprocess the images once into memory
 stream_units = False  # read units from the stores per variant (paper scale) instead of RAM
 probe_headroom = True  # ridge probes on the embedding (needs every unit of train/test in RAM)
 num_workers = 0
+finetune_processes = 2  # fine-tune in this many background processes (0: here, one by one)
 lambda_variant = "residual-full"  # whose λ the heatmaps show
 n_lambda_units = 6  # most changed units shown per PC
 n_flips = 6  # images per kind where zero-shot and lambda_variant disagree
@@ -147,13 +148,16 @@ print(f"model {loaded.name} ({loaded.fingerprint}); {pcas[0].layout}; reference 
 # validation accuracy; the best-on-validation weights are evaluated on test). Fine-tuning
 # trains the whole vision tower on images with Lightning; it is by far the most expensive
 # variant on a CPU, so its epochs are capped by `finetune_epochs` and its learning rate is set
-# in `lrs` (see the discussion at the end). Each finished (task, variant) is appended to a log
-# right away; rerunning the chapter with the same settings skips them.
+# in `lrs` (see the discussion at the end). With `finetune_processes` > 0 the fine-tunes run in
+# background processes while this one trains the cached variants (same numbers, sooner on a
+# machine with a free core). Each finished (task, variant) is appended to a log right away;
+# rerunning the chapter with the same settings skips them.
 
 # %%
 res = ex.run_experiments(loaded, tasks, variants, enc, pcas, config, out_dir,
                          stream_units=stream_units, preload_images=preload_images,
-                         num_workers=num_workers, threads=threads)
+                         num_workers=num_workers, threads=threads,
+                         finetune_processes=finetune_processes)
 table = res.table
 print(f"{len(table)} results ({len(tasks)} tasks × {len(variants)} variants); training time "
       f"recorded per result: {table.wall_time_s.sum():.0f} s")

@@ -93,6 +93,43 @@ def test_reference_pcas_unit_and_output():
     torch.testing.assert_close(out.explained_variance[0].sum(), torch.trace(cov))
 
 
+def test_background_finetune_gives_the_rows_of_an_inline_one(loaded, cache, tmp_path):
+    """Fine-tunes run in a spawned process while the cached variants train here: same rows."""
+    enc, pcas = setup(loaded, cache)
+    cfg = config(loaded, finetune_epochs=2)
+    variants = ["zero-shot", "residual-full", "fine-tune"]
+    inline = ex.run_experiments(loaded, TASKS, variants, enc, pcas, cfg, tmp_path / "a",
+                                threads=1)
+    background = ex.run_experiments(loaded, TASKS, variants, enc, pcas, cfg, tmp_path / "b",
+                                    threads=1, finetune_processes=1)
+    cols = ["dataset", "variant", "accuracy", "val_acc", "params", "epochs", "best_epoch"]
+    pd.testing.assert_frame_equal(inline.table[cols], background.table[cols])
+    history = {(r["dataset"], r["variant"]): r["history"]
+               for r in ex.ResultLog(tmp_path / "a" / "results.jsonl").rows()}
+    for row in ex.ResultLog(tmp_path / "b" / "results.jsonl").rows():
+        assert row["history"] == history[(row["dataset"], row["variant"])]
+    assert len(background.table) == len(TASKS) * len(variants)
+    assert background.variants[(TASKS[0], "fine-tune")] is None
+    with pytest.raises(ValueError, match="finetune_processes must be ≥ 0, got -1"):
+        ex.run_experiments(loaded, TASKS, variants, enc, pcas, cfg, tmp_path / "c",
+                           finetune_processes=-1)
+
+
+def test_a_failing_background_finetune_is_raised(loaded, cache, tmp_path):
+    """A fine-tune that fails inline fails the same way from the background process."""
+    enc, pcas = setup(loaded, cache)
+    cfg = config(loaded, finetune_epochs=0)  # nothing trained: there is no best checkpoint
+    variants = ["zero-shot", "fine-tune"]
+    with pytest.raises(Exception) as inline:
+        ex.run_experiments(loaded, TASKS[:1], variants, enc, pcas, cfg, tmp_path / "a")
+    with pytest.raises(type(inline.value)) as background:
+        ex.run_experiments(loaded, TASKS[:1], variants, enc, pcas, cfg, tmp_path / "b",
+                           finetune_processes=1)
+    assert str(background.value) == str(inline.value)
+    rows = ex.ResultLog(tmp_path / "b" / "results.jsonl").rows()
+    assert [r["variant"] for r in rows] == ["zero-shot"]  # the other variants still finished
+
+
 def test_every_variant_then_skip_and_reload(loaded, cache, tmp_path, monkeypatch):
     enc, pcas = setup(loaded, cache)
     cfg = config(loaded)

@@ -115,13 +115,29 @@ def test_book_scoreboard_is_attached_to_its_entry(tmp_path):
     assert G.main(["--record", "P8", "--book", str(tmp_path / "nowhere")]) == 2  # no traceback
 
 
-def test_images_to_tensor_matches_the_training_script():
-    import numpy as np
+def test_the_diagnostic_encodes_at_the_models_input_size(loaded):
+    """A model trained on resized renders is diagnosed on the pixels the chapters give it."""
+    import dataclasses
 
-    from residual_core.tutorial.train import images_to_tensor
+    from PIL import Image
 
-    imgs = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
-    torch.testing.assert_close(G.images_to_tensor(imgs), images_to_tensor(imgs))
+    from residual_core.core.decompose import decompose
+    from residual_core.data.registry import load_dataset
+    from residual_core.tutorial.model import build_tiny_clip, preprocess_transform, tiny_clip_config
+
+    torch.manual_seed(0)
+    cfg = tiny_clip_config(loaded.tokenizer.vocab_size, 32)
+    cfg["vision_cfg"].update(layers=2, width=32, head_width=16, image_size=48)
+    cfg["text_cfg"].update(layers=1, width=32, heads=2)
+    cfg["embed_dim"] = 16
+    small = dataclasses.replace(loaded, model=build_tiny_clip(cfg).eval(),
+                                preprocess=preprocess_transform(48))
+    encoded = G.encode(small, "world.reference", "train", 6, batch_size=4)
+    images = load_dataset("world.reference", "train", size=6).images
+    x = torch.stack([small.preprocess(Image.fromarray(im)) for im in images])
+    assert x.shape[-1] == 48
+    with torch.no_grad():
+        torch.testing.assert_close(encoded.units.data, decompose(small.model, x).data)
 
 
 def test_recording_from_json_keeps_the_book_and_checks_the_model(tmp_path, monkeypatch):

@@ -14,15 +14,18 @@ from residual_core.core.decompose import check_supported, decompose
 from residual_core.tutorial.model import (
     ASSETS_DIR,
     CHECKPOINT_PATH,
+    IMAGE_MEAN,
+    IMAGE_STD,
     ChecksumError,
     build_tiny_clip,
+    images_to_tensor,
     load_tiny_clip,
     preprocess_transform,
     save_tiny_clip,
     tiny_clip_config,
 )
 from residual_core.tutorial.tokenizer import UnknownWordError, WordTokenizer
-from residual_core.tutorial.train import images_to_tensor, lr_at
+from residual_core.tutorial.train import lr_at
 
 VOCAB = ["a", "red", "blue", "circle", "square", "on", "the", "left", "right"]
 
@@ -107,13 +110,30 @@ def test_missing_checkpoint_says_how_to_recreate(tmp_path):
         load_tiny_clip(tmp_path / "nope.safetensors")
 
 
-def test_training_images_match_preprocess():
+@pytest.mark.parametrize("size", [64, 48])
+def test_training_images_match_preprocess(size):
+    """The training input equals the chapters' preprocessing, also when it resizes the renders.
+
+    The reference is written from PIL directly: a bicubic resize, then scaling to [0, 1] and
+    normalising with the model's mean and std.
+    """
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
-    ours = images_to_tensor(images)
-    transform = preprocess_transform(64)
-    ref = torch.stack([transform(Image.fromarray(im)) for im in images])
-    assert torch.allclose(ours, ref, atol=1e-6), (ours - ref).abs().max()
+    ours = images_to_tensor(images, size)
+    ref = []
+    for im in images:
+        pil = Image.fromarray(im)
+        if size != 64:
+            pil = pil.resize((size, size), Image.BICUBIC)
+        ref.append(torch.from_numpy(np.asarray(pil, np.float32) / 255.0).permute(2, 0, 1))
+    mean = torch.tensor(IMAGE_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGE_STD).view(3, 1, 1)
+    ref = (torch.stack(ref) - mean) / std
+    assert ours.shape == (2, 3, size, size)
+    assert torch.allclose(ours, ref, atol=1e-5), (ours - ref).abs().max()
+    transform = preprocess_transform(size)  # what every chapter gives the model
+    chapters = torch.stack([transform(Image.fromarray(im)) for im in images])
+    assert torch.equal(ours, chapters) if size != 64 else torch.allclose(ours, chapters, atol=1e-6)
 
 
 def test_lr_schedule():
@@ -140,7 +160,6 @@ def test_shipped_checkpoint_decomposes_exactly():
     from residual_core.models import load_model
     from residual_core.tutorial import world
     from residual_core.tutorial.model import CHECKPOINT_PATH
-    from residual_core.tutorial.train import images_to_tensor
 
     if not CHECKPOINT_PATH.exists():
         pytest.skip("no committed checkpoint")

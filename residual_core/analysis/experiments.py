@@ -25,9 +25,11 @@ import contextlib
 import copy
 import hashlib
 import json
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -415,6 +417,15 @@ class ExperimentResults:
                 if name == variant and module is not None}
 
 
+def _finetune_worker(inputs: TaskInputs, pca: PCAResult, output_pca: PCAResult,
+                     config: ExperimentConfig, model: str, log_path: Path, ckpt_root: Path,
+                     visual: nn.Module, threads: int | None) -> None:
+    """One task's fine-tune in a background process (see ``run_experiments``)."""
+    with torch_threads(threads):
+        run_task(inputs, ["fine-tune"], pca, output_pca, config, model=model,
+                 log=ResultLog(log_path), ckpt_root=ckpt_root, visual=visual)
+
+
 def run_experiments(
     loaded,
     tasks: Sequence[str],
@@ -429,6 +440,7 @@ def run_experiments(
     num_workers: int = 0,
     progress: bool = False,
     threads: int | None = None,
+    finetune_processes: int = 0,
 ) -> ExperimentResults:
     """Every variant on every task, resumable (see the module docstring).
 
@@ -451,46 +463,44 @@ def run_experiments(
         threads: Torch CPU threads while training (``None``: unchanged). Encoding keeps the
             caller's setting, so the stores (shared with other chapters) hold the same bits
             whatever this is.
+        finetune_processes: Fine-tune the tasks in this many background processes (each with
+            ``threads`` threads) while this one trains the cached variants; ``0`` fine-tunes
+            here, task by task. The rows are the same either way (every fit is seeded and
+            runs with the same threads); on a machine with a core to spare the chapter
+            finishes sooner.
 
     Returns:
         The results of this configuration, for the requested tasks and variants.
+
+    Raises:
+        ValueError: If ``finetune_processes`` is negative.
+        Exception: Whatever a background fine-tune raised, once the other variants are done.
     """
+    if finetune_processes < 0:
+        raise ValueError(f"finetune_processes must be ≥ 0, got {finetune_processes}")
     pca, output_pca = pcas
     log = ResultLog(Path(results_dir) / "results.jsonl")
     ckpt_root = Path(results_dir) / "ckpt" / loaded.name
     images: dict[tuple[str, str], Tensor] = {}
     trained: dict[tuple[str, str], Variant | None] = {}
-    for task in tasks:
-        store = enc.store(task, "test")
-        if store.centering != config.centering:
-            raise ValueError(f"the encodings of {task!r} use centering={store.centering!r} but "
-                             f"config.centering={config.centering!r}; make them agree")
-        zs = enc.classifier(task)
-        targets = [enc.targets(task, s) for s in SPLITS]
-        if stream_units:
-            units = [_reader(enc.store(task, s), config.device) for s in SPLITS]
-        else:
-            units = [enc.units(task, s) for s in SPLITS]
-        task_images = None
-        if "fine-tune" in variants:
-            task_images = {}
-            for s, y in zip(SPLITS, targets, strict=True):
-                ds, src = enc.dataset(task, s), (enc.source(task, s), s)
-                if not preload_images:
-                    task_images[s] = ds.with_transform(loaded.preprocess)
-                    continue
-                if src not in images:
-                    size = config.finetune_train_size if s == "train" else None
-                    images[src] = image_tensor(ds, loaded.preprocess, size)
-                task_images[s] = TensorDataset(images[src], y[: len(images[src])])
-        inputs = TaskInputs(task, copy.deepcopy(zs).cpu(),
-                            dict(zip(SPLITS, units, strict=True)),
-                            dict(zip(SPLITS, targets, strict=True)), task_images)
-        with torch_threads(threads):
-            out = run_task(inputs, variants, pca, output_pca, config, model=loaded.name,
-                           log=log, ckpt_root=ckpt_root, visual=loaded.model.visual,
-                           progress=progress, num_workers=num_workers)
-        trained.update({(task, v): m for v, m in out.items()})
+    pool, pending = None, []
+    if finetune_processes and "fine-tune" in variants:
+        # spawn: a forked child would inherit the parent's OpenMP state and threads
+        import torch.multiprocessing  # noqa: F401  (shares tensors with the workers)
+
+        pool = ProcessPoolExecutor(finetune_processes,
+                                   mp_context=multiprocessing.get_context("spawn"))
+    here = [v for v in variants if pool is None or v != "fine-tune"]
+    try:
+        for task in tasks:
+            trained.update(_run_one(task, loaded, variants, here, enc, pca, output_pca, config,
+                                    log, ckpt_root, images, stream_units, preload_images,
+                                    num_workers, progress, threads, pool, pending))
+        for future in pending:
+            future.result()  # a worker's exception is raised here
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     table = log.table()
     keep = (table.config == table.variant.map(config.key)) & (table.model == loaded.name)
     table = table[keep & table.dataset.isin(tasks) & table.variant.isin(variants)]
@@ -498,6 +508,52 @@ def run_experiments(
     table = table.sort_values(["dataset", "variant"], key=lambda s: s.map(order),
                               ignore_index=True)
     return ExperimentResults(table, trained, pca, output_pca)
+
+
+def _run_one(task: str, loaded, variants: Sequence[str], here: Sequence[str], enc,
+             pca: PCAResult, output_pca: PCAResult, config: ExperimentConfig, log: ResultLog,
+             ckpt_root: Path, images: dict[tuple[str, str], Tensor], stream_units: bool,
+             preload_images: bool, num_workers: int, progress: bool, threads: int | None,
+             pool: ProcessPoolExecutor | None, pending: list[Future]
+             ) -> dict[tuple[str, str], Variant | None]:
+    """One task of :func:`run_experiments`: its fine-tune submitted to ``pool`` if any."""
+    store = enc.store(task, "test")
+    if store.centering != config.centering:
+        raise ValueError(f"the encodings of {task!r} use centering={store.centering!r} but "
+                         f"config.centering={config.centering!r}; make them agree")
+    zs = enc.classifier(task)
+    targets = [enc.targets(task, s) for s in SPLITS]
+    if stream_units:
+        units = [_reader(enc.store(task, s), config.device) for s in SPLITS]
+    else:
+        units = [enc.units(task, s) for s in SPLITS]
+    task_images = None
+    if "fine-tune" in variants:
+        task_images = {}
+        for s, y in zip(SPLITS, targets, strict=True):
+            ds, src = enc.dataset(task, s), (enc.source(task, s), s)
+            if not preload_images:
+                task_images[s] = ds.with_transform(loaded.preprocess)
+                continue
+            if src not in images:
+                size = config.finetune_train_size if s == "train" else None
+                images[src] = image_tensor(ds, loaded.preprocess, size)
+            task_images[s] = TensorDataset(images[src], y[: len(images[src])])
+    inputs = TaskInputs(task, copy.deepcopy(zs).cpu(),
+                        dict(zip(SPLITS, units, strict=True)),
+                        dict(zip(SPLITS, targets, strict=True)), task_images)
+    out: dict[str, Variant | None] = {}
+    if pool is not None and "fine-tune" in variants:
+        images_only = replace(inputs, units={})
+        pending.append(pool.submit(_finetune_worker, images_only, pca, output_pca, config,
+                                   loaded.name, log.path, ckpt_root, loaded.model.visual,
+                                   threads))
+        out["fine-tune"] = None
+    with torch_threads(threads):
+        out |= run_task(inputs, here, pca, output_pca, config, model=loaded.name,
+                        log=log, ckpt_root=ckpt_root, visual=loaded.model.visual,
+                        progress=progress, num_workers=num_workers)
+    return {(task, v): out[v] for v in variants}
 
 
 def gain_table(

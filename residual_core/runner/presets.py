@@ -33,7 +33,7 @@ _PAPER_05 = {
     "test_size": None,
     "reference_size": 80000, "lrs": {}, "finetune_epochs": 30, "finetune_train_size": None,
     "stream_units": True, "preload_images": False, "probe_headroom": False, "num_workers": 8,
-    "threads": None,
+    "threads": None, "finetune_processes": 0,
 }
 
 RUNS: dict[str, dict[str, dict[str, Any]]] = {
