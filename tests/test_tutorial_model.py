@@ -205,6 +205,31 @@ def test_resumed_training_matches_uninterrupted(tmp_path, monkeypatch):
         torch.testing.assert_close(resumed[key], value, msg=f"{key} differs after resume")
 
 
+def test_training_at_another_input_size_records_and_loads_it(tmp_path, monkeypatch):
+    """--image-size: the tower is built for it, trained on resized renders, loaded with it."""
+    from residual_core.models.loading import load_tutorial_checkpoint
+    from residual_core.tutorial import train as train_mod
+    from residual_core.tutorial.model import read_record
+
+    seen = []
+    real = train_mod.images_to_tensor
+    monkeypatch.setattr(train_mod, "images_to_tensor",
+                        lambda images, size=None: seen.append(real(images, size).shape) or
+                        real(images, size))
+    out = tmp_path / "m.safetensors"
+    args = train_mod.parse_args(["--steps", "2", "--warmup", "1", "--batch-size", "4",
+                                 "--threads", "1", "--layers", "1", "--width", "32",
+                                 "--head-width", "16", "--embed-dim", "16", "--image-size", "40",
+                                 "--out", str(out), "--work-dir", str(tmp_path / "w"),
+                                 "--no-card"])
+    train_mod.train(args)
+    assert seen and all(shape[1:] == (3, 40, 40) for shape in seen)
+    assert read_record(out)["model_cfg"]["vision_cfg"]["image_size"] == 40
+    loaded, _ = load_tutorial_checkpoint(out)
+    assert loaded.model.visual.positional_embedding.shape[0] == (40 // 8) ** 2 + 1
+    assert loaded.preprocess(Image.new("RGB", (64, 64))).shape == (3, 40, 40)
+
+
 def test_hard_negative_batches_pair_colours(monkeypatch):
     from residual_core.tutorial import train as train_mod
     from residual_core.tutorial import world
@@ -418,11 +443,14 @@ def test_world_flag_selects_world_and_architecture_defaults():
     # v1 is the shipped checkpoint's architecture
     vision = TINY_CLIP_CONFIG["vision_cfg"]
     assert ARCHITECTURES["v1"] == {k: vision[k] for k in ("layers", "width", "head_width",
-                                                          "mlp_ratio")} | {
+                                                          "mlp_ratio", "image_size")} | {
         "embed_dim": TINY_CLIP_CONFIG["embed_dim"]}
     v2 = train_mod.parse_args(["--world", "v2"])
     assert train_mod.architecture(v2) == ARCHITECTURES["v2"] == {
-        "layers": 8, "width": 192, "head_width": 32, "mlp_ratio": 2.0, "embed_dim": 192}
+        "layers": 8, "width": 192, "head_width": 32, "mlp_ratio": 2.0, "embed_dim": 192,
+        "image_size": 64}
+    small = train_mod.parse_args(["--world", "v2", "--image-size", "48"])
+    assert train_mod.architecture(small)["image_size"] == 48
     assert v2.out != CHECKPOINT_PATH and v2.work_dir != v1.work_dir  # never over the shipped one
     assert train_mod.parse_args(["--world", "v2", "--layers", "6"]).layers == 6
     assert train_mod.parse_args(["--layers", "6"]).width == 128

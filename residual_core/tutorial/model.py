@@ -85,7 +85,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "v1": {"layers": 4, "width": 128, "head_width": 32, "mlp_ratio": 4.0, "embed_dim": 128,
            "image_size": 64},
     "v2": {"layers": 8, "width": 192, "head_width": 32, "mlp_ratio": 2.0, "embed_dim": 192,
-           "image_size": 48},
+           "image_size": 64},
 }
 """Image tower and embedding of the tutorial CLIP per world version (the training script's
 defaults for ``--world``). ``v1`` is :data:`TINY_CLIP_CONFIG`'s, the shipped checkpoint's;
