@@ -29,7 +29,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -483,7 +483,7 @@ def run_experiments(
     ckpt_root = Path(results_dir) / "ckpt" / loaded.name
     images: dict[tuple[str, str], Tensor] = {}
     trained: dict[tuple[str, str], Variant | None] = {}
-    pool, pending = None, []
+    pool, pending = None, []  # pending: the background fine-tunes' futures
     if finetune_processes and "fine-tune" in variants:
         # spawn: a forked child would inherit the parent's OpenMP state and threads
         import torch.multiprocessing  # noqa: F401  (shares tensors with the workers)
@@ -493,9 +493,43 @@ def run_experiments(
     here = [v for v in variants if pool is None or v != "fine-tune"]
     try:
         for task in tasks:
-            trained.update(_run_one(task, loaded, variants, here, enc, pca, output_pca, config,
-                                    log, ckpt_root, images, stream_units, preload_images,
-                                    num_workers, progress, threads, pool, pending))
+            store = enc.store(task, "test")
+            if store.centering != config.centering:
+                raise ValueError(f"the encodings of {task!r} use centering={store.centering!r} but "
+                                 f"config.centering={config.centering!r}; make them agree")
+            zs = enc.classifier(task)
+            targets = [enc.targets(task, s) for s in SPLITS]
+            if stream_units:
+                units = [_reader(enc.store(task, s), config.device) for s in SPLITS]
+            else:
+                units = [enc.units(task, s) for s in SPLITS]
+            task_images = None
+            if "fine-tune" in variants:
+                task_images = {}
+                for s, y in zip(SPLITS, targets, strict=True):
+                    ds, src = enc.dataset(task, s), (enc.source(task, s), s)
+                    if not preload_images:
+                        task_images[s] = ds.with_transform(loaded.preprocess)
+                        continue
+                    if src not in images:
+                        size = config.finetune_train_size if s == "train" else None
+                        images[src] = image_tensor(ds, loaded.preprocess, size)
+                    task_images[s] = TensorDataset(images[src], y[: len(images[src])])
+            inputs = TaskInputs(task, copy.deepcopy(zs).cpu(),
+                                dict(zip(SPLITS, units, strict=True)),
+                                dict(zip(SPLITS, targets, strict=True)), task_images)
+            out: dict[str, Variant | None] = {}
+            if pool is not None:  # made only when fine-tune is asked for
+                images_only = replace(inputs, units={})
+                pending.append(pool.submit(_finetune_worker, images_only, pca, output_pca, config,
+                                           loaded.name, log.path, ckpt_root, loaded.model.visual,
+                                           threads))
+                out["fine-tune"] = None
+            with torch_threads(threads):
+                out |= run_task(inputs, here, pca, output_pca, config, model=loaded.name,
+                                log=log, ckpt_root=ckpt_root, visual=loaded.model.visual,
+                                progress=progress, num_workers=num_workers)
+            trained.update({(task, v): out[v] for v in variants})
         for future in pending:
             future.result()  # a worker's exception is raised here
     finally:
@@ -508,52 +542,6 @@ def run_experiments(
     table = table.sort_values(["dataset", "variant"], key=lambda s: s.map(order),
                               ignore_index=True)
     return ExperimentResults(table, trained, pca, output_pca)
-
-
-def _run_one(task: str, loaded, variants: Sequence[str], here: Sequence[str], enc,
-             pca: PCAResult, output_pca: PCAResult, config: ExperimentConfig, log: ResultLog,
-             ckpt_root: Path, images: dict[tuple[str, str], Tensor], stream_units: bool,
-             preload_images: bool, num_workers: int, progress: bool, threads: int | None,
-             pool: ProcessPoolExecutor | None, pending: list[Future]
-             ) -> dict[tuple[str, str], Variant | None]:
-    """One task of :func:`run_experiments`: its fine-tune submitted to ``pool`` if any."""
-    store = enc.store(task, "test")
-    if store.centering != config.centering:
-        raise ValueError(f"the encodings of {task!r} use centering={store.centering!r} but "
-                         f"config.centering={config.centering!r}; make them agree")
-    zs = enc.classifier(task)
-    targets = [enc.targets(task, s) for s in SPLITS]
-    if stream_units:
-        units = [_reader(enc.store(task, s), config.device) for s in SPLITS]
-    else:
-        units = [enc.units(task, s) for s in SPLITS]
-    task_images = None
-    if "fine-tune" in variants:
-        task_images = {}
-        for s, y in zip(SPLITS, targets, strict=True):
-            ds, src = enc.dataset(task, s), (enc.source(task, s), s)
-            if not preload_images:
-                task_images[s] = ds.with_transform(loaded.preprocess)
-                continue
-            if src not in images:
-                size = config.finetune_train_size if s == "train" else None
-                images[src] = image_tensor(ds, loaded.preprocess, size)
-            task_images[s] = TensorDataset(images[src], y[: len(images[src])])
-    inputs = TaskInputs(task, copy.deepcopy(zs).cpu(),
-                        dict(zip(SPLITS, units, strict=True)),
-                        dict(zip(SPLITS, targets, strict=True)), task_images)
-    out: dict[str, Variant | None] = {}
-    if pool is not None and "fine-tune" in variants:
-        images_only = replace(inputs, units={})
-        pending.append(pool.submit(_finetune_worker, images_only, pca, output_pca, config,
-                                   loaded.name, log.path, ckpt_root, loaded.model.visual,
-                                   threads))
-        out["fine-tune"] = None
-    with torch_threads(threads):
-        out |= run_task(inputs, here, pca, output_pca, config, model=loaded.name,
-                        log=log, ckpt_root=ckpt_root, visual=loaded.model.visual,
-                        progress=progress, num_workers=num_workers)
-    return {(task, v): out[v] for v in variants}
 
 
 def gain_table(

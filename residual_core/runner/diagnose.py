@@ -121,8 +121,7 @@ def encode(loaded: LoadedModel, dataset: str, split: str, size: int,
     """Decompose the images of a registered tutorial dataset split (in memory, no cache)."""
     ds = load_dataset(dataset, split, size=size)
     projector = UnitProjector.from_model(loaded.model)
-    pixels = loaded.model.visual.image_size
-    pixels = pixels[0] if isinstance(pixels, tuple | list) else pixels
+    pixels = loaded.model.visual.image_size[0]  # open_clip keeps (height, width)
     parts = [decompose(loaded.model, images_to_tensor(ds.images[i:i + batch_size], pixels),
                        projector=projector) for i in range(0, len(ds), batch_size)]
     units = Units(torch.cat([p.data for p in parts]), parts[0].labels, parts[0].layout)

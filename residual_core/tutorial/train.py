@@ -863,7 +863,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="image tower MLP hidden width / width (default: v1 4, v2 2)")
     p.add_argument("--image-size", type=int, default=None,
                    help="input pixels per side; the 64-pixel renders are resized to it "
-                   "(default: v1 64, v2 48)")
+                   "(default 64)")
     p.add_argument("--embed-dim", type=int, default=None,
                    help="joint embedding width (default: v1 128, v2 192)")
     p.add_argument("--seed", type=int, default=0, help="seed of the init and the data stream")
