@@ -516,6 +516,23 @@ def test_book_threads_reach_every_kernel_whatever_the_jobs(tmp_path: Path, monke
     assert os.environ["OMP_NUM_THREADS"] == "2", "the runner's own setting is restored"
 
 
+def test_book_kernels_get_the_malloc_setting_unless_the_environment_has_one(tmp_path: Path,
+                                                                            monkeypatch):
+    body = "import os\nprint('tunables', os.environ.get('GLIBC_TUNABLES'))"
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    seen = fake_book(tmp_path, monkeypatch, ("00_a", body))
+    build.book(jobs=1, threads=1, out=tmp_path / "book")
+    expected = ("glibc.malloc.mmap_threshold=268435456:"
+                "glibc.malloc.trim_threshold=536870912")
+    assert f"tunables {expected}" in cell_text(seen["done"][0].output)
+    assert "GLIBC_TUNABLES" not in os.environ, "the runner's own environment is restored"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")  # the user's wins
+    (tmp_path / "again").mkdir()
+    seen = fake_book(tmp_path / "again", monkeypatch, ("00_a", body))
+    build.book(jobs=1, threads=1, out=tmp_path / "again" / "book")
+    assert "tunables glibc.malloc.arena_max=2" in cell_text(seen["done"][0].output)
+
+
 def test_kernel_threads_default_is_the_environments_else_half_the_cores(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "7")
     assert build.kernel_threads() == 7 and build.kernel_threads(2) == 2

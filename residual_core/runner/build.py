@@ -328,13 +328,26 @@ def kernel_threads(threads: object = None) -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
+KERNEL_MALLOC = ("glibc.malloc.mmap_threshold=268435456:"
+                 "glibc.malloc.trim_threshold=536870912")
+"""``GLIBC_TUNABLES`` of a chapter's kernel unless the environment sets its own: blocks up to
+256 MB come from the heap and up to 512 MB of freed heap is kept. By default glibc maps every
+block over a few MB afresh and unmaps it when freed, so the same batch-sized buffers of an
+encoding, a PCA or a fine-tune step page-fault and are zero-filled again and again, in system
+time (``benchmarks/kernel_malloc.py`` measures the difference). Ignored where the C library is
+not glibc."""
+
+
 def _with_threads(threads: int, fn, *args, **kwargs):
     """Call ``fn`` with the thread variables set to ``threads``, then restore them.
 
-    A kernel that ``fn`` starts inherits them.
+    A kernel that ``fn`` starts inherits them, and :data:`KERNEL_MALLOC` unless
+    ``GLIBC_TUNABLES`` is already set.
     """
-    before = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    names = (*THREAD_VARIABLES, "GLIBC_TUNABLES")
+    before = {name: os.environ.get(name) for name in names}
     os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
+    os.environ.setdefault("GLIBC_TUNABLES", KERNEL_MALLOC)
     try:
         return fn(*args, **kwargs)
     finally:
