@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -113,6 +114,39 @@ def test_background_finetune_gives_the_rows_of_an_inline_one(loaded, cache, tmp_
     with pytest.raises(ValueError, match="finetune_processes must be ≥ 0, got -1"):
         ex.run_experiments(loaded, TASKS, variants, enc, pcas, cfg, tmp_path / "c",
                            finetune_processes=-1)
+
+
+def test_also_train_gives_the_rows_of_a_separate_run_and_is_read_back(loaded, cache, tmp_path,
+                                                                        monkeypatch):
+    """The authors' settings trained in the same pass: the rows of a separate run, reused."""
+    enc, pcas = setup(loaded, cache)
+    cfg = config(loaded)
+    variants, more = ["zero-shot", "coarse"], ["residual-fine", "residual-full"]
+    ex.run_experiments(loaded, TASKS, variants, enc, pcas, cfg, tmp_path / "a", threads=1)
+    separate = ex.run_experiments(loaded, TASKS, more, enc, pcas, cfg.authors(), tmp_path / "a",
+                                  threads=1)
+    together = ex.run_experiments(loaded, TASKS, variants, enc, pcas, cfg, tmp_path / "b",
+                                  threads=1, also_train=[(more, cfg.authors())])
+    assert set(together.table.variant) == set(variants)  # the extra runs are not returned
+    fits = []
+    monkeypatch.setattr(ex, "_fit", lambda *a, **k: fits.append(a[0]))  # nothing may train now
+    again = ex.run_experiments(loaded, TASKS, more, enc, pcas, cfg.authors(), tmp_path / "b",
+                               threads=1)
+    assert fits == []
+    cols = ["dataset", "variant", "accuracy", "val_acc", "params", "epochs", "best_epoch"]
+    pd.testing.assert_frame_equal(separate.table[cols], again.table[cols])
+    for task, name in again.variants:
+        lam, ref = again.variants[(task, name)].lam, separate.variants[(task, name)].lam
+        assert torch.equal(lam, ref)  # the reloaded weights are the separate run's
+    for bad, match in ((["fine-tune"], "cached variants only"), (["nope"], "cached variants")):
+        with pytest.raises(ValueError, match=match):
+            ex.run_experiments(loaded, TASKS, variants, enc, pcas, cfg, tmp_path / "c",
+                               also_train=[(bad, cfg.authors())])
+    with pytest.raises(ValueError, match="centering='per-unit'"):
+        ex.run_experiments(loaded, TASKS, variants, enc, pcas, cfg, tmp_path / "c",
+                           also_train=[(more, replace(cfg.authors(), centering="per-unit"))])
+    assert not (tmp_path / "c").exists() or not ex.ResultLog(
+        tmp_path / "c" / "results.jsonl").rows()  # refused before any work
 
 
 def test_a_failing_background_finetune_is_raised(loaded, cache, tmp_path):

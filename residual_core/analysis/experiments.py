@@ -441,6 +441,7 @@ def run_experiments(
     progress: bool = False,
     threads: int | None = None,
     finetune_processes: int = 0,
+    also_train: Sequence[tuple[Sequence[str], ExperimentConfig]] = (),
 ) -> ExperimentResults:
     """Every variant on every task, resumable (see the module docstring).
 
@@ -468,16 +469,31 @@ def run_experiments(
             here, task by task. The rows are the same either way (every fit is seeded and
             runs with the same threads); on a machine with a core to spare the chapter
             finishes sooner.
+        also_train: More ``(variants, config)`` runs of cached variants on the same tasks
+            (e.g. ``config.authors()``), trained here task by task after this run's own, so
+            that they fill the time the background fine-tunes would leave this process
+            waiting. Their rows go to the same log: a later call with that config and those
+            variants reads them back instead of training again. Not in the returned results.
 
     Returns:
         The results of this configuration, for the requested tasks and variants.
 
     Raises:
-        ValueError: If ``finetune_processes`` is negative.
+        ValueError: If ``finetune_processes`` is negative, or ``also_train`` asks for
+            ``fine-tune``, an unknown variant or another centering than ``config``'s (before
+            any work).
         Exception: Whatever a background fine-tune raised, once the other variants are done.
     """
     if finetune_processes < 0:
         raise ValueError(f"finetune_processes must be ≥ 0, got {finetune_processes}")
+    for more, more_config in also_train:
+        wrong = [v for v in more if v not in CACHED]
+        if wrong:
+            raise ValueError(f"also_train trains cached variants only, got {wrong}; "
+                             f"choose from {list(CACHED)}")
+        if more_config.centering != config.centering:
+            raise ValueError(f"also_train's config has centering={more_config.centering!r}, "
+                             f"this run's {config.centering!r}")
     pca, output_pca = pcas
     log = ResultLog(Path(results_dir) / "results.jsonl")
     ckpt_root = Path(results_dir) / "ckpt" / loaded.name
@@ -529,6 +545,9 @@ def run_experiments(
                 out |= run_task(inputs, here, pca, output_pca, config, model=loaded.name,
                                 log=log, ckpt_root=ckpt_root, visual=loaded.model.visual,
                                 progress=progress, num_workers=num_workers)
+                for more, more_config in also_train:
+                    run_task(inputs, more, pca, output_pca, more_config, model=loaded.name,
+                             log=log, ckpt_root=ckpt_root, progress=progress)
             trained.update({(task, v): out[v] for v in variants})
         for future in pending:
             future.result()  # a worker's exception is raised here
