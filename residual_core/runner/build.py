@@ -338,8 +338,8 @@ time (``benchmarks/kernel_malloc.py`` measures the difference). Ignored where th
 not glibc."""
 
 
-def _with_threads(threads: int, fn, *args, **kwargs):
-    """Call ``fn`` with the thread variables set to ``threads``, then restore them.
+def _kernel_env(threads: int, fn, *args, **kwargs):
+    """Call ``fn`` with the thread variables set to ``threads``, then restore the environment.
 
     A kernel that ``fn`` starts inherits them, and :data:`KERNEL_MALLOC` unless
     ``GLIBC_TUNABLES`` is already set.
@@ -366,7 +366,7 @@ def _execute_job(source: Path, run: str, overrides: dict, threads: int,
     """
     started = time.perf_counter()
     try:
-        return (_with_threads(threads, execute, source, run, overrides, **kwargs), None,
+        return (_kernel_env(threads, execute, source, run, overrides, **kwargs), None,
                 time.perf_counter() - started)
     except NotebookError as err:
         return None, err, time.perf_counter() - started
@@ -479,7 +479,7 @@ def book(profile: str = DEFAULT_PROFILE, *, log_output: bool = False,
             _log(f"{source.stem} [{run}] ({shown}) ...")
             started = time.perf_counter()
             try:
-                result = _with_threads(threads, execute, source, run, overrides,
+                result = _kernel_env(threads, execute, source, run, overrides,
                                        log_output=log_output, **executed)
             except NotebookError as err:
                 if not keep_going:
