@@ -60,8 +60,10 @@ print(json.dumps(out))
 
 def measure(tunables: str | None, images: int, steps: int) -> dict[str, dict[str, float]]:
     """Run the work in a child process with ``GLIBC_TUNABLES`` set to ``tunables`` (or unset)."""
+    from residual_core.runner.build import THREAD_VARIABLES
+
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env.update({name: "1" for name in THREAD_VARIABLES})  # as the book's one-thread kernels
     if tunables is not None:
         env["GLIBC_TUNABLES"] = tunables
     done = subprocess.run([sys.executable, "-c", WORK, str(images), str(steps)], env=env,
