@@ -151,16 +151,25 @@ def pip_download(requirements: Sequence[str], dest: Path, manifest: dict[str, An
     subprocess.run(cmd, check=True)
 
 
+NOT_NEEDED_COMMENT = ("# Imported somewhere, but only lazily, by code the suite never runs on the "
+                      "GPU machine.")
+
+
 def write_manifest(manifest: dict[str, Any], path: Path = MANIFEST) -> None:
     """Rewrite the manifest (its header comment kept) with the given entries."""
-    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    text = path.read_text().splitlines()
+    header = text[:next(i for i, line in enumerate(text) if not line.startswith("#"))]
     lines = [*header, f'python = "{manifest["python"]}"',
              "platforms = [" + ", ".join(f'"{p}"' for p in manifest["platforms"]) + "]",
              "device = ["]
     device = sorted(manifest["device"])
     lines += ["    " + ", ".join(f'"{d}"' for d in device[i:i + 6]) + ","
               for i in range(0, len(device), 6)]
-    lines += ["]", "", "[wheels]"]
+    lines.append("]")
+    if manifest.get("not_needed"):
+        lines += ["", NOT_NEEDED_COMMENT, "[not_needed]"]
+        lines += [f'{name} = "{why}"' for name, why in manifest["not_needed"].items()]
+    lines += ["", "[wheels]"]
     for req, entry in sorted(manifest["wheels"].items(), key=lambda kv: kv[0].lower()):
         lines.append(f'"{req}" = {{ file = "{entry["file"]}", sha256 = "{entry["sha256"]}" }}')
     path.write_text("\n".join(lines) + "\n")

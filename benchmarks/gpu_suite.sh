@@ -4,6 +4,8 @@
 #   bash benchmarks/gpu_suite.sh --prepare      here, with PyPI: the wheels into .whl/, checked
 #   bash benchmarks/gpu_suite.sh OUT            on the GPU machine: install .whl/, run every part
 #                                               (<= 9 min in all), write OUT/results.{json,md}
+#   bash benchmarks/gpu_suite.sh OUT --parts P… the same for some parts (a rerun of failed ones;
+#                                               `render` merges it with the earlier results)
 #   bash benchmarks/gpu_suite.sh --smoke OUT    CPU, tiny sizes, nothing installed (the tests)
 #
 # PYTHON picks the interpreter (default python3, the one holding torch on the GPU machine).
@@ -11,7 +13,7 @@ set -euo pipefail
 T0=$(date +%s)  # the 9 minutes count from here: the wheel install is part of them
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-usage="usage: bash benchmarks/gpu_suite.sh --prepare | OUT | --smoke OUT"
+usage="usage: bash benchmarks/gpu_suite.sh --prepare | OUT [--parts PART...] | --smoke OUT"
 
 case "${1:-}" in
   --prepare) exec "$PY" benchmarks/gpu_suite.py prepare ;;
@@ -19,7 +21,7 @@ case "${1:-}" in
            exec "$PY" benchmarks/gpu_suite.py run --smoke "$2" ;;
   ""|-*) echo "$usage" >&2; exit 2 ;;
 esac
-[ $# -eq 1 ] || { echo "$usage" >&2; exit 2; }
+[ $# -eq 1 ] || [ "${2:-}" = --parts ] || { echo "$usage" >&2; exit 2; }
 
 if [ -d .whl ]; then
   # Exactly the manifest's wheels, installed apart from the machine's own packages.
@@ -33,4 +35,4 @@ else
   echo "[gpu-suite] no .whl/: using the installed packages (run --prepare here and carry .whl" \
        "to a machine without open_clip_torch, schedulefree, ftfy and papermill)" >&2
 fi
-GPU_SUITE_T0=$T0 exec "$PY" benchmarks/gpu_suite.py run "$1"
+GPU_SUITE_T0=$T0 exec "$PY" benchmarks/gpu_suite.py run "$@"

@@ -17,9 +17,11 @@ from conftest import residual_task_classifier, residual_task_units
 from open_clip.transformer import VisionTransformer
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from residual_core.core.ablation import rank_heads
 from residual_core.core.decompose import UnitProjector, decompose
 from residual_core.core.model import LoadedModel
-from residual_core.core.residual import build_variant, cache_inputs
+from residual_core.core.probes import ridge_probe
+from residual_core.core.residual import VARIANTS, build_variant, cache_inputs
 from residual_core.core.spectral import unit_pca
 from residual_core.core.store import build_store
 from residual_core.core.training import (
@@ -178,6 +180,40 @@ def test_residual_trains_on_the_device_as_on_the_cpu(device, tmp_path):
     assert result.row["engine"] == "lean"
     assert result.variant.lam.device.type == device.type
     assert result.row["test_acc"] > 0.95, result.row
+
+
+def test_every_variant_builds_from_a_pca_fitted_on_the_device(device):
+    # Chapter 05's route: the reference PCA is fitted where the units are and the variants are
+    # built from it before anything is moved (a CPU tensor among them broke ResiDual on CUDA).
+    units, _ = residual_task_units(256, 0)
+    pca, output_pca = unit_pca(units.to(device), output=True)
+    assert pca.components.device.type == device.type
+    cpu_pca, cpu_output_pca = unit_pca(units, output=True)
+    for name in [v for v in VARIANTS if v != "fine-tune"]:
+        module = build_variant(name, residual_task_classifier(), reference=pca,
+                               output_reference=output_pca).to(device)
+        inputs, _ = cache_inputs(module, units.to(device))
+        logits = module(*inputs)
+        assert logits.device.type == device.type, name
+        cpu_module = build_variant(name, residual_task_classifier(), reference=cpu_pca,
+                                   output_reference=cpu_output_pca)
+        torch.testing.assert_close(logits.cpu(), cpu_module(*cache_inputs(cpu_module, units)[0]),
+                                   rtol=1e-3, atol=1e-3)
+
+
+def test_probes_and_head_rankings_on_the_device_match_the_cpu(device):
+    units, y = residual_task_units(256, 0)
+    classes = int(y.max()) + 1
+    probes = {dev.type: ridge_probe(units.data[:128].to(dev), y[:128].to(dev),
+                                    units.data[128:].to(dev), y[128:].to(dev))
+              for dev in (torch.device("cpu"), device)}
+    torch.testing.assert_close(probes[device.type].cpu(), probes["cpu"])
+    classifier = torch.nn.functional.normalize(torch.randn(units.data.shape[-1], classes), dim=0)
+    means = units.data.mean(0)
+    orders = {dev.type: rank_heads("S", units.to(dev), means.to(dev), classifier.to(dev),
+                                   y.to(dev), k_max=4)
+              for dev in (torch.device("cpu"), device)}
+    assert orders[device.type] == orders["cpu"]
 
 
 def test_fine_tune_runs_on_the_device_through_lightning(device, tmp_path):

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -286,6 +287,14 @@ def gpu_machine_packages() -> set[str]:
             | {norm(d) for d in manifest.get("not_needed", {})})
 
 
+def test_manifest_rewrite_keeps_every_table_and_comment(tmp_path):
+    # `prepare --refresh` rewrites the manifest: it must not drop what it does not change.
+    copy = tmp_path / "gpu_wheels.toml"
+    copy.write_text(gs.MANIFEST.read_text())
+    gs.write_manifest(gs.read_manifest(), copy)
+    assert copy.read_text() == gs.MANIFEST.read_text()
+
+
 def test_every_import_is_on_the_gpu_machine_or_carried():
     """What the package, chapters, benchmarks and tests import exists there (else pytest -m gpu
     or a part would die on an ImportError only on the rare GPU run)."""
@@ -303,6 +312,13 @@ def test_every_import_is_on_the_gpu_machine_or_carried():
                 continue
             for name in names:
                 imported.setdefault(name.split(".")[0], path)
+    # pytest's own options load modules too: the runtime shape checker of every test run.
+    pyproject = ROOT / "pyproject.toml"
+    addopts = tomllib.loads(pyproject.read_text())["tool"]["pytest"]["ini_options"]["addopts"]
+    for name in re.findall(r"([A-Za-z_]\w*)(?:\.\w+)*\(", addopts):
+        imported.setdefault(name, pyproject)
+    if "--jaxtyping-packages" in addopts:
+        imported.setdefault("jaxtyping", pyproject)
     distributions = md.packages_distributions()
     there = gpu_machine_packages()
     missing = {}

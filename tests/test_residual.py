@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import open_clip
@@ -288,6 +289,24 @@ def test_normal_init_is_seeded():
     default = build_variant("residual-fine", classifier(), reference=pca)
     assert torch.equal(default.lam.detach(), torch.ones(default.n_trainable))
     assert default.options()["init"] == "ones" and default.options()["add_mean"] is True
+
+
+@pytest.mark.parametrize("cls", [ResiDual, Coarse])
+@pytest.mark.parametrize("rest", ["drop", "keep", "mean"])
+@pytest.mark.parametrize("init", ["ones", "normal"])
+def test_reweightings_live_on_the_device_of_their_basis(cls, rest, init):
+    # A reference PCA fitted on the GPU gives a basis on the GPU: λ and every buffer must follow
+    # it (a CPU offset broke ResiDual's mean-adding on CUDA). The meta device stands in for it.
+    meta = torch.device("meta")
+    basis = make_basis(make_pca(make_units()), [label for label in LABELS if is_head(label)], 2)
+    basis = dataclasses.replace(basis, **{
+        f.name: getattr(basis, f.name).to(meta) for f in dataclasses.fields(basis)
+        if isinstance(getattr(basis, f.name), torch.Tensor)})
+    variant = cls(classifier(), basis, rest=rest, init=init)
+    tensors = dict(variant.named_buffers()) | dict(variant.named_parameters())
+    assert {name: t.device for name, t in tensors.items()
+            if not name.startswith("classifier.")} == {
+        name: meta for name in tensors if not name.startswith("classifier.")}
 
 
 def test_unknown_labels_and_bad_specs_raise():

@@ -106,7 +106,7 @@ def _greedy_supervised(
     """
     chosen: list[int] = []
     z = base.clone()
-    remaining = torch.ones(deltas.shape[1], dtype=torch.bool)
+    remaining = torch.ones(deltas.shape[1], dtype=torch.bool, device=deltas.device)
     for _ in range(k_max):
         keys = []
         for start in range(0, deltas.shape[1], head_chunk):  # bounded (n, chunk, d) memory

@@ -68,12 +68,12 @@ def ridge_probes(
                              strict=True)]
     xtr, xte = train_x.double(), test_x.double()
     mean, std = xtr.mean(0), xtr.std(0) + 1e-6
-    a = torch.cat([(xtr - mean) / std, torch.ones(*xtr.shape[:2], 1, dtype=xtr.dtype)], -1)
-    b = torch.cat([(xte - mean) / std, torch.ones(*xte.shape[:2], 1, dtype=xte.dtype)], -1)
+    a = torch.cat([(xtr - mean) / std, xtr.new_ones(*xtr.shape[:2], 1)], -1)
+    b = torch.cat([(xte - mean) / std, xte.new_ones(*xte.shape[:2], 1)], -1)
     a, b = a.transpose(0, 1), b.transpose(0, 1)  # (unit, n, d + 1)
     onehot = torch.cat([torch.nn.functional.one_hot(y.long(), k).double()
                         for y, k in zip(train_ys, ks, strict=True)], 1)
-    eye = torch.eye(a.shape[-1], dtype=a.dtype)
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
     # The normal matrix is symmetric positive definite (alpha > 0): Cholesky, not the batched
     # LU of torch.linalg.solve, which fails with several MKL threads once d + 1 > ~150
     # (pytorch/pytorch#142815: "Pivots given to lu_solve must all be greater or equal to 1").

@@ -379,21 +379,23 @@ class _Reweighting(Variant):
         self.init = init
         self.seed = seed
         self.keep_residue = keep_residue
+        # Every tensor on the basis's device (a reference PCA fitted on the GPU stays there).
+        device = basis.components.device
         self.register_buffer("components", basis.components.float().clone())
         self.register_buffer("unit_mean", basis.mean.float().clone())
         unit_of_pc = torch.repeat_interleave(
             torch.arange(len(basis.sizes)), torch.tensor(basis.sizes, dtype=torch.long)
         )
-        self.register_buffer("unit_of_pc", unit_of_pc)
-        offset = torch.zeros(basis.d_out)
+        self.register_buffer("unit_of_pc", unit_of_pc.to(device))
+        offset = torch.zeros(basis.d_out, device=device)
         if rest == "mean" and basis.other_labels:
-            offset = offset + basis.other_mean.float().sum(0)
+            offset = offset + basis.other_mean.float().to(device).sum(0)
         self.register_buffer("offset", offset)
         if init == "ones":
             lam = torch.ones(n_lambda)
-        else:
+        else:  # drawn on the CPU: the same λ for a seed whatever the device
             lam = 1.0 + torch.randn(n_lambda, generator=torch.Generator().manual_seed(seed))
-        self.lam = nn.Parameter(lam)
+        self.lam = nn.Parameter(lam.to(device))
 
     @property
     def uses_rest(self) -> bool:
