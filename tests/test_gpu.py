@@ -7,6 +7,7 @@ GPU suite's smoke run does so that they cannot rot between GPU runs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -17,8 +18,10 @@ from conftest import residual_task_classifier, residual_task_units
 from open_clip.transformer import VisionTransformer
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from residual_core.analysis import experiments as ex
 from residual_core.core.ablation import rank_heads
 from residual_core.core.decompose import UnitProjector, decompose
+from residual_core.core.dictionary import TextDictionary
 from residual_core.core.model import LoadedModel
 from residual_core.core.probes import ridge_probe
 from residual_core.core.residual import VARIANTS, build_variant, cache_inputs
@@ -37,6 +40,22 @@ from residual_core.tutorial import world
 pytestmark = pytest.mark.gpu
 
 AUTOCAST = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@contextlib.contextmanager
+def full_float32():
+    """float32 arithmetic without TF32 (cuDNN convolutions default to it on CUDA).
+
+    With TF32 the patch embedding alone is off by ~5e-5 of the embedding norm on an H200: the
+    float32 case checks the decomposition's own arithmetic, not cuDNN's default precision.
+    """
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
 def tolerance(dtype: torch.dtype) -> float:
@@ -103,8 +122,8 @@ def test_decompose_under_autocast_matches_float64_cpu(device, dtype):
     x = stacked(Images(4))
     ref = float64_units(model, x)
     model = model.to(device)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype,
-                                                enabled=dtype != torch.float32):
+    with full_float32(), torch.inference_mode(), torch.autocast(
+            device.type, dtype=dtype, enabled=dtype != torch.float32):
         dec = decompose(model, x.to(device))
         plain = model(x.to(device)).float()
     assert dec.data.device.type == device.type and dec.data.dtype == torch.float32
@@ -214,6 +233,24 @@ def test_probes_and_head_rankings_on_the_device_match_the_cpu(device):
                                    y.to(dev), k_max=4)
               for dev in (torch.device("cpu"), device)}
     assert orders[device.type] == orders["cpu"]
+
+
+def test_pc_texts_of_a_variant_fitted_on_the_device_match_the_cpu(device):
+    units, _ = residual_task_units(256, 0)
+    d_out = units.data.shape[-1]
+    emb = torch.randn(12, d_out, generator=torch.Generator().manual_seed(0))
+    words = TextDictionary(tuple(f"text {i}" for i in range(12)), ((),) * 12, emb)
+    tables = {}
+    for dev in (torch.device("cpu"), device):
+        variant = build_variant("residual-full", residual_task_classifier(),
+                                reference=unit_pca(units.to(dev))).to(dev)
+        with torch.no_grad():  # a planted λ: every PC scaled by its own seeded factor
+            variant.lam.copy_(torch.rand(len(variant.lam),
+                                         generator=torch.Generator().manual_seed(1)) * 2)
+        tables[dev.type] = ex.pc_texts(variant, unit_pca(units.to(dev)), words, units=3, top=1)
+    assert len(tables["cpu"]) > 0
+    cpu, there = tables["cpu"], tables[device.type]
+    assert list(there.unit) == list(cpu.unit) and list(there.text) == list(cpu.text)
 
 
 def test_fine_tune_runs_on_the_device_through_lightning(device, tmp_path):

@@ -692,7 +692,7 @@ def pc_texts(
     """
     texts, families = dictionary.texts, dictionary.families
     emb = F.normalize(dictionary.require_embeddings().float(), dim=-1)
-    ratio = pca.explained_variance_ratio.float()
+    ratio = pca.explained_variance_ratio.float().cpu()  # λ is read on the CPU below
     candidates = []
     for unit, sl in variant.basis.slices().items():
         lam = variant.lam.detach().cpu()[sl]

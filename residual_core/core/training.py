@@ -467,6 +467,7 @@ def fit_variant(
             variant, train, val, test, lr=lr, max_epochs=max_epochs, patience=patience,
             device=device, ckpt_dir=ckpt_dir, resume=resume, progress=progress,
         )
+        variant = variant.to(device)  # Lightning's teardown leaves the module on the CPU
         epochs = len(history)
         val_acc = max(history) if history else float("nan")
         best_epoch = history.index(val_acc) + 1 if history else 0
