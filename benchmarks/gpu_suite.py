@@ -20,6 +20,8 @@ Commands (``benchmarks/gpu_suite.sh`` wraps the first three)::
     python benchmarks/gpu_suite.py verify             # check .whl/ against the manifest
     python benchmarks/gpu_suite.py run OUT [--smoke]  # run every part, write OUT/results.*
     python benchmarks/gpu_suite.py render [RESULTS]   # results.json → README's GPU table
+    python benchmarks/gpu_suite.py render R1 R2 --commits C1 C2   # a run, then a rerun of
+                                                      # its failed parts (--parts), merged
 
 ``run`` writes ``results.json`` and ``results.md`` after every part (a part that runs out of
 its time is killed and recorded as timed out, with what it had measured so far), so the whole
@@ -444,6 +446,34 @@ def run_part(cmd: Sequence[str], result: Path, timeout: float, log,
     return data
 
 
+def _git_tree(root: Path = ROOT) -> str | None:
+    """The git tree of the files as they are (tracked + untracked, not ignored), or ``None``.
+
+    A device machine gets the working tree with the ``.git`` of the session's start, so its
+    HEAD can be older than the code that ran: the tree names the code itself, and ``render``
+    finds the commit holding it (:func:`commit_of_tree`).
+    """
+    with tempfile.TemporaryDirectory(prefix="gpu-suite-index-") as tmp:
+        env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        try:
+            for cmd in (["git", "add", "-A"], ["git", "write-tree"]):
+                out = subprocess.run(cmd, cwd=root, text=True, capture_output=True,
+                                     timeout=60, env=env)
+                if out.returncode != 0:
+                    return None
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+    return out.stdout.strip() or None
+
+
+def commit_of_tree(tree: str, root: Path = ROOT) -> str | None:
+    """The newest commit here whose tree is ``tree`` (short hash), or ``None``."""
+    out = subprocess.run(["git", "log", "--all", "--format=%h %T"], cwd=root, text=True,
+                         capture_output=True, timeout=60)
+    return next((c for c, t in (line.split() for line in out.stdout.splitlines()) if t == tree),
+                None)
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
@@ -487,7 +517,8 @@ def run_suite(out: Path, *, smoke: bool = False, parts: Sequence[str] = PARTS,
         "suite": "gpu_suite", "smoke": smoke, "env": None,
         "started": datetime.datetime.fromtimestamp(t0, datetime.UTC).isoformat(
             timespec="seconds"),
-        "commit": _git_commit(), "deadline_s": deadline - t0, "budgets_s": budgets,
+        "commit": _git_commit(), "tree": _git_tree(), "deadline_s": deadline - t0,
+        "budgets_s": budgets,
         "sizes": SMOKE_SIZES if smoke else GPU_SIZES, "targets": TARGETS, "parts": {},
     }
     work = Path(tempfile.mkdtemp(prefix="gpu-suite-"))
@@ -644,6 +675,13 @@ def _header(results: dict[str, Any] | None) -> str:
                 "(see *Running the GPU suite* below).")
     env = results.get("env") or {}
     date = results["started"][:10]
+    if results.get("runs"):  # several runs merged: which parts ran at which commit
+        where = "; ".join(f"{', '.join(run['parts'])} at {run['commit'] or 'an unknown commit'}"
+                          for run in results["runs"])
+        return (f"GPU runs of `benchmarks/gpu_suite.sh` on **{env.get('device', '?')}**, {date} "
+                f"({len(results['runs'])} runs, failed parts rerun after fixes; each row from "
+                f"the last run of its part): {where}. torch {env.get('torch', '?')}, open_clip "
+                f"{env.get('open_clip', '?')}, Python {env.get('python', '?')}.")
     commit = f", commit {results['commit']}" if results.get("commit") else ""
     kind = "Smoke run (CPU, tiny sizes)" if results.get("smoke") else "GPU run"
     return (f"{kind} of `benchmarks/gpu_suite.sh` on **{env.get('device', '?')}**, "
@@ -694,17 +732,66 @@ def render_readme(text: str, results: dict[str, Any] | None) -> str:
     return f"{head}{BEGIN}\n{summary_markdown(results)}{END}{tail}"
 
 
-def render(source: Path | None = None, readme: Path = README, record: Path = RECORD, *,
-           allow_smoke: bool = False, check: bool = False) -> str:
+def merge_runs(runs: Sequence[dict[str, Any]],
+               commits: Sequence[str | None] | None = None) -> dict[str, Any]:
+    """Several runs' results as one: each part from the last run that has it.
+
+    Args:
+        runs: ``results.json`` contents, oldest first (a rerun of failed parts comes last).
+        commits: The commit each run's code was, when known better than the run's own record
+            (default: the commit holding the run's ``tree``, else its ``commit``).
+
+    Returns:
+        Results with ``parts`` merged and ``runs``: per run, its start, commit and the parts
+        taken from it.
+
+    Raises:
+        ValueError: For no runs, a smoke run among GPU runs, or runs on different devices.
+    """
+    if not runs:
+        raise ValueError("no runs to merge")
+    if len({bool(r.get("smoke")) for r in runs}) > 1:
+        raise ValueError("cannot merge smoke runs with GPU runs")
+    devices = {(r.get("env") or {}).get("device") for r in runs} - {None}
+    if len(devices) > 1:
+        raise ValueError(f"runs on different devices: {sorted(devices)}")
+    commits = list(commits) if commits else [None] * len(runs)
+    if len(commits) != len(runs):
+        raise ValueError(f"{len(commits)} commits for {len(runs)} runs")
+    if len(runs) == 1 and commits[0] is None:
+        return dict(runs[0])
+    merged = {**runs[-1], "parts": {}, "runs": []}
+    merged["env"] = next((r["env"] for r in reversed(runs) if r.get("env")), None)
+    merged["started"] = runs[0]["started"]
+    owner: dict[str, int] = {}
+    for i, run in enumerate(runs):
+        for name, data in run["parts"].items():
+            merged["parts"][name] = data
+            owner[name] = i
+    merged["parts"] = {p: merged["parts"][p] for p in PARTS if p in merged["parts"]}
+    for i, run in enumerate(runs):
+        commit = commits[i] or (commit_of_tree(run["tree"]) if run.get("tree") else None)
+        merged["runs"].append({"started": run["started"], "commit": commit or run.get("commit"),
+                               "tree": run.get("tree"), "wall_s": run.get("wall_s"),
+                               "parts": [p for p in merged["parts"] if owner[p] == i]})
+    merged["runs"] = [r for r in merged["runs"] if r["parts"]]
+    return merged
+
+
+def render(source: Path | Sequence[Path] | None = None, readme: Path = README,
+           record: Path = RECORD, *, allow_smoke: bool = False, check: bool = False,
+           commits: Sequence[str | None] | None = None) -> str:
     """Render the README's GPU table from a run's ``results.json``.
 
     Args:
-        source: A run's ``results.json``: copied to ``record`` first. ``None`` renders the
-            committed ``record`` (or "not measured yet" without one).
+        source: A run's ``results.json``, or several (oldest first, merged by
+            :func:`merge_runs`): written to ``record`` first. ``None`` renders the committed
+            ``record`` (or "not measured yet" without one).
         readme: The README to rewrite.
         record: Where the last GPU run's results are kept in the repository.
         allow_smoke: Accept a smoke run's results (tests only: a README shows GPU runs).
         check: Change nothing; raise if ``readme`` is not what rendering would write.
+        commits: The commit of each source's code (see :func:`merge_runs`).
 
     Returns:
         The rendered table.
@@ -713,7 +800,8 @@ def render(source: Path | None = None, readme: Path = README, record: Path = REC
         ValueError: For smoke results without ``allow_smoke``, or a stale README on ``check``.
     """
     if source is not None:
-        results = json.loads(Path(source).read_text())
+        sources = [source] if isinstance(source, (str, Path)) else list(source)
+        results = merge_runs([json.loads(Path(p).read_text()) for p in sources], commits)
         if results.get("smoke") and not allow_smoke:
             raise ValueError(f"{source} is a smoke run (CPU, tiny sizes); the README shows GPU "
                              "runs only (allow_smoke=True / --allow-smoke for a test)")
@@ -756,7 +844,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--smoke", action="store_true")
     p = sub.add_parser("render", help="render the README's GPU table from results.json")
-    p.add_argument("source", type=Path, nargs="?", default=None)
+    p.add_argument("source", type=Path, nargs="*", default=None,
+                   help="results.json of a run, or of several runs oldest first (merged)")
+    p.add_argument("--commits", nargs="+", default=None,
+                   help="the commit each source's code was (a device's own .git may be older)")
     p.add_argument("--readme", type=Path, default=README)
     p.add_argument("--allow-smoke", action="store_true")
     p.add_argument("--check", action="store_true", help="fail if the README is stale")
@@ -778,8 +869,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_child_part(args.name, args.result, args.out, args.smoke)
     elif args.command == "render":
         try:
-            print(render(args.source, args.readme, allow_smoke=args.allow_smoke,
-                         check=args.check), end="")
+            for commit in args.commits or []:
+                if subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT,
+                                  capture_output=True).returncode != 0:
+                    raise ValueError(f"--commits: {commit!r} is not a commit of this repository")
+            print(render(args.source or None, args.readme, allow_smoke=args.allow_smoke,
+                         check=args.check, commits=args.commits), end="")
         except ValueError as err:
             print(err, file=sys.stderr)
             return 1
