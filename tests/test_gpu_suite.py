@@ -165,6 +165,53 @@ def decompose_row(model: str, dtype: str, ratio: float, mem_ratio: float) -> dic
             "decompose_peak_gib": 2.0 * mem_ratio, "mem_ratio": mem_ratio, "max_rel_err": 1e-3}
 
 
+def test_merged_runs_take_each_part_from_its_last_run(tmp_path):
+    epoch = {"status": "ok", "seconds": 20.0, "budget_s": 50, "runs": [
+        {"batch": 64, "residual_s": 0.4, "linear_s": 0.5}]}
+    failed = {"status": "failed", "seconds": 12.0, "budget_s": 50, "error": "boom"}
+    first = fake_results(residual_epoch=failed, pytest_gpu={**failed, "passed": 0, "failed": 1})
+    first["commit"] = "aaaaaaa"
+    rerun = fake_results(residual_epoch=epoch)
+    rerun.update(started="2026-12-01T11:00:00+00:00", commit="aaaaaaa")  # the device's old HEAD
+    merged = gs.merge_runs([first, rerun], ["aaaaaaa", "bbbbbbb"])
+    assert merged["parts"] == {"residual_epoch": epoch, "pytest_gpu": first["parts"]["pytest_gpu"]}
+    assert [(r["commit"], r["parts"]) for r in merged["runs"]] == [
+        ("aaaaaaa", ["pytest_gpu"]), ("bbbbbbb", ["residual_epoch"])]
+    header = gs.summary_markdown(merged).splitlines()[0]
+    assert "pytest_gpu at aaaaaaa; residual_epoch at bbbbbbb" in header
+    assert merged["started"] == first["started"]
+    # One run alone stays as it was; mixed devices or smoke with GPU runs are refused.
+    assert gs.merge_runs([first]) == first
+    other = fake_results()
+    other["env"] = {**other["env"], "device": "NVIDIA H100"}
+    with pytest.raises(ValueError, match="different devices"):
+        gs.merge_runs([first, other])
+    with pytest.raises(ValueError, match="smoke"):
+        gs.merge_runs([first, {**rerun, "smoke": True}])
+    with pytest.raises(ValueError, match="2 commits for 1 runs"):
+        gs.merge_runs([first], ["a", "b"])
+
+
+def test_a_run_names_its_code_by_tree_and_render_finds_the_commit(tmp_path):
+    # The device's .git can be older than the files sent: the tree of the files names the code.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "a.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    (repo / "a.py").write_text("x = 2\n")  # changed, not committed: HEAD is stale
+    tree = gs._git_tree(repo)
+    head_tree = subprocess.run([*git, "rev-parse", "HEAD^{tree}"], text=True,
+                               capture_output=True).stdout.strip()
+    assert tree and tree != head_tree and gs.commit_of_tree(tree, repo) is None
+    subprocess.run([*git, "commit", "-qam", "two"], check=True)
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], text=True,
+                          capture_output=True).stdout.strip()
+    assert gs.commit_of_tree(tree, repo) == head
+
+
 def test_summary_says_how_far_a_target_is_missed():
     rows = [decompose_row(m, d, 0.81 if m == "ViT-L-14" and d == "float16" else 1.0, 1.3)
             for m in ("ViT-B-16", "ViT-L-14") for d in ("float16", "bfloat16")]
