@@ -305,6 +305,28 @@ def test_requires_grad_flows_to_the_weights():
     assert not decompose(visual, images(2, 32)).data.requires_grad
 
 
+def test_cls_outputs_kept_across_blocks_hold_only_their_own_memory(monkeypatch):
+    # What decompose keeps from each block until the last one is the CLS row alone. A view of
+    # it would keep the block's whole (batch, token, width) outputs alive: on ViT-L at batch
+    # 256, 2 × 24 of them, 6 GB over the plain forward's peak.
+    from residual_core.core import decompose as module
+
+    kept = []
+    original = module._block_forward
+
+    def spy(block, x, n_heads, cls_only):
+        out = original(block, x, n_heads, cls_only)
+        kept.extend(out[1:])
+        return out
+
+    monkeypatch.setattr(module, "_block_forward", spy)
+    visual = tiny_vit(layers=3)
+    decompose(visual, images(4, 32))
+    assert len(kept) == 2 * 3
+    for t in kept:
+        assert t.untyped_storage().nbytes() == t.numel() * t.element_size(), tuple(t.shape)
+
+
 def test_autocast_bfloat16_is_close():
     visual = tiny_vit()
     x = images(3, 32)

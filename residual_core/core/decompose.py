@@ -209,11 +209,13 @@ def _block_forward(
         qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
         q, k, v = qkv.view(batch, n_tokens, 3, n_heads, d_head).permute(2, 0, 3, 1, 4)
     o = F.scaled_dot_product_attention(q, k, v)  # (batch, head, token, d_head)
-    z_cls = o[:, :, 0]
+    # Copies, not views: a view of the CLS row would keep every token's attention and MLP
+    # output alive until the last block (2 × layers × batch × tokens × width: 6 GB on ViT-L).
+    z_cls = o[:, :, 0].clone()
     o = o.transpose(1, 2).reshape(batch, -1, d_model)
     x = x + block.ls_1(F.linear(o, attn.out_proj.weight, attn.out_proj.bias))
     m = block.ls_2(block.mlp(block.ln_2(x)))
-    return x + m, z_cls, m[:, 0]
+    return x + m, z_cls, m[:, 0].clone()
 
 
 def check_images(
