@@ -57,7 +57,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from residual_core.core.decompose import (
@@ -572,19 +572,34 @@ def build_store(
     amp = torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
     bar = tqdm(total=n, initial=n - sum(store._chunk_len(i) for i in todo), unit="img",
                desc=f"encode {root.name}", disable=not progress)
-    for i in todo:
-        start = i * chunk_size
-        idx = range(start, start + store._chunk_len(i))
-        loader = DataLoader(Subset(dataset, idx), batch_size=batch_size, shuffle=False,
-                            num_workers=num_workers, pin_memory=dev.type == "cuda")
-        raws, targets = [], []
-        for images, target in loader:
-            with torch.inference_mode(), amp:
-                raw = decompose_raw(model, images.to(dev, non_blocking=True))
-            raws.append(raw.to("cpu"))
-            targets.append(torch.as_tensor(target))
-            bar.update(len(target))
-        _write_chunk(store, i, RawUnits.cat(raws), torch.cat(targets), np_dtype)
+    # One loader for every missing chunk (its workers start once), batches cut at chunk
+    # boundaries; a chunk is written by a second thread while the next one is encoded.
+    batches = [list(range(b, min(b + batch_size, i * chunk_size + store._chunk_len(i))))
+               for i in todo
+               for b in range(i * chunk_size, i * chunk_size + store._chunk_len(i), batch_size)]
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                        pin_memory=dev.type == "cuda")
+    chunks = iter(todo)
+    i, raws, targets, filled = next(chunks, None), [], [], 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as writer:
+        pending = None
+        try:
+            for images, target in loader:
+                with torch.inference_mode(), amp:
+                    raw = decompose_raw(model, images.to(dev, non_blocking=True))
+                raws.append(raw.to("cpu"))
+                targets.append(torch.as_tensor(target))
+                filled += len(target)
+                bar.update(len(target))
+                if filled == store._chunk_len(i):
+                    if pending is not None:
+                        pending.result()  # at most one chunk waits in memory; errors surface
+                    pending = writer.submit(_write_chunk, store, i, RawUnits.cat(raws),
+                                            torch.cat(targets), np_dtype)
+                    i, raws, targets, filled = next(chunks, None), [], [], 0
+        finally:
+            if pending is not None:  # a chunk fully encoded is committed even on an error
+                pending.result()
     bar.close()
     return EncodingStore.open(root, fingerprint)
 
