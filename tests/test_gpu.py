@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import os
 
+import pandas as pd
 import pytest
 import torch
 from conftest import residual_task_classifier, residual_task_units
@@ -19,7 +20,8 @@ from open_clip.transformer import VisionTransformer
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from residual_core.analysis import experiments as ex
-from residual_core.core.ablation import rank_heads
+from residual_core.analysis.specialization import chance_levels, classifier_alignment
+from residual_core.core.ablation import coarse_selection, rank_heads
 from residual_core.core.decompose import UnitProjector, decompose
 from residual_core.core.dictionary import TextDictionary
 from residual_core.core.model import LoadedModel
@@ -251,6 +253,35 @@ def test_pc_texts_of_a_variant_fitted_on_the_device_match_the_cpu(device):
     assert len(tables["cpu"]) > 0
     cpu, there = tables["cpu"], tables[device.type]
     assert list(there.unit) == list(cpu.unit) and list(there.text) == list(cpu.text)
+
+
+def _halves(units, y):
+    first, second = units.split(128)
+    return first, y[:128], second, y[128:]
+
+
+def test_public_functions_take_units_on_the_device_with_everything_else_on_the_cpu(device):
+    # Labels, classifiers and means come from CPU tables; the units from a store streamed to the
+    # device. Every function must give the CPU answer.
+    units, y = residual_task_units(256, 0)
+    classes = int(y.max()) + 1
+    classifier = torch.nn.functional.normalize(torch.randn(units.data.shape[-1], classes,
+                                               generator=torch.Generator().manual_seed(2)), dim=0)
+    means = units.data.mean(0)
+    there = units.to(device)
+    torch.testing.assert_close(
+        ridge_probe(there.data[:128], y[:128], there.data[128:], y[128:]).cpu(),
+        ridge_probe(units.data[:128], y[:128], units.data[128:], y[128:]))
+    assert (rank_heads("S", there, means, classifier, y, k_max=3)
+            == rank_heads("S", units, means, classifier, y, k_max=3))
+    args = [(*_halves(u, y), means, classifier) for u in (there, units)]
+    pd.testing.assert_frame_equal(coarse_selection(*args[0], random_seeds=1),
+                                  coarse_selection(*args[1], random_seeds=1))
+    adapter = build_variant("linear-adapter", ZeroShotClassifier(classifier.to(device)))
+    assert {p.device.type for p in adapter.parameters()} == {device.type}
+    assert chance_levels({"y": y.to(device)}) == chance_levels({"y": y})
+    pd.testing.assert_series_equal(classifier_alignment(there.heads(), classifier),
+                                   classifier_alignment(units.heads(), classifier))
 
 
 def test_fine_tune_runs_on_the_device_through_lightning(device, tmp_path):

@@ -285,10 +285,22 @@ def test_a_failing_part_records_its_error(tmp_path):
 
 def test_shell_command_refuses_bad_arguments():
     script = str(ROOT / "benchmarks" / "gpu_suite.sh")
-    for args in ([], ["--smoke"], ["--bogus"], ["a", "b"]):
+    for args in ([], ["--smoke"], ["--bogus"], ["a", "b"], ["--exec"]):
         proc = subprocess.run(["bash", script, *args], capture_output=True, text=True,
                               env={**gs._child_env(), "PYTHON": sys.executable})
         assert proc.returncode == 2 and "usage:" in proc.stderr, (args, proc.stderr)
+
+
+def test_shell_command_execs_a_command_after_the_install(tmp_path):
+    # --exec: what the GPU machine runs besides the suite (the tutorial model's training).
+    script = str(ROOT / "benchmarks" / "gpu_suite.sh")
+    proc = subprocess.run(
+        ["bash", script, "--exec", sys.executable, "-c", "import sys; print(sys.argv[1:])",
+         "a b", "c"], capture_output=True, text=True,
+        env={**gs._child_env(), "GPU_SUITE_WHEELS": str(tmp_path / "none")})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['a b', 'c']"
+    assert "no .whl/" in proc.stderr
 
 
 def test_check_wheels_names_missing_extra_and_tampered_files(tmp_path):

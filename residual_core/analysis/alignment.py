@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -154,8 +155,9 @@ def analyze_task(
             same train and test units, if already computed (tasks sharing images are probed
             in one call, e.g. by ``TaskEncodings.probes``); ``None``: fitted here.
     """
-    weights, norm = classifier.weights.cpu().float(), classifier.normalize_features
     (xtr, ytr), (xva, yva), (xte, yte) = train, val, test
+    weights = classifier.weights.float().to(xva.data.device)
+    norm = classifier.normalize_features
     if probes is None:
         probes = probe_table(xtr, {task: ytr}, xte, {task: yte}, alpha=probe_alpha)[task]
     elif list(probes.index) != [*xtr.labels, "embedding"]:
@@ -165,7 +167,7 @@ def analyze_task(
     coarse = coarse_selection(xva, yva, xte, yte, means, weights, ks=ks,
                               random_seeds=random_seeds, normalize=norm)
     order = rank_heads("S", xva, means, weights, yva, k_max=s_heads, normalize=norm)
-    counts = np.bincount(np.asarray(yte, dtype=np.int64))
+    counts = np.bincount(torch.as_tensor(yte).cpu().numpy().astype(np.int64))
     return TaskResult(
         task=task, n_classes=weights.shape[1],
         zero_shot=accuracy(xte.sum(), weights, yte, norm),

@@ -112,7 +112,7 @@ def disagreements(
     rng = np.random.default_rng(seed)
 
     def draw(mask: Tensor) -> list[int]:
-        idx = torch.nonzero(mask).flatten().numpy()
+        idx = torch.nonzero(mask).flatten().cpu().numpy()
         if len(idx) > n_images:
             idx = rng.choice(idx, n_images, replace=False)
         return sorted(int(i) for i in idx)
@@ -150,8 +150,8 @@ def unit_extremes(
     out = {}
     for label in labels:
         unit = pca[label]
-        out[label] = pc_extremes(units[label], unit.components.to(units[label].dtype),
-                                 unit.mean.to(units[label].dtype),
+        out[label] = pc_extremes(units[label], unit.components.to(units[label]),
+                                 unit.mean.to(units[label]),
                                  unit.explained_variance_ratio, n_pcs, n_images)
     return out
 

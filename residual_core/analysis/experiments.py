@@ -369,12 +369,13 @@ def run_task(
             if name == "fine-tune":
                 trained[name] = None
                 continue
-            variant = _build(name, inputs, pca, output_pca, config, None)
+            # On the CPU, as a fresh fit returns it (the PCA it is built from may be on a GPU).
+            variant = _build(name, inputs, pca, output_pca, config, None).cpu()
             if variant.n_trainable == 0:
                 trained[name] = variant.eval()
                 continue
             try:
-                trained[name] = load_trained(variant, ckpt_dir)
+                trained[name] = load_trained(variant, ckpt_dir).cpu()
                 continue
             except (FileNotFoundError, RuntimeError):
                 pass  # the checkpoint is gone: fit again, the new row replaces the old one

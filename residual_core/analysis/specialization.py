@@ -159,7 +159,7 @@ def chance_levels(attributes: Mapping[str, Tensor | np.ndarray]) -> dict[str, fl
     """Majority-class accuracy of every attribute (the floor a probe must beat)."""
     out = {}
     for name, y in attributes.items():
-        counts = np.bincount(np.asarray(y, dtype=np.int64))
+        counts = np.bincount(torch.as_tensor(y).cpu().numpy().astype(np.int64))
         out[name] = float(counts.max() / counts.sum())
     return out
 
@@ -314,10 +314,11 @@ def classifier_alignment(units: Units, classifier: Float[Tensor, "d_out k"]) -> 
         Per unit label, the share.
     """
     x = units.data.double() - units.data.double().mean(0)
-    basis = torch.linalg.qr(classifier.double())[0]
+    basis = torch.linalg.qr(classifier.double().to(x.device))[0]
     inside = (x @ basis).pow(2).sum((0, 2))
     total = x.pow(2).sum((0, 2)).clamp_min(1e-30)
-    return pd.Series((inside / total).numpy(), index=list(units.labels), name="alignment")
+    return pd.Series((inside / total).cpu().numpy(), index=list(units.labels),
+                     name="alignment")
 
 
 def task_specialization(shares: pd.DataFrame, heads: Sequence[str], family: str | None,

@@ -47,7 +47,8 @@ def accuracy(
     """Zero-shot accuracy of embeddings ``z`` under the classifier (cosine logits by default)."""
     if normalize:
         z = torch.nn.functional.normalize(z, dim=-1)
-    return float((z @ classifier).argmax(-1).eq(targets).float().mean())
+    logits = z @ classifier.to(z)
+    return float(logits.argmax(-1).eq(targets.to(z.device)).float().mean())
 
 
 def ablate(
@@ -156,6 +157,9 @@ def rank_heads(
     heads = [u for u in units.labels if is_head(u)]
     head_idx = torch.tensor(units.index(heads))
     data = units.data
+    # Everything where the units are (a PCA, a classifier or labels may come from elsewhere).
+    means, classifier = means.to(data), classifier.to(data)
+    targets = None if targets is None else targets.to(data.device)
     deltas = _centered_heads(data, head_idx, means)  # restoring head h adds deltas[:, h]
     if ranking == "R":
         order = np.random.default_rng(seed).permutation(len(heads)).tolist()
@@ -184,7 +188,8 @@ def _kept_prefix_parts(
     units: Units, heads: Sequence[str], means: Tensor
 ) -> tuple[Float[Tensor, "n d_out"], Float[Tensor, "n head d_out"]]:
     """Every head mean-ablated, and what restoring each head adds (``heads`` order)."""
-    deltas = _centered_heads(units.data, torch.tensor(units.index(list(heads))), means)
+    deltas = _centered_heads(units.data, torch.tensor(units.index(list(heads))),
+                             means.to(units.data))
     return units.data.sum(1) - deltas.sum(1), deltas
 
 

@@ -71,7 +71,7 @@ def ridge_probes(
     a = torch.cat([(xtr - mean) / std, xtr.new_ones(*xtr.shape[:2], 1)], -1)
     b = torch.cat([(xte - mean) / std, xte.new_ones(*xte.shape[:2], 1)], -1)
     a, b = a.transpose(0, 1), b.transpose(0, 1)  # (unit, n, d + 1)
-    onehot = torch.cat([torch.nn.functional.one_hot(y.long(), k).double()
+    onehot = torch.cat([torch.nn.functional.one_hot(y.long().to(a.device), k).double()
                         for y, k in zip(train_ys, ks, strict=True)], 1)
     eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
     # The normal matrix is symmetric positive definite (alpha > 0): Cholesky, not the batched
@@ -82,7 +82,7 @@ def ridge_probes(
     out, start = [], 0
     for y, k in zip(test_ys, ks, strict=True):
         pred = scores[..., start:start + k].argmax(-1)  # (unit, m)
-        out.append((pred == y.long()[None]).double().mean(1))
+        out.append((pred == y.long().to(pred.device)[None]).double().mean(1))
         start += k
     return out
 

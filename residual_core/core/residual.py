@@ -194,7 +194,7 @@ def make_basis(
     return StackedBasis(
         labels=list(selected),
         sizes=sizes,
-        components=torch.cat(blocks) if blocks else torch.zeros(0, d),
+        components=torch.cat(blocks) if blocks else torch.zeros(0, d, device=pca.mean.device),
         mean=pca.mean[sel_idx].float(),
         other_labels=others,
         other_mean=pca.mean[oth_idx].float(),
@@ -316,9 +316,9 @@ class LinearAdapter(Variant):
 
     def __init__(self, classifier: ZeroShotClassifier):
         super().__init__(classifier)
-        d = classifier.weights.shape[0]
-        self.weight = nn.Parameter(torch.eye(d))
-        self.bias = nn.Parameter(torch.zeros(d))
+        d, device = classifier.weights.shape[0], classifier.weights.device
+        self.weight = nn.Parameter(torch.eye(d, device=device))
+        self.bias = nn.Parameter(torch.zeros(d, device=device))
 
     def encode(self, units: Units) -> tuple[Tensor]:
         """The embedding ``Σ_u h_u``."""
@@ -443,7 +443,7 @@ class _Reweighting(Variant):
         """``B_rᵀ c_r`` per selected unit, shape (batch, unit, d_out)."""
         out = []
         for sl in self.basis.slices().values():
-            out.append(coords[:, sl] @ self.components[sl])
+            out.append(coords[:, sl] @ self.components[sl].to(coords))
         return torch.stack(out, 1)
 
     def options(self) -> dict[str, object]:
