@@ -37,6 +37,7 @@ from residual_core.core.training import (
     train_epoch,
 )
 from residual_core.core.zeroshot import ZeroShotClassifier, build_classifier, encode_images
+from residual_core.data.encodings import TaskEncodings
 from residual_core.tutorial import world
 
 pytestmark = pytest.mark.gpu
@@ -282,6 +283,28 @@ def test_public_functions_take_units_on_the_device_with_everything_else_on_the_c
     assert chance_levels({"y": y.to(device)}) == chance_levels({"y": y})
     pd.testing.assert_series_equal(classifier_alignment(there.heads(), classifier),
                                    classifier_alignment(units.heads(), classifier))
+
+
+def test_a_rerun_on_the_device_reads_variants_back_onto_the_cpu(device, loaded, tmp_path):
+    # Chapter 05 fits its reference PCA on the device; a rerun reads the finished variants back
+    # from their checkpoints. Like freshly fitted ones they must come back on the CPU, where the
+    # chapter's flips and λ views feed them CPU units.
+    from test_experiments import TASKS, config
+
+    enc = TaskEncodings(loaded, {"train": 24, "val": 12, "test": 12}, cache_dir=tmp_path / "e")
+    ref = TaskEncodings(loaded, {"train": 40}, cache_dir=tmp_path / "e")
+    pcas = unit_pca(ref.units("world.reference", "train").to(device), output=True)
+    cfg = config(loaded, device=str(device))
+    variants = ["zero-shot", "coarse", "residual-full"]
+    first = ex.run_experiments(loaded, TASKS[:1], variants, enc, pcas, cfg, tmp_path / "r")
+    again = ex.run_experiments(loaded, TASKS[:1], variants, enc, pcas, cfg, tmp_path / "r")
+    units = enc.units(TASKS[0], "test")
+    for key, variant in again.variants.items():
+        tensors = [*variant.parameters(), *variant.buffers()]
+        assert {t.device.type for t in tensors} == {"cpu"}, key
+        logits = variant(*cache_inputs(variant, units)[0])
+        fresh = first.variants[key]
+        torch.testing.assert_close(logits, fresh(*cache_inputs(fresh, units)[0]))
 
 
 def test_fine_tune_runs_on_the_device_through_lightning(device, tmp_path):
