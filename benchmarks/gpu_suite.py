@@ -758,8 +758,10 @@ def merge_runs(runs: Sequence[dict[str, Any]],
     commits = list(commits) if commits else [None] * len(runs)
     if len(commits) != len(runs):
         raise ValueError(f"{len(commits)} commits for {len(runs)} runs")
-    if len(runs) == 1 and commits[0] is None:
-        return dict(runs[0])
+    if len(runs) == 1:  # one run keeps its form; its commit is the one holding its code
+        tree = runs[0].get("tree")
+        found = commits[0] or (commit_of_tree(tree) if tree else None)
+        return {**runs[0], "commit": found or runs[0].get("commit")}
     merged = {**runs[-1], "parts": {}, "runs": []}
     merged["env"] = next((r["env"] for r in reversed(runs) if r.get("env")), None)
     merged["started"] = runs[0]["started"]

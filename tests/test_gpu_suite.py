@@ -211,6 +211,14 @@ def test_a_run_names_its_code_by_tree_and_render_finds_the_commit(tmp_path):
                           capture_output=True).stdout.strip()
     assert gs.commit_of_tree(tree, repo) == head
 
+def test_a_single_run_is_named_by_the_commit_holding_its_tree(monkeypatch):
+    monkeypatch.setattr(gs, "commit_of_tree", {"t1": "beefcaf"}.get)
+    run = {**fake_results(), "commit": "0000000", "tree": "t1"}  # the device's stale HEAD
+    assert gs.merge_runs([run])["commit"] == "beefcaf"
+    assert gs.merge_runs([{**run, "tree": "t2"}])["commit"] == "0000000"  # no such commit here
+    assert gs.merge_runs([run], ["abc1234"])["commit"] == "abc1234"
+    assert "commit beefcaf" in gs.summary_markdown(gs.merge_runs([run])).splitlines()[0]
+
 
 def test_summary_says_how_far_a_target_is_missed():
     rows = [decompose_row(m, d, 0.81 if m == "ViT-L-14" and d == "float16" else 1.0, 1.3)
