@@ -462,11 +462,17 @@ def fake_book(tmp_path: Path, monkeypatch, *bodies: tuple[str, str]) -> dict:
 
 def test_book_jobs_runs_the_chapters_in_parallel_in_chapter_order(tmp_path: Path, monkeypatch,
                                                                   capsys):
-    # 05 (the costliest) starts first; 00 sleeps so it ends last: done is in chapter order anyway
-    seen = fake_book(tmp_path, monkeypatch,
-                     ("00_slow", "import os, time\ntime.sleep(3)\n"
-                      "print('threads', os.environ.get('OMP_NUM_THREADS'))"),
-                     ("01_quick", "print('quick')"), ("05_residual", "print('long one')"))
+    # 05 (the costliest) starts first; 00 waits until 05's executed notebook is in place (the
+    # runner's last step; a sleep can be outlasted on a loaded machine), so it ends last: done
+    # is in chapter order anyway
+    wait = ("import os, pathlib, time\nt = time.time()\n"
+            f"done = pathlib.Path({str(tmp_path / 'book' / 'executed')!r})"
+            " / '05_residual-tutorial.ipynb'\n"
+            "while not done.exists() and time.time() - t < 120:\n"
+            "    time.sleep(0.05)\n"
+            "print('threads', os.environ.get('OMP_NUM_THREADS'))")
+    seen = fake_book(tmp_path, monkeypatch, ("00_slow", wait), ("01_quick", "print('quick')"),
+                     ("05_residual", "print('long one')"))
     build.book(jobs=2, out=tmp_path / "book")
     assert [r.source.stem for r in seen["done"]] == ["00_slow", "01_quick", "05_residual"]
     assert all(r.output.is_file() for r in seen["done"])
@@ -480,8 +486,13 @@ def test_book_jobs_runs_the_chapters_in_parallel_in_chapter_order(tmp_path: Path
 
 
 def test_book_jobs_first_failure_stops_the_book(tmp_path: Path, monkeypatch):
-    # 05 fails at once while 00 runs: 01 never starts, 00 is waited for, the error is 05's
-    seen = fake_book(tmp_path, monkeypatch, ("00_slow", "import time\ntime.sleep(3)"),
+    # 05 fails at once while 00 runs (until 05's failed notebook is written, whatever the
+    # machine's load): 01 never starts, 00 is waited for, the error is 05's
+    failed = tmp_path / "book" / "executed" / "05_residual-tutorial.failed.ipynb"
+    wait = ("import pathlib, time\nt = time.time()\n"
+            f"while not pathlib.Path({str(failed)!r}).exists() and time.time() - t < 120:\n"
+            "    time.sleep(0.05)")
+    seen = fake_book(tmp_path, monkeypatch, ("00_slow", wait),
                      ("01_never", "print('ran')"), ("05_residual", "raise ValueError('boom')"))
     with pytest.raises(execute.NotebookError, match="05_residual.py") as err:
         build.book(jobs=2, out=tmp_path / "book")
