@@ -762,7 +762,9 @@ def merge_runs(runs: Sequence[dict[str, Any]],
         tree = runs[0].get("tree")
         found = commits[0] or (commit_of_tree(tree) if tree else None)
         return {**runs[0], "commit": found or runs[0].get("commit")}
-    merged = {**runs[-1], "parts": {}, "runs": []}
+    # The last run's own commit, tree and wall time would misname the others: ``runs`` says.
+    merged = {k: v for k, v in runs[-1].items() if k not in ("commit", "tree", "wall_s")}
+    merged.update(parts={}, runs=[])
     merged["env"] = next((r["env"] for r in reversed(runs) if r.get("env")), None)
     merged["started"] = runs[0]["started"]
     owner: dict[str, int] = {}

@@ -180,6 +180,7 @@ def test_merged_runs_take_each_part_from_its_last_run(tmp_path):
     header = gs.summary_markdown(merged).splitlines()[0]
     assert "pytest_gpu at aaaaaaa; residual_epoch at bbbbbbb" in header
     assert merged["started"] == first["started"]
+    assert "commit" not in merged and "wall_s" not in merged  # per run, under "runs" only
     # One run alone stays as it was; mixed devices or smoke with GPU runs are refused.
     assert gs.merge_runs([first]) == first
     other = fake_results()

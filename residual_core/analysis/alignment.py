@@ -20,13 +20,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
-import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from residual_core.analysis.specialization import classifier_alignment, task_specialization
+from residual_core.analysis.specialization import (
+    chance_levels,
+    classifier_alignment,
+    task_specialization,
+)
 from residual_core.core.ablation import ablate, accuracy, coarse_selection, rank_heads
 from residual_core.core.probes import probe_table
 from residual_core.core.units import Units, is_head, layer_of
@@ -167,14 +169,13 @@ def analyze_task(
     coarse = coarse_selection(xva, yva, xte, yte, means, weights, ks=ks,
                               random_seeds=random_seeds, normalize=norm)
     order = rank_heads("S", xva, means, weights, yva, k_max=s_heads, normalize=norm)
-    counts = np.bincount(torch.as_tensor(yte).cpu().numpy().astype(np.int64))
     return TaskResult(
         task=task, n_classes=weights.shape[1],
         zero_shot=accuracy(xte.sum(), weights, yte, norm),
         zero_shot_val=accuracy(xva.sum(), weights, yva, norm),
         probes=probes, alignment=align,
         layers=layer_ablation(xte, means, weights, yte, norm),
-        coarse=coarse, s_order=order[:s_heads], majority=float(counts.max() / counts.sum()),
+        coarse=coarse, s_order=order[:s_heads], majority=chance_levels({task: yte})[task],
     )
 
 

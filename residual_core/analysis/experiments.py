@@ -375,7 +375,7 @@ def run_task(
                 trained[name] = variant.eval()
                 continue
             try:
-                trained[name] = load_trained(variant, ckpt_dir).cpu()
+                trained[name] = load_trained(variant, ckpt_dir)
                 continue
             except (FileNotFoundError, RuntimeError):
                 pass  # the checkpoint is gone: fit again, the new row replaces the old one
