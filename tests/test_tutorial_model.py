@@ -443,14 +443,17 @@ def test_world_flag_selects_world_and_architecture_defaults():
     # v1 is the shipped checkpoint's architecture
     vision = TINY_CLIP_CONFIG["vision_cfg"]
     assert ARCHITECTURES["v1"] == {k: vision[k] for k in ("layers", "width", "head_width",
-                                                          "mlp_ratio", "image_size")} | {
+                                                          "mlp_ratio", "image_size",
+                                                          "patch_size")} | {
         "embed_dim": TINY_CLIP_CONFIG["embed_dim"]}
     v2 = train_mod.parse_args(["--world", "v2"])
     assert train_mod.architecture(v2) == ARCHITECTURES["v2"] == {
         "layers": 8, "width": 192, "head_width": 32, "mlp_ratio": 2.0, "embed_dim": 192,
-        "image_size": 64}
+        "image_size": 64, "patch_size": 8}
     small = train_mod.parse_args(["--world", "v2", "--image-size", "48"])
     assert train_mod.architecture(small)["image_size"] == 48
+    coarse = train_mod.parse_args(["--world", "v2", "--patch-size", "16"])
+    assert train_mod.architecture(coarse)["patch_size"] == 16
     assert v2.out != CHECKPOINT_PATH and v2.work_dir != v1.work_dir  # never over the shipped one
     assert train_mod.parse_args(["--world", "v2", "--layers", "6"]).layers == 6
     assert train_mod.parse_args(["--layers", "6"]).width == 128

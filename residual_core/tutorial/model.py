@@ -83,9 +83,9 @@ TINY_CLIP_CONFIG: dict[str, Any] = {
 
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "v1": {"layers": 4, "width": 128, "head_width": 32, "mlp_ratio": 4.0, "embed_dim": 128,
-           "image_size": 64},
+           "image_size": 64, "patch_size": 8},
     "v2": {"layers": 8, "width": 192, "head_width": 32, "mlp_ratio": 2.0, "embed_dim": 192,
-           "image_size": 64},
+           "image_size": 64, "patch_size": 8},
 }
 """Image tower and embedding of the tutorial CLIP per world version (the training script's
 defaults for ``--world``). ``v1`` is :data:`TINY_CLIP_CONFIG`'s, the shipped checkpoint's;
@@ -97,11 +97,14 @@ of 65, was ~1.7× cheaper per forward pass but did not learn shape in 3,000 step
 
 
 def with_architecture(config: dict[str, Any], layers: int, width: int, head_width: int,
-                      mlp_ratio: float, embed_dim: int, image_size: int = 64) -> dict[str, Any]:
-    """A copy of a model config with another image tower, input size and embedding width."""
+                      mlp_ratio: float, embed_dim: int, image_size: int = 64,
+                      patch_size: int = 8) -> dict[str, Any]:
+    """A copy of a model config with another image tower, input, patch and embedding width."""
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
     out = copy.deepcopy(config)
     out["vision_cfg"].update(layers=layers, width=width, head_width=head_width,
-                             mlp_ratio=mlp_ratio, image_size=image_size)
+                             mlp_ratio=mlp_ratio, image_size=image_size, patch_size=patch_size)
     out["embed_dim"] = embed_dim
     return out
 

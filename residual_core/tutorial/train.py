@@ -864,6 +864,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=None,
                    help="input pixels per side; the 64-pixel renders are resized to it "
                    "(default 64)")
+    p.add_argument("--patch-size", type=int, default=None,
+                   help="pixels per side of an image patch (default 8: 64 tokens at 64 pixels)")
     p.add_argument("--embed-dim", type=int, default=None,
                    help="joint embedding width (default: v1 128, v2 192)")
     p.add_argument("--seed", type=int, default=0, help="seed of the init and the data stream")
