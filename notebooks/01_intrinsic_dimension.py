@@ -19,7 +19,7 @@
 # Every unit $c_u$ (chapter 0) lives in the $d_\text{out}$-dimensional embedding space. The
 # paper's first observation is that the images do **not** fill that space: each head's outputs
 # lie close to a low-dimensional set. It measures this two ways, on the reference data
-# (ImageNet there, `world.reference` in the tutorial):
+# (ImageNet there, `world2.reference` in the tutorial):
 #
 # Linear intrinsic dimension
 # : the number of principal components that explain 99% of a unit's variance, together with the
@@ -42,7 +42,7 @@
 
 # %% tags=["parameters", "hide-input"]
 model = "tutorial"  # a key of residual_core.models.list_models()
-reference = "world.reference"  # the dataset whose images define each unit's geometry
+reference = "world2.reference"  # the dataset whose images define each unit's geometry
 split = "train"
 size = 5000  # images (None: the dataset's default)
 linear_threshold = 0.99  # explained variance defining the linear ID
@@ -254,9 +254,9 @@ display(claims_view(claims))
 #
 # :::{dropdown} Solution
 # Every linear ID falls or stays (fewer components reach 90% than 99%): on the smoke preset
-# the heads' median drops from 6.5 to 3 and their maximum from 11 to 5. TwoNN does not depend
-# on the threshold, so the median ratio falls with it, from 1.44 to 0.74, below 1. "How far
-# from flat" is only meaningful for a fixed threshold.
+# the heads' median drops from 8 to 3 and their maximum from 20 to 8. TwoNN does not depend
+# on the threshold, so the heads' median ratio falls with it, from 1.48 to 0.52, below 1.
+# "How far from flat" is only meaningful for a fixed threshold.
 # :::
 #
 # **2.** Set `centering = "per-unit"`. Which column must change, and do the IDs move?
@@ -264,7 +264,7 @@ display(claims_view(claims))
 # :::{dropdown} Solution
 # `rank_bound` drops by one for every head (34 → 33 on the tutorial model): with per-unit
 # centring a head no longer carries a share of the stream mean along $\gamma P$. The IDs
-# barely move: on the smoke preset the median linear ID of the heads stays 6.5 (two of the 21
-# units lose one dimension) and their median TwoNN ID goes from 4.33 to 4.31. The heads' low
+# barely move: on the smoke preset no linear ID of the 57 units changes (the heads' median
+# stays 8) and the heads' median TwoNN ID goes from 5.71 to 5.72. The heads' low
 # dimension is not an artefact of the convention.
 # :::

@@ -34,16 +34,17 @@
 
 # %% tags=["parameters", "hide-input"]
 model = "tutorial"  # a key of residual_core.models.list_models()
-reference = "world.reference"  # the dataset defining each unit's reference subspace
+reference = "world2.reference"  # the dataset defining each unit's reference subspace
 reference_split = "train"
 reference_size = 5000  # images (None: the dataset's default)
 datasets = {
-    "world": "world.color",
-    "noise": "world_noise.color",
-    "palette": "world_palette.color",
-    "clutter": "world_clutter.color",
-    "sketch": "world_sketch.color",
-    "random": "world_random.color",
+    "world": "world2.color",
+    "noise": "world2_noise.color",
+    "palette": "world2_palette.color",
+    "clutter": "world2_clutter.color",
+    "sketch": "world2_sketch.color",
+    "dark": "world2_dark.color",
+    "random": "world2_random.color",
 }
 control = "random"  # the key of `datasets` holding random images
 same = ["world"]  # keys of `datasets` from the reference's own distribution (not shifts)
@@ -257,8 +258,8 @@ display(geo.weighting_robustness(ref_pca, pcas, threshold, weighted, seed, simil
 # the heads need more directions, and do their similarities drop?
 #
 # :::{dropdown} Solution
-# They need about twice as many (median 3 → 6.5 on the reference, smoke preset), yet the
-# weighted similarities do not move (heads' median 0.99 on `world`, 0.95 on `random`): the
+# They need nearly three times as many (median 3 → 8 on the reference, smoke preset), yet the
+# weighted similarities do not move (heads' median 1.00 on `world`, 0.92 on `random`): the
 # added directions carry little variance, and a weighted score counts them by it.
 # :::
 #
@@ -266,8 +267,8 @@ display(geo.weighting_robustness(ref_pca, pcas, threshold, weighted, seed, simil
 # happens to the gap between `world` and the `random` control?
 #
 # :::{dropdown} Solution
-# Both scores fall and the gap widens: on the smoke preset the heads' median goes from 0.99 to
-# 0.95 on `world` and from 0.95 to 0.82 on `random` (chance rises from 0.08 to 0.12). Random
+# Both scores fall and the gap widens: on the smoke preset the heads' median goes from 1.00 to
+# 0.97 on `world` and from 0.92 to 0.83 on `random` (chance rises from 0.05 to 0.09). Random
 # images mostly keep a head's leading direction and move the weaker ones, which the weighted
 # score hardly sees.
 # :::

@@ -178,6 +178,19 @@ def test_residual_claims():
     assert "budget" not in got_text(claims.residual_claims(residual_results(0.8, 0.78, 1_000, 4)))
 
 
+def test_c12_says_where_the_fine_tune_was_still_improving_at_its_cap():
+    results = residual_results(0.8, 0.78, 1_000, 4)
+    assert "still improving" not in got_text(claims.residual_claims(results))  # no epoch columns
+    results["epochs"], results["best_epoch"] = 10, 4
+    fine = results.variant == "fine-tune"
+    results.loc[fine & results.dataset.isin(["t1", "t3"]), "best_epoch"] = 10  # cap reached
+    results.loc[~fine, "best_epoch"] = 10  # other variants do not count
+    c12 = claims.residual_claims(results).set_index("id").loc["C12", "measured"]
+    assert c12.endswith("the fine-tune was still improving at its last epoch on 2 of 5 tasks")
+    results.loc[fine, "best_epoch"] = 3
+    assert "still improving" not in got_text(claims.residual_claims(results))
+
+
 def test_residual_claims_without_some_variants_say_what_was_not_run():
     results = residual_results(0.8, 0.78, 1_000, fine_wins=4)
     got = claims.residual_claims(results[~results.variant.isin(["fine-tune", "linear-adapter"])])

@@ -202,3 +202,13 @@ def test_v2_world_datasets_are_registered_apart_from_v1():
     assert ref.name == "world2.reference" and ref.scenes.config is W.NUISANCE_WORLD
     v1 = D.load_dataset("world.reference", "train", size=20)
     assert v1.scenes.config is W.DEFAULT_WORLD and v1.scenes.angle is None
+
+
+def test_world_of_names_the_world_of_every_tutorial_dataset_and_refuses_others():
+    for world in W.WORLDS:
+        for distribution in WD.distributions(world):
+            assert WD.world_of(f"{distribution}.color") == world
+        assert WD.world_of(WD.reference_name(world)) == world
+    for bad in ("cifar10", "world3.color", "reference2.color"):
+        with pytest.raises(ValueError, match="valid distributions: world, "):
+            WD.world_of(bad)

@@ -103,11 +103,12 @@ def test_book_scoreboard_is_attached_to_its_entry(tmp_path):
         G.attach_book("P8", book, history)
     # a new entry is made from a checkpoint's record
     record = {"model_cfg": {"vision_cfg": {"layers": 8, "width": 192, "head_width": 32,
-                                           "mlp_ratio": 2.0}},
+                                           "mlp_ratio": 2.0, "patch_size": 16}},
               "metadata": {"world_name": "v2", "command": "train --world v2", "steps_done": 9},
               "sha256": "ab"}
     new = G.attach_book("P8", book, history, record=record, note="planted")
-    assert new["model"] == "8 layers, 6 heads of 32, width 192, MLP x2" and new["world"] == "v2"
+    assert new["model"] == "8 layers, 6 heads of 32, width 192, MLP x2, patch 16"
+    assert new["world"] == "v2"
     assert new["steps"] == 9 and new["note"] == "planted" and new["book"]["C1"]["holds"]
     assert [e["name"] for e in json.loads(history.read_text())] == ["P9", "other", "P8"]
     with pytest.raises(InputError, match="no \\*.claims.csv"):

@@ -159,18 +159,21 @@ def test_world_vocabulary_fits_the_shipped_tokenizer():
 def test_shipped_checkpoint_decomposes_exactly():
     from residual_core.models import load_model
     from residual_core.tutorial import world
-    from residual_core.tutorial.model import CHECKPOINT_PATH
+    from residual_core.tutorial.model import CHECKPOINT_PATH, checkpoint_world, read_record
 
     if not CHECKPOINT_PATH.exists():
         pytest.skip("no committed checkpoint")
     loaded = load_model("tutorial")
-    images = images_to_tensor(world.render(world.sample_scenes(8, 3), 4))
+    config = world.world_config(checkpoint_world())
+    images = images_to_tensor(world.render(world.sample_scenes(8, 3, config=config), 4))
     dec = decompose(loaded.model, images)
     with torch.no_grad():
         ref = loaded.model.encode_image(images)
     err = ((dec.total() - ref).norm() / ref.norm()).item()
     assert err <= 1e-5, f"relative error {err:.2e} of units.sum(1) vs encode_image"
-    assert len(dec.labels) == 1 + 4 + 16
+    vision = read_record(CHECKPOINT_PATH)["model_cfg"]["vision_cfg"]
+    layers, heads = vision["layers"], vision["width"] // vision["head_width"]
+    assert len(dec.labels) == 1 + layers + layers * heads  # embedding, MLPs, heads
 
 
 def test_resumed_training_matches_uninterrupted(tmp_path, monkeypatch):
@@ -219,15 +222,21 @@ def test_training_at_another_input_size_records_and_loads_it(tmp_path, monkeypat
     out = tmp_path / "m.safetensors"
     args = train_mod.parse_args(["--steps", "2", "--warmup", "1", "--batch-size", "4",
                                  "--threads", "1", "--layers", "1", "--width", "32",
-                                 "--head-width", "16", "--embed-dim", "16", "--image-size", "40",
+                                 "--head-width", "16", "--embed-dim", "16", "--image-size", "48",
                                  "--out", str(out), "--work-dir", str(tmp_path / "w"),
                                  "--no-card"])
     train_mod.train(args)
-    assert seen and all(shape[1:] == (3, 40, 40) for shape in seen)
-    assert read_record(out)["model_cfg"]["vision_cfg"]["image_size"] == 40
+    assert seen and all(shape[1:] == (3, 48, 48) for shape in seen)
+    vision = read_record(out)["model_cfg"]["vision_cfg"]
+    assert (vision["image_size"], vision["patch_size"]) == (48, 16)
     loaded, _ = load_tutorial_checkpoint(out)
-    assert loaded.model.visual.positional_embedding.shape[0] == (40 // 8) ** 2 + 1
-    assert loaded.preprocess(Image.new("RGB", (64, 64))).shape == (3, 40, 40)
+    assert loaded.model.visual.positional_embedding.shape[0] == (48 // 16) ** 2 + 1
+    assert loaded.preprocess(Image.new("RGB", (64, 64))).shape == (3, 48, 48)
+    # an input the patches do not tile is refused before any step
+    args.image_size, args.out = 40, tmp_path / "never.safetensors"
+    with pytest.raises(ValueError, match="image_size 40 is not a multiple of patch_size 16"):
+        train_mod.train(args)
+    assert not args.out.exists()
 
 
 def test_hard_negative_batches_pair_colours(monkeypatch):
@@ -435,28 +444,39 @@ def test_card_command_drops_output_locations():
 
 def test_world_flag_selects_world_and_architecture_defaults():
     from residual_core.tutorial import train as train_mod
-    from residual_core.tutorial.model import ARCHITECTURES, CHECKPOINT_PATH, TINY_CLIP_CONFIG
+    from residual_core.tutorial.model import (
+        ARCHITECTURES,
+        CHECKPOINT_PATH,
+        TINY_CLIP_CONFIG,
+        read_record,
+    )
 
-    v1 = train_mod.parse_args([])
-    assert v1.world == "v1" and v1.out == CHECKPOINT_PATH
-    assert train_mod.architecture(v1) == ARCHITECTURES["v1"]
-    # v1 is the shipped checkpoint's architecture
-    vision = TINY_CLIP_CONFIG["vision_cfg"]
-    assert ARCHITECTURES["v1"] == {k: vision[k] for k in ("layers", "width", "head_width",
+    shipped = train_mod.parse_args([])
+    assert shipped.world == "v2" and shipped.out == CHECKPOINT_PATH and shipped.steps == 2000
+    assert train_mod.architecture(shipped) == ARCHITECTURES["v2"] == {
+        "layers": 8, "width": 192, "head_width": 32, "mlp_ratio": 2.0, "embed_dim": 192,
+        "image_size": 64, "patch_size": 16}
+    # v2 is the shipped checkpoint's architecture
+    record = read_record(CHECKPOINT_PATH)
+    vision = record["model_cfg"]["vision_cfg"]
+    assert ARCHITECTURES["v2"] == {k: vision[k] for k in ("layers", "width", "head_width",
                                                           "mlp_ratio", "image_size",
                                                           "patch_size")} | {
-        "embed_dim": TINY_CLIP_CONFIG["embed_dim"]}
-    v2 = train_mod.parse_args(["--world", "v2"])
-    assert train_mod.architecture(v2) == ARCHITECTURES["v2"] == {
-        "layers": 8, "width": 192, "head_width": 32, "mlp_ratio": 2.0, "embed_dim": 192,
-        "image_size": 64, "patch_size": 8}
-    small = train_mod.parse_args(["--world", "v2", "--image-size", "48"])
+        "embed_dim": record["model_cfg"]["embed_dim"]}
+    # v1 is the earlier 4-layer model's
+    vision = TINY_CLIP_CONFIG["vision_cfg"]
+    v1 = train_mod.parse_args(["--world", "v1"])
+    assert train_mod.architecture(v1) == ARCHITECTURES["v1"] == {
+        k: vision[k] for k in ("layers", "width", "head_width", "mlp_ratio", "image_size",
+                               "patch_size")} | {"embed_dim": TINY_CLIP_CONFIG["embed_dim"]}
+    assert v1.steps == 6000 and train_mod.parse_args(["--steps", "7"]).steps == 7
+    small = train_mod.parse_args(["--image-size", "48"])
     assert train_mod.architecture(small)["image_size"] == 48
-    coarse = train_mod.parse_args(["--world", "v2", "--patch-size", "16"])
-    assert train_mod.architecture(coarse)["patch_size"] == 16
-    assert v2.out != CHECKPOINT_PATH and v2.work_dir != v1.work_dir  # never over the shipped one
+    fine = train_mod.parse_args(["--patch-size", "8"])
+    assert train_mod.architecture(fine)["patch_size"] == 8
+    assert v1.out != CHECKPOINT_PATH and v1.work_dir != shipped.work_dir  # never over the shipped
     assert train_mod.parse_args(["--world", "v2", "--layers", "6"]).layers == 6
-    assert train_mod.parse_args(["--layers", "6"]).width == 128
+    assert train_mod.parse_args(["--world", "v1", "--layers", "6"]).width == 128
     cmd = "python -m residual_core.tutorial.train --world v2 --out x --snapshot-every 50"
     assert train_mod.in_place_command(cmd) == "python -m residual_core.tutorial.train --world v2"
 

@@ -295,11 +295,28 @@ RESIDUAL_VARIANTS = ("zero-shot", "fine-tune", "residual-full", "linear-adapter"
 """The variants of chapter 05 that C12–C14 compare."""
 
 
+def _still_improving(results: pd.DataFrame, variant: str, tasks: pd.Index) -> str:
+    """``"; still improving at its last epoch on n of m tasks"`` for a variant, where it was.
+
+    A run whose best epoch is its last was stopped by its epoch cap, not by early stopping:
+    more epochs could have raised its accuracy. Empty where the results have no epoch columns
+    or no such run.
+    """
+    if not {"epochs", "best_epoch"} <= set(results.columns):
+        return ""
+    runs = results[(results.variant == variant) & results.dataset.isin(tasks)]
+    capped = int((runs.best_epoch >= runs.epochs).sum())
+    return (f"; the {variant} was still improving at its last epoch on {capped} of "
+            f"{len(runs)} tasks" if capped else "")
+
+
 def residual_claims(results: pd.DataFrame) -> pd.DataFrame:
     """C12–C14 from chapter 05's results (``dataset``, ``variant``, ``accuracy``, ``params``).
 
-    Only tasks every variant of :data:`RESIDUAL_VARIANTS` that was run has a result on are
-    compared. A claim whose variants were not run gets a row that does not hold and says so.
+    With ``epochs`` and ``best_epoch``, C12 also says on how many tasks the fine-tune was still
+    improving when its epoch cap stopped it. Only tasks every variant of
+    :data:`RESIDUAL_VARIANTS` that was run has a result on are compared. A claim whose variants
+    were not run gets a row that does not hold and says so.
     """
     ran = [v for v in RESIDUAL_VARIANTS if v in set(results.variant)]
     acc = results[results.variant.isin(ran)].pivot(index="dataset", columns="variant",
@@ -322,7 +339,7 @@ def residual_claims(results: pd.DataFrame) -> pd.DataFrame:
         return _row("C12", f"mean zero-shot {mean['zero-shot']:.3f}, ResiDual-full "
                     f"{mean['residual-full']:.3f}, fine-tune {mean['fine-tune']:.3f}: "
                     + (f"{closed:.0%} of the gap closed" if gap > 0 else "no gap to close")
-                    + beyond,
+                    + beyond + _still_improving(results, "fine-tune", acc.index),
                     bool(gap > 0 and closed >= 0.7))
 
     def c13() -> dict[str, object]:

@@ -15,12 +15,13 @@ Tutorial-world names are ``"<distribution>.<task>"``:
   base distribution with its own seeds, labelled by the object's ``"<color> <shape>"``
   (30 classes).
 
-Those are the v1 world's (``residual_core.tutorial.world.DEFAULT_WORLD``: the shipped checkpoint
-and every chapter). The opt-in v2 world (``NUISANCE_WORLD``: caption-free continuous nuisance
-and a ``dark`` shift) has the same tasks under the distributions of ``NUISANCE_DISTRIBUTIONS``,
-``world2`` and ``world2_<shift>``, and its reference ``world2.reference``
-(:func:`distributions`, :func:`reference_name` and :func:`downstream_tasks` take the world's
-name, ``v1`` or ``v2``).
+Those are the v1 world's (``residual_core.tutorial.world.DEFAULT_WORLD``, the earlier 4-layer
+model's). The v2 world (``NUISANCE_WORLD``: caption-free continuous nuisance and a ``dark``
+shift; the shipped checkpoint's, and every chapter's) has the same tasks under the
+distributions of ``NUISANCE_DISTRIBUTIONS``, ``world2`` and ``world2_<shift>``, and its
+reference ``world2.reference`` (:func:`distributions`, :func:`reference_name` and
+:func:`downstream_tasks` take the world's name, ``v1`` or ``v2``; :func:`world_of` names the
+world of a dataset).
 
 All tasks of one distribution and split share the same images (generated once, cached in
 memory), so one forward pass serves every attribute. Splits ``train``/``val``/``test`` come from
@@ -51,6 +52,7 @@ __all__ = [
     "image_set",
     "reference_name",
     "specs",
+    "world_of",
     "world_split",
 ]
 
@@ -82,6 +84,21 @@ def distributions(world: str = "v1") -> dict[str, str | None]:
     """
     W.world_config(world)
     return DISTRIBUTIONS if world == "v1" else NUISANCE_DISTRIBUTIONS
+
+
+def world_of(dataset: str) -> str:
+    """The named world (``v1`` or ``v2``) of a tutorial dataset: ``world2_dark.color`` → ``v2``.
+
+    Raises:
+        ValueError: ``dataset`` is not a tutorial-world dataset (the valid prefixes are named).
+    """
+    distribution = dataset.partition(".")[0]
+    if dataset in ("world.reference", "world2.reference"):
+        return "v1" if distribution == "world" else "v2"
+    if distribution not in _WORLD_OF or distribution in _REFERENCES.values():
+        raise ValueError(f"{dataset!r} is not a tutorial-world dataset; valid distributions: "
+                         f"{', '.join([*DISTRIBUTIONS, *NUISANCE_DISTRIBUTIONS])}")
+    return _WORLD_OF[distribution]
 
 
 def image_set(dataset: str) -> str:

@@ -320,7 +320,8 @@ def model_entry(name: str, note: str, record: dict[str, Any], commit: str) -> di
         "name": name, "note": note, "commit": commit,
         "world": world_of(record),
         "model": f"{v['layers']} layers, {v['width'] // v['head_width']} heads of "
-                 f"{v['head_width']}, width {v['width']}, MLP x{v['mlp_ratio']:g}",
+                 f"{v['head_width']}, width {v['width']}, MLP x{v['mlp_ratio']:g}"
+                 + (f", patch {v['patch_size']}" if "patch_size" in v else ""),
         "train_command": record["metadata"].get("command", ""),
         "steps": record["metadata"].get("steps_done"),
         "sha256": record["sha256"],

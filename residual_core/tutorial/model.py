@@ -85,15 +85,17 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "v1": {"layers": 4, "width": 128, "head_width": 32, "mlp_ratio": 4.0, "embed_dim": 128,
            "image_size": 64, "patch_size": 8},
     "v2": {"layers": 8, "width": 192, "head_width": 32, "mlp_ratio": 2.0, "embed_dim": 192,
-           "image_size": 64, "patch_size": 8},
+           "image_size": 64, "patch_size": 16},
 }
 """Image tower and embedding of the tutorial CLIP per world version (the training script's
-defaults for ``--world``). ``v1`` is :data:`TINY_CLIP_CONFIG`'s, the shipped checkpoint's;
-``v2`` is the 8-layer candidate of the nuisance world (6 heads of 32, MLP ×2, ``embed_dim``
-192: ResiDual-full's parameters, 48 heads × 32 + 8 MLPs × d_out, are 8.3% of a d_out × d_out
-linear adapter's at 192 but 15.5% at 128, over C13's 10%). Both see the world's 64-pixel
-renders as they are; ``--image-size`` resizes them (a 48-pixel v2 candidate, 37 tokens instead
-of 65, was ~1.7× cheaper per forward pass but did not learn shape in 3,000 steps)."""
+defaults for ``--world``). ``v1`` is :data:`TINY_CLIP_CONFIG`'s, the 4-layer model of the
+patch-grid world; ``v2`` is the shipped checkpoint's, 8 layers for the nuisance world (6 heads
+of 32, MLP ×2, ``embed_dim`` 192: ResiDual-full's parameters, 48 heads × 32 + 8 MLPs × d_out,
+are 8.3% of a d_out × d_out linear adapter's at 192 but 15.5% at 128, over C13's 10%) on
+16-pixel patches (16 image tokens and the class token: patches of 8 pixels, 65 tokens, made
+every step and forward pass ~2–4× dearer and left layer 0 with the highest TwoNN ID). Both see
+the world's 64-pixel renders as they are; ``--image-size`` resizes them (a 48-pixel v2
+candidate with 8-pixel patches did not learn shape in 3,000 steps)."""
 
 
 def with_architecture(config: dict[str, Any], layers: int, width: int, head_width: int,

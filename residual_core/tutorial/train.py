@@ -39,15 +39,17 @@ sees exactly the batches it would have seen. The full training state is saved ev
 go to ``--out`` as fp16 safetensors with their json record, the loss curve next to them, and the
 model card is rewritten.
 
-**World version** (``--world``): ``v1`` (default) is the patch-grid world of the shipped
-checkpoint; ``v2`` is the world with caption-free continuous nuisance
-(``residual_core.tutorial.world.NUISANCE_WORLD``). The image tower defaults to the world's
-entry of ``model.ARCHITECTURES`` (v1: 4 layers of width 128, 4 heads, MLP ×4, embedding 128;
-v2: 8 layers of width 192, 6 heads of 32, MLP ×2, embedding 192); ``--layers``, ``--width``,
-``--head-width``, ``--mlp-ratio`` and ``--embed-dim`` override it. A v2 run writes to
-``.cache/tutorial_v2/`` unless ``--out``/``--work-dir`` say otherwise, never over the shipped
-checkpoint by default. ``--snapshot-every`` also saves the weights of a long run every so many
-steps, for watching it with the diagnostic (``python -m residual_core.runner.diagnose``).
+**World version** (``--world``): ``v2`` (default) is the world with caption-free continuous
+nuisance (``residual_core.tutorial.world.NUISANCE_WORLD``) of the shipped checkpoint; ``v1`` is
+the earlier patch-grid world. The image tower defaults to the world's entry of
+``model.ARCHITECTURES`` (v2: 8 layers of width 192, 6 heads of 32, MLP ×2, 16-pixel patches,
+embedding 192; v1: 4 layers of width 128, 4 heads, MLP ×4, 8-pixel patches, embedding 128) and
+``--steps`` to the world's schedule (``WORLD_STEPS``: v2 2,000, v1 6,000); ``--layers``,
+``--width``, ``--head-width``, ``--mlp-ratio``, ``--patch-size`` and ``--embed-dim`` override
+it. Only a run on the shipped world writes over the shipped checkpoint by default; a v1 run
+goes to ``.cache/tutorial_v1/`` unless ``--out``/``--work-dir`` say otherwise.
+``--snapshot-every`` also saves the weights of a long run every so many steps, for watching it
+with the diagnostic (``python -m residual_core.runner.diagnose``).
 """
 
 from __future__ import annotations
@@ -828,7 +830,8 @@ def write_model_card(path: Path = CHECKPOINT_PATH, probes: bool = True) -> Path:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments of the training run."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=6000, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps (default: the world's, v1 6000, v2 2000)")
     p.add_argument("--batch-size", type=int, default=64, help="image-caption pairs per step")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--warmup", type=int, default=100, help="linear warmup steps")
@@ -849,10 +852,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--freeze-text-steps", type=int, default=500,
                    help="the text tower stays at its random init for this many first steps "
                    "(see train)")
-    p.add_argument("--world", choices=list(world.WORLDS), default="v1",
-                   help="world version: v1 (the shipped checkpoint's) or v2 (caption-free "
-                   "continuous nuisance, world.NUISANCE_WORLD); it also sets the defaults of "
-                   "the architecture flags below (model.ARCHITECTURES)")
+    p.add_argument("--world", choices=list(world.WORLDS), default=SHIPPED_WORLD,
+                   help="world version: v2 (caption-free continuous nuisance, "
+                   "world.NUISANCE_WORLD; the shipped checkpoint's) or v1 (the patch-grid "
+                   "world); it also sets the defaults of --steps and of the architecture "
+                   "flags below (model.ARCHITECTURES)")
     p.add_argument("--layers", type=int, default=None,
                    help="image tower depth (default: the world's; v1 4, v2 8)")
     p.add_argument("--width", type=int, default=None,
@@ -870,13 +874,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="joint embedding width (default: v1 128, v2 192)")
     p.add_argument("--seed", type=int, default=0, help="seed of the init and the data stream")
     p.add_argument("--out", type=Path, default=None,
-                   help="fp16 .safetensors output (default: the shipped checkpoint for v1, "
-                   f"{V2_OUT} for v2)")
+                   help="fp16 .safetensors output (default: the shipped checkpoint for "
+                   f"{SHIPPED_WORLD}, {side_out('v1')} for v1)")
     p.add_argument("--device", default="auto", help="'auto' (cuda if present), 'cpu', 'cuda'")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--work-dir", type=Path, default=None,
                    help="where the periodic training state goes (default: "
-                   ".cache/tutorial_train for v1, .cache/tutorial_v2 for v2)")
+                   f".cache/tutorial_train for {SHIPPED_WORLD}, .cache/tutorial_v1 for v1)")
     p.add_argument("--ckpt-every", type=int, default=100, help="steps between state saves")
     p.add_argument("--snapshot-every", type=int, default=0,
                    help="also save the weights every this many steps to --work-dir (0: never)")
@@ -890,16 +894,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in ARCHITECTURES[args.world].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.steps is None:
+        args.steps = WORLD_STEPS[args.world]
     if args.out is None:
-        args.out = CHECKPOINT_PATH if args.world == "v1" else V2_OUT
+        args.out = CHECKPOINT_PATH if args.world == SHIPPED_WORLD else side_out(args.world)
     if args.work_dir is None:
-        args.work_dir = Path(".cache/tutorial_train" if args.world == "v1"
-                             else ".cache/tutorial_v2")
+        args.work_dir = Path(".cache/tutorial_train" if args.world == SHIPPED_WORLD
+                             else f".cache/tutorial_{args.world}")
     return args
 
 
-V2_OUT = Path(".cache/tutorial_v2/tiny_clip_v2.safetensors")
-"""Where a ``--world v2`` run saves its checkpoint unless ``--out`` says otherwise."""
+SHIPPED_WORLD = "v2"
+"""The world of the shipped checkpoint: ``--world``'s default, the only one whose run writes
+over ``model.CHECKPOINT_PATH`` (and its model card) unless ``--out`` says otherwise."""
+WORLD_STEPS = {"v1": 6000, "v2": 2000}
+"""``--steps`` per world: the schedules of the checkpoints trained on them (v2: 2,000 steps kept
+more of the paper's phenomena than 4,000; ``MODEL_CARD.md``, last table)."""
+
+
+def side_out(world_name: str) -> Path:
+    """Where a run on a world other than the shipped one saves its checkpoint by default."""
+    return Path(f".cache/tutorial_{world_name}/tiny_clip_{world_name}.safetensors")
 
 
 def architecture(args: argparse.Namespace) -> dict[str, Any]:

@@ -7,15 +7,15 @@ captions talk about and what the tasks ask.
 
 The world comes in two **versions** (``WorldConfig.version``; named configs in ``WORLDS``):
 
-- **v1** (``DEFAULT_WORLD``, ``WORLDS["v1"]``; the shipped checkpoint and every chapter use
-  it): objects sit on the 8-pixel patch grid (centres on patch corners, no size jitter; the
-  vertical position is a nuisance drawn from four grid rows): a 4-layer ViT trained from
+- **v1** (``DEFAULT_WORLD``, ``WORLDS["v1"]``; the earlier 4-layer tiny CLIP's): objects sit
+  on the 8-pixel patch grid (centres on patch corners, no size jitter; the vertical position
+  is a nuisance drawn from four grid rows): a 4-layer ViT trained from
   scratch on a CPU learns shapes several times faster when a shape always cuts the same patch
   pattern. All attributes are visible at 8×8-patch resolution. Its renders are frozen: a test
   compares them with hashes taken before v2 existed.
-- **v2** (``NUISANCE_WORLD``, ``WORLDS["v2"]``; opt-in, for an 8-layer tiny CLIP): on top of
-  the attributes every image varies continuously along **nuisance factors that no caption ever
-  mentions** (``WorldConfig`` fields in brackets):
+- **v2** (``NUISANCE_WORLD``, ``WORLDS["v2"]``; the shipped 8-layer tiny CLIP and every
+  chapter use it): on top of the attributes every image varies continuously along **nuisance
+  factors that no caption ever mentions** (``WorldConfig`` fields in brackets):
 
   - the object's exact centre (``x_jitter`` around its position class, ``y_range``
     vertically), its scale (``scale_jitter`` around its size class) and its rotation
@@ -357,7 +357,8 @@ class WorldConfig:
 
 
 DEFAULT_WORLD = WorldConfig()
-"""The v1 world: the shipped checkpoint's and every chapter's."""
+"""The v1 world, the earlier 4-layer tiny CLIP's (``WorldConfig()``'s defaults; the shipped
+checkpoint and the chapters use ``NUISANCE_WORLD``)."""
 NUISANCE_WORLD = WorldConfig(
     version=2,
     radii=(7.0, 10.0, 13.0),
