@@ -92,9 +92,10 @@ def world_of(dataset: str) -> str:
     Raises:
         ValueError: ``dataset`` is not a tutorial-world dataset (the valid prefixes are named).
     """
+    for world in _REFERENCES:
+        if dataset == reference_name(world):
+            return world
     distribution = dataset.partition(".")[0]
-    if dataset in ("world.reference", "world2.reference"):
-        return "v1" if distribution == "world" else "v2"
     if distribution not in _WORLD_OF or distribution in _REFERENCES.values():
         raise ValueError(f"{dataset!r} is not a tutorial-world dataset; valid distributions: "
                          f"{', '.join([*DISTRIBUTIONS, *NUISANCE_DISTRIBUTIONS])}")

@@ -869,7 +869,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="input pixels per side; the 64-pixel renders are resized to it "
                    "(default 64)")
     p.add_argument("--patch-size", type=int, default=None,
-                   help="pixels per side of an image patch (default 8: 64 tokens at 64 pixels)")
+                   help="pixels per side of an image patch (default: the world's; v1 8, v2 16)")
     p.add_argument("--embed-dim", type=int, default=None,
                    help="joint embedding width (default: v1 128, v2 192)")
     p.add_argument("--seed", type=int, default=0, help="seed of the init and the data stream")
@@ -899,8 +899,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.out is None:
         args.out = CHECKPOINT_PATH if args.world == SHIPPED_WORLD else side_out(args.world)
     if args.work_dir is None:
-        args.work_dir = Path(".cache/tutorial_train" if args.world == SHIPPED_WORLD
-                             else f".cache/tutorial_{args.world}")
+        args.work_dir = (Path(".cache/tutorial_train") if args.world == SHIPPED_WORLD
+                         else side_out(args.world).parent)
     return args
 
 
