@@ -452,7 +452,7 @@ def test_world_flag_selects_world_and_architecture_defaults():
     )
 
     shipped = train_mod.parse_args([])
-    assert shipped.world == "v2" and shipped.out == CHECKPOINT_PATH and shipped.steps == 2000
+    assert shipped.world == "v2" and shipped.out == CHECKPOINT_PATH and shipped.steps == 1500
     assert train_mod.architecture(shipped) == ARCHITECTURES["v2"] == {
         "layers": 8, "width": 192, "head_width": 32, "mlp_ratio": 2.0, "embed_dim": 192,
         "image_size": 64, "patch_size": 16}
