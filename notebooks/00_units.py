@@ -278,7 +278,7 @@ if compare_images:
 # **1.** Set `centering = "per-unit"`. Does the reconstruction check still pass?
 #
 # :::{dropdown} Solution
-# Yes, with a maximum relative error of the same order (3.1e-07 against 2.9e-07 with `shared`
+# Yes, with a maximum relative error of the same order (4.7e-07 against 4.3e-07 with `shared`
 # on the smoke preset, float32 rounding): the two centrings share the LayerNorm's constants
 # out differently between the units, but their sum is the same embedding. Single units change,
 # which is what the last section's tables measure.
@@ -288,9 +288,9 @@ if compare_images:
 # decomposition still exact, and do the unit norms change?
 #
 # :::{dropdown} Solution
-# Still exact (3.7e-07 on the smoke preset): the decomposition is algebra on the model's own
+# Still exact (3.9e-07 on the smoke preset): the decomposition is algebra on the model's own
 # operations and holds for any input. The norms change: on the smoke preset the mean head norm
-# goes from 0.98 to 1.32 and the embedding unit's from 2.3 to 3.1 (for the CLS token it is one
+# goes from 0.90 to 1.09 and the embedding unit's from 2.1 to 2.8 (for the CLS token it is one
 # fixed vector: only the final LayerNorm's per-image scale and its share of the stream mean
 # move it).
 # :::
@@ -299,8 +299,9 @@ if compare_images:
 # `dec.total() - dec[f"L{last}H0"]`, i.e. leave out one head of the last layer. What happens?
 #
 # :::{dropdown} Solution
-# The check fails: the relative error jumps from about 3e-7 to 0.019 (tutorial and smoke
-# presets), far above float32 rounding although that head is one of 48 and a small one (mean
-# norm 0.30 against 0.98 for the average head, smoke preset). Leaving out the embedding unit
-# instead gives 0.11, the last MLP 0.08 (0.10 on the tutorial preset).
+# The check fails: the relative error jumps from about 4e-7 to 0.020 (smoke preset; 0.027 on
+# the tutorial preset), far above float32 rounding although that head is one of 48 and a small
+# one (mean norm 0.41 against 0.90 for the average head, smoke preset). Leaving out the
+# embedding unit instead gives 0.10 (0.11 on the tutorial preset), the last MLP 0.075 (both
+# presets).
 # :::

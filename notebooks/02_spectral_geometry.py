@@ -258,8 +258,8 @@ display(geo.weighting_robustness(ref_pca, pcas, threshold, weighted, seed, simil
 # the heads need more directions, and do their similarities drop?
 #
 # :::{dropdown} Solution
-# They need nearly three times as many (median 3 → 8 on the reference, smoke preset), yet the
-# weighted similarities do not move (heads' median 1.00 on `world`, 0.92 on `random`): the
+# They need more than twice as many (median 4 → 9 on the reference, smoke preset), yet the
+# weighted similarities do not move (heads' median 1.00 on `world`, 0.91 on `random`): the
 # added directions carry little variance, and a weighted score counts them by it.
 # :::
 #
@@ -268,7 +268,7 @@ display(geo.weighting_robustness(ref_pca, pcas, threshold, weighted, seed, simil
 #
 # :::{dropdown} Solution
 # Both scores fall and the gap widens: on the smoke preset the heads' median goes from 1.00 to
-# 0.97 on `world` and from 0.92 to 0.83 on `random` (chance rises from 0.05 to 0.09). Random
+# 0.97 on `world` and from 0.91 to 0.81 on `random` (chance rises from 0.06 to 0.10). Random
 # images mostly keep a head's leading direction and move the weaker ones, which the weighted
 # score hardly sees.
 # :::

@@ -305,21 +305,24 @@ display(claims_view(claims))
 # :::{dropdown} Solution
 # Only weak ones: on the smoke preset every head of the last two layers keeps its first text,
 # and 7 of the 12 keep all three in the same order; the others swap one or two later texts that
-# explain at most 11% (L6H0's second, "a picture with three stars" at 5.8%, becomes "a striped
-# diamond" at 6.5%). A text that stays moves by less than 1.5 points (e.g. L7H1's first text,
-# "a small red square", 38.6% → 38.2%). With `rank = 80` directions kept, the mean offset of
-# these heads barely changes which texts explain their variance.
+# explain at most 16% (L6H2's second, "a plain object at the left" at 6.6%, becomes "a plain
+# orange diamond" at 6.9%). A text that stays moves by at most 3 points (L6H5's second, "a
+# plain object", 30.1% → 33.0%; L7H4's first, "a object with one star", 39.7% → 39.4%). With
+# `rank = 80` directions kept, the mean offset of these heads barely changes which texts
+# explain their variance.
 # :::
 #
 # **2.** Set `rank = 4`: TextSpan sees each head only through its four leading singular
 # directions. What happens to the "explained" column and to the texts?
 #
 # :::{dropdown} Solution
-# "Explained" jumps (smoke preset: L7H0 45% → 77%, L6H1 69% → 93%; the last two layers' heads
-# go from 42–90% to 70–98%), because it is now measured inside a four-dimensional projection
-# that three texts nearly span. The first texts stay the same, the later ones change (L7H3's
-# second text, "a medium green triangle", becomes "a large orange square"; only L6H3 keeps all
-# three). The text view agrees with the probe view on as many heads as before (20 of 48), but
-# not the same ones: three heads gain agreement and three lose it. A high explained share is
-# only as good as the span it is measured in.
+# "Explained" jumps (smoke preset: L7H0 34% → 69%, L6H5 71% → 93%; the last two layers' heads
+# go from 34–71% to 69–93%), because it is now measured inside a four-dimensional projection
+# that three texts nearly span. The first texts mostly stay (11 of 12 heads; L6H5's becomes
+# "a object on a navy background", its third before), the later ones change (L7H3's third
+# text, "a dotted green square", becomes "a square on a brown background"; no head keeps all
+# three in the same order, L6H1 only swaps its last two). The text view agrees with the probe
+# view on about as many heads as before (21 of 48 against 20), but not the same ones: two
+# heads gain agreement and one loses it. A high explained share is only as good as the span
+# it is measured in.
 # :::

@@ -319,7 +319,7 @@ display(claims_view(claims))
 #
 # :::{dropdown} Solution
 # At the ceiling with no headroom: zero-shot 1.00, embedding probe 1.00, headroom 0.00 (smoke
-# preset, next to `clutter.color` at 0.50 zero-shot and 0.40 probe). The tiny CLIP reads
+# preset, next to `clutter.color` at 0.40 zero-shot and 0.23 probe). The tiny CLIP reads
 # colour perfectly on the images it was trained on; what chapters 04–05 work on only appears
 # under a shift.
 # :::
@@ -328,10 +328,11 @@ display(claims_view(claims))
 # `spec_carriers` and `align_carriers`?
 #
 # :::{dropdown} Solution
-# On the smoke preset `spec_carriers` barely moves (`clutter.color` 0.31 → 0.33,
-# `sketch.shape` 0.00 → 0.00, `noise.shape` 0.00 → 0.01) and ranks the tasks as before.
-# `align_carriers` moves more (`clutter.color` 0.10 → 0.12, `sketch.shape` 0.06 → 0.03,
-# `noise.shape` 0.05 → 0.03), enough to swap two tasks: its rank correlation with the
-# zero-shot lift goes from 0.50 to 1.00. With one head, the measures describe that head, not
-# the task, and with three tasks a single swap decides the correlation.
+# On the smoke preset both move, `spec_carriers` most (`clutter.color` 0.17 → 0.00,
+# `sketch.shape` 0.10 → 0.00, `noise.shape` 0.05 → 0.10): `noise.shape` goes from last to
+# first, and the rank correlation with the zero-shot lift goes from −0.50 to +0.87.
+# `align_carriers` moves less (`clutter.color` 0.14 → 0.02, `sketch.shape` 0.16 → 0.14,
+# `noise.shape` 0.11 → 0.12) but enough to swap two tasks: its rank correlation goes from
+# −1.00 to −0.50. With one head, the measures describe that head, not the task, and with
+# three tasks a single swap decides the correlation.
 # :::
