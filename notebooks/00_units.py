@@ -35,7 +35,7 @@
 # the units really add up to the embedding, and looks at how large each unit's contribution is.
 #
 # :::{note}
-# **The tutorial CLIP is small and briefly trained** (16 min on 2 CPU cores). On its own
+# **The tutorial CLIP is small and briefly trained** (9 min on 2 CPU cores). On its own
 # training distribution it solves every attribute zero-shot well above chance (shape, colour,
 # size, texture, position, background, star count; its model card has the numbers); on the
 # shifted distributions (another palette, clutter, sketches, dim light) its zero-shot accuracy

@@ -99,6 +99,21 @@ def test_specialization_claims():
     assert not holds(claims.specialization_claims(lucky, heads))["C7"]
 
 
+def test_c8_names_a_probe_family_that_dominates():
+    best = pd.DataFrame({"names_family": ["yes"], "by_chance": [0.1]})
+    heads = pd.DataFrame({"top_family": ["colour", "shape", "count", "size"],
+                          "top_family_probe": ["background", "background", "background", "size"],
+                          "top_lift": [0.9, 0.8, 0.7, 0.2]})
+    c8 = claims.specialization_claims(best, heads).set_index("id").loc["C8"]
+    assert c8.holds == "no"
+    assert c8.measured == ("0 of 3 heads with lift ≥ 0.5 agree; "
+                           "the probe view names background for 3 of them")
+    heads.loc[1, "top_family_probe"] = "shape"  # no probe family takes most heads now
+    heads.loc[2, "top_family_probe"] = "count"
+    c8 = claims.specialization_claims(best, heads).set_index("id").loc["C8"]
+    assert c8.measured == "2 of 3 heads with lift ≥ 0.5 agree"
+
+
 # ----- C9–C11 ----------------------------------------------------------------------------------
 
 def alignment_inputs(drop_at_kept, s_wins, n_tasks, slope, seed=0):

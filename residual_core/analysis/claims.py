@@ -240,11 +240,16 @@ def specialization_claims(best: pd.DataFrame, heads: pd.DataFrame) -> pd.DataFra
     expected = float(checked.by_chance.sum())
     strong = heads[heads.top_lift >= 0.5]
     agree = int((strong.top_family == strong.top_family_probe).sum())
+    c8 = f"{agree} of {len(strong)} heads with lift ≥ 0.5 agree"
+    counts = strong.top_family_probe.value_counts()
+    if len(counts) and counts.iloc[0] > 0.5 * len(strong):
+        # The evidence a reader needs when one attribute is easy for every head: the probe
+        # view then names it for most heads whatever the texts say.
+        c8 += f"; the probe view names {counts.index[0]} for {counts.iloc[0]} of them"
     return _table([
         _row("C7", f"{hits} of {n} attributes named (random texts: {expected:.1f})",
              bool(n) and hits >= 0.8 * n and hits > expected),
-        _row("C8", f"{agree} of {len(strong)} heads with lift ≥ 0.5 agree",
-             bool(len(strong)) and agree >= 0.5 * len(strong)),
+        _row("C8", c8, bool(len(strong)) and agree >= 0.5 * len(strong)),
     ])
 
 
