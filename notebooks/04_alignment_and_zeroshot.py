@@ -52,7 +52,7 @@ tasks = [  # every drawn attribute of every natural shift (data.world.downstream
     "world2_dark.position", "world2_dark.background", "world2_dark.count",
 ]
 task_families = {}  # task -> dictionary family, where the name does not say it (paper datasets)
-reference = "world2.reference"  # mean ablation and TextSpan use its images (ImageNet in the paper)
+reference = "world2.reference"  # coarse selection's mean ablation and TextSpan use its images
 dictionary = "tutorial"
 modifier_families = []
 train_size = 2000  # probes are fitted on train
@@ -64,6 +64,7 @@ rank = 80
 span = "uncentred"  # TextSpan span: "uncentred" (the authors' SVD of raw outputs) or "centred"
 random_seeds = 10  # seeds of the random ranking R
 k_carriers = 2  # "heads a task relies on": its best heads by probe
+ablation_mean = "evaluated"  # layer ablation: the tested images' mean (TextSpan's) or "reference"
 default_task = "world2_clutter.color"
 seed = 0
 centering = "shared"  # final LayerNorm mean split over units: "shared" (the authors') or "per-unit"
@@ -117,7 +118,7 @@ probes = enc.probes(tasks)  # tasks sharing images are probed together
 results = {
     t: al.analyze_task(t, enc.get(t, "train"), enc.get(t, "val"), enc.get(t, "test"),
                        ref_units.mean(), enc.classifier(t), random_seeds=random_seeds,
-                       probes=probes[t])
+                       probes=probes[t], ablation_mean=ablation_mean)
     for t in tasks
 }
 words = rc.load_dictionary(dictionary).embed(loaded)
@@ -159,6 +160,12 @@ display(styled(largest, precision=2, hide_index=True))
 # line their mean. TextSpan reported for CLIP ViTs that accuracy survives ablating everything but
 # the last ~4 attention layers (of 12–32). The tutorial tower has far fewer layers, so the
 # question becomes: how many of its last layers carry the direct effect?
+#
+# A unit is replaced by its mean over the images being tested (`ablation_mean = "evaluated"`,
+# as TextSpan did on ImageNet), which removes what varies from image to image and keeps what
+# the images share. On a shifted task the reference set's mean (`"reference"`) would also move
+# every embedding by the difference between the two means, a shift rather than a direct
+# effect; the last table below puts the heads' mean line under both side by side.
 
 # %%
 layers, by_layer = al.ablation_by_layer(results)
@@ -174,6 +181,7 @@ plt.show()
 # %%
 display(styled(by_layer))
 display(styled(al.spare_layers(by_layer), integers=("spare", "layers")))
+display(styled(al.ablation_means_compared(results)))
 
 # %% [markdown]
 # ## 2b. Coarse head selection

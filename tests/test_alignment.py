@@ -9,6 +9,7 @@ import torch
 from residual_core.analysis.alignment import (
     ABLATION_KINDS,
     ablation_by_layer,
+    ablation_means_compared,
     analyze_task,
     correlations,
     headroom_findings,
@@ -20,6 +21,7 @@ from residual_core.analysis.alignment import (
     spare_layers,
     task_table,
 )
+from residual_core.core.errors import InputError
 from residual_core.core.probes import probe_table
 from residual_core.core.units import UnitLayout, Units
 from residual_core.core.zeroshot import ZeroShotClassifier
@@ -86,6 +88,54 @@ def result():
     clf = ZeroShotClassifier(CLASSIFIER, ["a", "b", "c"], ["{}"])
     return analyze_task("toy.task", train, val, test, ref[0].mean(), clf,
                         random_seeds=3, s_heads=2)
+
+
+def test_layer_ablation_mean_is_the_evaluated_images_by_default():
+    """A constant offset that only the test images carry, in a head without class signal.
+
+    Replacing layer 0 by the test images' own mean keeps the offset (and its bias towards
+    class 0); replacing it by the reference mean removes it. Oracle: the sum of the units with
+    layer 0 overwritten by hand.
+    """
+    train, val, ref = planted(300, 0), planted(300, 1), planted(300, 3)
+    units, y = planted(300, 2)
+    data = units.data.clone()
+    data[:, LABELS.index("L0H0"), 0] += 3.0
+    clf = ZeroShotClassifier(CLASSIFIER, ["a", "b", "c"], ["{}"])
+    got = analyze_task("toy.shifted", train, val, (Units.full(data, LAYOUT), y),
+                       ref[0].mean(), clf, random_seeds=2)
+    layer0 = [LABELS.index(u) for u in ("L0H0", "L0H1")]
+
+    def oracle(mu):
+        z = data.clone()
+        z[:, layer0] = mu[layer0]
+        return float(((z.sum(1) @ CLASSIFIER).argmax(1) == y).float().mean())
+
+    def heads_acc(table, n):
+        return table.set_index(["kind", "ablated_layers"]).accuracy["heads", n]
+
+    own, reference = oracle(data.mean(0)), oracle(ref[0].mean())
+    assert heads_acc(got.layers, 1) == pytest.approx(own)
+    assert heads_acc(got.layers_by_mean["evaluated"], 1) == pytest.approx(own)
+    assert heads_acc(got.layers_by_mean["reference"], 1) == pytest.approx(reference)
+    assert reference > own + 0.3  # the offset is what the reference mean takes away
+    by_ref = analyze_task("toy.shifted", train, val, (Units.full(data, LAYOUT), y),
+                          ref[0].mean(), clf, random_seeds=2, ablation_mean="reference")
+    assert heads_acc(by_ref.layers, 1) == pytest.approx(reference)
+    both = ablation_means_compared({"toy.shifted": got})
+    assert list(both.index) == ["evaluated", "reference"] and list(both.columns) == [0, 1, 2]
+    assert both.loc["evaluated", 1] == pytest.approx(own)
+    assert both.loc["reference", 1] == pytest.approx(reference)
+    assert both.loc["evaluated", 0] == both.loc["reference", 0]  # nothing ablated
+
+
+def test_analyze_task_refuses_an_unknown_ablation_mean():
+    train, val, test = planted(50, 0), planted(50, 1), planted(50, 2)
+    clf = ZeroShotClassifier(CLASSIFIER, ["a", "b", "c"], ["{}"])
+    with pytest.raises(InputError, match=r"ablation_mean='test' is not one of \['evaluated', "
+                                         r"'reference'\]"):
+        analyze_task("toy.task", train, val, test, train[0].mean(), clf,
+                     ablation_mean="test")
 
 
 def test_analyze_task_on_planted_heads(result):

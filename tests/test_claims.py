@@ -146,9 +146,10 @@ def test_alignment_claims_hold():
 
 
 def test_alignment_claims_fail():
-    got = holds(claims.alignment_claims(*alignment_inputs(0.03, s_wins=14, n_tasks=30,
-                                                          slope=-1.0)))
-    assert got == {"C9": False, "C10": False, "C11": False}
+    table = claims.alignment_claims(*alignment_inputs(0.03, s_wins=14, n_tasks=30, slope=-1.0))
+    assert holds(table) == {"C9": False, "C10": False, "C11": False}
+    # The fixture's whole drop comes with the fourth layer (index 3).
+    assert table.measured[0].endswith("(-0.030); the costliest layer is L3 (-0.030)")
     # A strong positive correlation over too few tasks does not count for C11.
     few = claims.alignment_claims(*alignment_inputs(0.0, 5, n_tasks=11, slope=1.0))
     assert not holds(few)["C11"] and "too few tasks to decide (at least 30" in few.measured[2]

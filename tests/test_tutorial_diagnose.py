@@ -63,6 +63,7 @@ def test_quick_run_end_to_end(loaded):
     assert set(out["similarity"].index) == {"world", *W.SHIFTS}
     assert set(out["truth"].attribute) == set(W.ATTRIBUTES)  # chapter 03's table, every attribute
     assert set(out["tasks"].task) == set(out["selection"].index)  # chapter 04's, every task
+    assert list(out["ablation_means"].index) == ["evaluated", "reference"]
     assert {"TextSpan and probe views (C7-C8)",
             "layer ablation, coarse selection, task table (C9-C11)"} <= set(out["timings"])
     entry = G.history_entry("t", "note", {"model_cfg": {"vision_cfg": {

@@ -30,14 +30,17 @@ from residual_core.analysis.specialization import (
     task_specialization,
 )
 from residual_core.core.ablation import ablate, accuracy, coarse_selection, rank_heads
+from residual_core.core.errors import InputError
 from residual_core.core.probes import probe_table
 from residual_core.core.units import Units, is_head, layer_of
 
 __all__ = [
     "ABLATION_KINDS",
+    "ABLATION_MEANS",
     "RANKING_ORDER",
     "TaskResult",
     "ablation_by_layer",
+    "ablation_means_compared",
     "analyze_task",
     "correlations",
     "headroom_findings",
@@ -51,6 +54,11 @@ __all__ = [
 ]
 
 ABLATION_KINDS = ("heads", "mlps", "heads+mlps")
+ABLATION_MEANS = ("evaluated", "reference")
+"""What layer ablation replaces a unit's direct contribution with: its mean over the images
+being evaluated (TextSpan's ablation, whose finding C9 checks: the mean is taken over the same
+ImageNet images it scores) or over the reference set (which on a shifted task also moves the
+embedding by the difference of the two means)."""
 
 
 def layer_ablation(
@@ -98,7 +106,8 @@ class TaskResult:
         zero_shot_val: The same on validation.
         probes: Test accuracy of a ridge probe (fitted on train) per unit and ``embedding``.
         alignment: Per head, share of its variance in the span of the classifier directions.
-        layers: :func:`layer_ablation` on test.
+        layers: :func:`layer_ablation` on test, with the ``ablation_mean`` it was run with.
+        layers_by_mean: :func:`layer_ablation` on test with each of :data:`ABLATION_MEANS`.
         coarse: :func:`residual_core.core.ablation.coarse_selection` (ranked on val, test
             evaluated).
         s_order: The first heads of the supervised ranking ``S`` (on val).
@@ -115,6 +124,7 @@ class TaskResult:
     coarse: pd.DataFrame
     s_order: list[str]
     majority: float = field(default=float("nan"))
+    layers_by_mean: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     @property
     def heads(self) -> list[str]:
@@ -139,6 +149,7 @@ def analyze_task(
     s_heads: int = 3,
     probe_alpha: float = 0.1,
     probes: pd.Series | None = None,
+    ablation_mean: str = "evaluated",
 ) -> TaskResult:
     """Zero-shot, probes, alignment, layer ablation and coarse selection of one task.
 
@@ -147,7 +158,8 @@ def analyze_task(
         train: ``(units, targets)`` that the probes are fitted on.
         val: ``(units, targets)`` on which heads are ranked and selected.
         test: ``(units, targets)``, only evaluated.
-        means: Reference means of every unit (mean ablation), one row per unit.
+        means: Reference means of every unit (mean ablation in coarse selection and, with
+            ``ablation_mean="reference"``, in layer ablation), one row per unit.
         classifier: The task's :class:`~residual_core.core.zeroshot.ZeroShotClassifier`.
         random_seeds: Seeds of the random ranking ``R``.
         ks: Numbers of heads kept (default :func:`residual_core.core.ablation.k_values`).
@@ -156,7 +168,11 @@ def analyze_task(
         probes: This task's column of :func:`~residual_core.core.probes.probe_table` on the
             same train and test units, if already computed (tasks sharing images are probed
             in one call, e.g. by ``TaskEncodings.probes``); ``None``: fitted here.
+        ablation_mean: The mean of layer ablation, one of :data:`ABLATION_MEANS`; both are
+            computed (``layers_by_mean``), this one is ``layers``.
     """
+    if ablation_mean not in ABLATION_MEANS:
+        raise InputError(f"ablation_mean={ablation_mean!r} is not one of {list(ABLATION_MEANS)}")
     (xtr, ytr), (xva, yva), (xte, yte) = train, val, test
     weights = classifier.weights.float().to(xva.data.device)
     norm = classifier.normalize_features
@@ -169,13 +185,16 @@ def analyze_task(
     coarse = coarse_selection(xva, yva, xte, yte, means, weights, ks=ks,
                               random_seeds=random_seeds, normalize=norm)
     order = rank_heads("S", xva, means, weights, yva, k_max=s_heads, normalize=norm)
+    layers = {m: layer_ablation(xte, xte.mean() if m == "evaluated" else means, weights, yte,
+                                norm) for m in ABLATION_MEANS}
     return TaskResult(
         task=task, n_classes=weights.shape[1],
         zero_shot=accuracy(xte.sum(), weights, yte, norm),
         zero_shot_val=accuracy(xva.sum(), weights, yva, norm),
         probes=probes, alignment=align,
-        layers=layer_ablation(xte, means, weights, yte, norm),
+        layers=layers[ablation_mean],
         coarse=coarse, s_order=order[:s_heads], majority=chance_levels({task: yte})[task],
+        layers_by_mean=layers,
     )
 
 
@@ -277,6 +296,21 @@ def ablation_by_layer(results: Mapping[str, TaskResult]) -> tuple[pd.DataFrame, 
     by_layer = layers.groupby(["kind", "ablated_layers"]).accuracy.mean().unstack(
         "ablated_layers")
     return layers, by_layer
+
+
+def ablation_means_compared(results: Mapping[str, TaskResult], kind: str = "heads"
+                            ) -> pd.DataFrame:
+    """The mean over tasks of :func:`layer_ablation` under each of :data:`ABLATION_MEANS`.
+
+    Returns:
+        Ablation mean (rows) × number of ablated first layers of ``kind`` (columns, 0 = the
+        full model): mean accuracy over the tasks.
+    """
+    rows = {}
+    for mean in ABLATION_MEANS:
+        layers = pd.concat([r.layers_by_mean[mean] for r in results.values()])
+        rows[mean] = layers[layers.kind == kind].groupby("ablated_layers").accuracy.mean()
+    return pd.DataFrame(rows).T.rename_axis(index="ablation mean")
 
 
 def spare_layers(by_layer: pd.DataFrame, tolerance: float = 0.01) -> pd.DataFrame:

@@ -309,7 +309,8 @@ def run(loaded: LoadedModel, world: str = "v1", *, reference_size: int = 5000,
     claims = pd.concat(tables, ignore_index=True)
     return {"claims": claims, "zero_shot": zero_shot, "ids": ids, "probes": probes,
             "best_units": best_units, "similarity": similarity, "truth": truth, "view": view,
-            "layers": layers, "selection": selection, "tasks": task_tab, "timings": timings,
+            "layers": layers, "ablation_means": AL.ablation_means_compared(results),
+            "selection": selection, "tasks": task_tab, "timings": timings,
             "wall_s": time.perf_counter() - t0}
 
 
@@ -530,6 +531,9 @@ def _command(args: argparse.Namespace) -> None:
     print("\nTextSpan's first texts for each attribute's best-probe head (chapter 03):")
     print(truth[["attribute", "head", "probe_acc", "top_texts", "names_family"]].to_string(
         index=False, float_format="{:.3f}".format))
+    print("\nmean zero-shot with the first n layers' heads mean-ablated, per ablation mean "
+          "(chapter 04):")
+    print(out["ablation_means"].to_string(float_format="{:.3f}".format))
     print("\ncoarse selection, test accuracy at the k chosen on validation (chapter 04):")
     sel = out["selection"]
     ks = [c for c in sel.columns if c.endswith(" k")]

@@ -213,6 +213,12 @@ def _spans(full: Mapping[str, Any]) -> list[str]:
     return list(SPANS)
 
 
+def _ablation_means(full: Mapping[str, Any]) -> list[str]:
+    from residual_core.analysis.alignment import ABLATION_MEANS
+
+    return list(ABLATION_MEANS)
+
+
 def _dictionaries(full: Mapping[str, Any]) -> list[str]:
     from residual_core.data.dictionaries import DICTIONARIES
 
@@ -277,6 +283,7 @@ RULES: dict[str, Rule] = {
     "n_best_heads": _int(1),
     "random_seeds": _int(1),
     "k_carriers": _int(1),
+    "ablation_mean": Rule("str", names=_ablation_means, what="a layer-ablation mean"),
     # ResiDual
     "variants": Rule("list", item=VARIANT, nonempty=True),
     "authors_settings": Rule("list", item=VARIANT),
