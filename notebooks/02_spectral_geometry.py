@@ -95,9 +95,11 @@ plt.show()
 #
 # ## Principal subspaces on every distribution
 #
-# Each dataset is encoded once (cached), and one PCA per unit is computed on it. The table gives,
-# per dataset, how many components each head needs for 90% of its variance (median and range):
-# a first sign of whether a distribution changes the units' geometry.
+# Each dataset is encoded once (cached), and one PCA per unit is computed on it. The first table
+# gives, per dataset, how many components each head needs for 90% of its variance (median and
+# range): a first sign of whether a distribution changes the units' geometry. The second, how
+# much the heads vary on it at all: each head's total variance on the dataset over its total
+# variance on the reference.
 
 # %%
 loaded = rc.load_model(model, device=device, weights=weights)
@@ -112,6 +114,7 @@ pcas = {name: rc.unit_pca(rc.encode_dataset(loaded, image_set(dataset), split, s
                                             device=device, progress=False), device=device)
         for name, dataset in datasets.items()}
 display(geo.components_needed({"reference": ref_pca, **pcas}, threshold))
+display(geo.variance_ratio(ref_pca, pcas).round(3))
 
 # %% [markdown]
 # ## Similarity of each unit to its reference subspace
@@ -227,6 +230,10 @@ display(geo.weighting_robustness(ref_pca, pcas, threshold, weighted, seed, simil
 # - `world` is fresh images of the reference distribution, so its similarity is the ceiling a
 #   finite sample allows; a shifted distribution's gap below it is the effect of the shift.
 #   The grids per dataset above show which units a shift moves when C5 fails.
+# - A dataset on which the heads hardly vary (a variance ratio far below 1 in the second table
+#   of "Principal subspaces on every distribution") gives subspaces set by what little varies
+#   on it: its low similarity says the images barely move the heads, not that they move them
+#   elsewhere. If that dataset is not the control, C6 fails for that reason.
 # - A weighted score is dominated by the leading directions. A unit whose first component
 #   carries most of its variance (high EVR of PC1 in the previous chapter) can score high from
 #   that one direction alone. The last table compares with the other weighting: if the order

@@ -25,6 +25,7 @@ from residual_core.analysis.geometry import (
     twonn_fit,
     twonn_halves,
     unit_similarity_matrix,
+    variance_ratio,
     weighting_robustness,
 )
 from residual_core.core.intrinsic_dim import twonn
@@ -266,6 +267,15 @@ def test_components_needed_and_distinct_pairs():
     m = pd.DataFrame([[1.0, 0.2, 0.3], [0.2, 1.0, 0.4], [0.3, 0.4, 1.0]],
                      index=list("abc"), columns=list("abc"))
     assert distinct_pairs(m).to_dict() == {"a – b": 0.2, "a – c": 0.3, "b – c": 0.4}
+
+
+def test_variance_ratio_is_planted_scale_squared():
+    a = torch.stack([subspace_points(400, 16, r, seed=r) for r in (1, 4, 2)], 1)
+    scaled = a * torch.tensor([0.5, 2.0, 1.0]).view(1, 3, 1)  # variance × 0.25, 4, 1
+    got = variance_ratio(pca_of(a), {"same": pca_of(a), "scaled": pca_of(scaled)})
+    assert got.index.tolist() == ["median", "min", "max"]
+    assert got.same.tolist() == pytest.approx([1.0, 1.0, 1.0])
+    assert got.scaled.tolist() == pytest.approx([1.0, 0.25, 4.0])
 
 
 def test_twonn_halves_and_id_ranges(known_store: FakeStore):

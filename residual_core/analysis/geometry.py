@@ -40,6 +40,7 @@ __all__ = [
     "twonn_fit",
     "twonn_halves",
     "unit_similarity_matrix",
+    "variance_ratio",
     "weighting_robustness",
 ]
 
@@ -281,6 +282,24 @@ def components_needed(pcas: Mapping[str, PCAResult], threshold: float = 0.9,
     for name, pca in pcas.items():
         mask = (label_table(pca.labels).kind == kind).to_numpy()
         out[name] = pd.Series(pca.n_components(threshold).cpu().numpy()[mask])
+    return pd.DataFrame(out).describe().loc[["50%", "min", "max"]].rename(index={"50%": "median"})
+
+
+def variance_ratio(reference: PCAResult, pcas: Mapping[str, PCAResult],
+                   kind: str = "head") -> pd.DataFrame:
+    """Per dataset, each unit's total variance on it ÷ its total variance on the reference.
+
+    A unit that barely varies on a dataset (ratio near 0) has a principal subspace there that
+    is set by little, atypical variation: a low similarity then says the dataset hardly moves
+    the unit, not that it moves it elsewhere.
+
+    Returns:
+        Rows ``median``, ``min``, ``max`` over the units of ``kind``; one column per dataset.
+    """
+    mask = (label_table(reference.labels).kind == kind).to_numpy()
+    base = reference.explained_variance.sum(-1).double().cpu().numpy()[mask]
+    out = {name: pd.Series(pca.explained_variance.sum(-1).double().cpu().numpy()[mask] / base)
+           for name, pca in pcas.items()}
     return pd.DataFrame(out).describe().loc[["50%", "min", "max"]].rename(index={"50%": "median"})
 
 
