@@ -280,13 +280,16 @@ display(claims_view(claims))
 # not a verdict on the paper, which measures CLIP ViTs of 12–32 layers on natural-image
 # datasets. With an eight-layer tower, "the last third" is three layers, and C9 then asks
 # whether the first five layers' attention can go; the layer table shows how far the accuracy
-# moves at each step, i.e. whether C9 fails by a little or by a lot. C10 fails where the full model
-# already reads a task well or where the task's information is spread over many heads (the
-# task cards of "2b" show the accuracy against k). C11 cannot hold on fewer than 30 tasks:
-# the tutorial runs every drawn attribute of every shift (32 tasks); a smaller run gives a rank
-# correlation whose sign can be read but not trusted, and its row then says that there were
-# too few tasks to decide; the paper profile's ten datasets are not enough either, and a run
-# over more tasks is what settles it.
+# moves at each step, i.e. whether C9 fails by a little or by a lot, and a failing row names the
+# layer whose ablation costs the most. The last table of 2a gives the same line with the
+# reference set's mean, which also takes away the first layers' share of a task's shift: where
+# that line falls less, undoing the shift makes up for part of the direct effect that is lost.
+# C10 fails where the full model already reads a task well or where the task's information is
+# spread over many heads (the task cards of "2b" show the accuracy against k). C11 cannot hold
+# on fewer than 30 tasks: the tutorial runs every drawn attribute of every shift (32 tasks); a
+# smaller run gives a rank correlation whose sign can be read but not trusted, and its row then
+# says that there were too few tasks to decide; the paper profile's ten datasets are not enough
+# either, and a run over more tasks is what settles it.
 
 # %% [markdown]
 # ## Summary: where the tutorial world agrees with the paper
