@@ -278,10 +278,15 @@ def components_needed(pcas: Mapping[str, PCAResult], threshold: float = 0.9,
     Returns:
         Rows ``median``, ``min``, ``max``; one column per dataset.
     """
-    out = {}
-    for name, pca in pcas.items():
-        mask = (label_table(pca.labels).kind == kind).to_numpy()
-        out[name] = pd.Series(pca.n_components(threshold).cpu().numpy()[mask])
+    return _kind_summary({name: pca.n_components(threshold).cpu().numpy()
+                          for name, pca in pcas.items()}, pcas, kind)
+
+
+def _kind_summary(values: Mapping[str, np.ndarray], pcas: Mapping[str, PCAResult],
+                  kind: str) -> pd.DataFrame:
+    """Median, min and max per dataset of per-unit ``values``, over the units of ``kind``."""
+    out = {name: pd.Series(v[(label_table(pcas[name].labels).kind == kind).to_numpy()])
+           for name, v in values.items()}
     return pd.DataFrame(out).describe().loc[["50%", "min", "max"]].rename(index={"50%": "median"})
 
 
@@ -296,11 +301,11 @@ def variance_ratio(reference: PCAResult, pcas: Mapping[str, PCAResult],
     Returns:
         Rows ``median``, ``min``, ``max`` over the units of ``kind``; one column per dataset.
     """
-    mask = (label_table(reference.labels).kind == kind).to_numpy()
-    base = reference.explained_variance.sum(-1).double().cpu().numpy()[mask]
-    out = {name: pd.Series(pca.explained_variance.sum(-1).double().cpu().numpy()[mask] / base)
-           for name, pca in pcas.items()}
-    return pd.DataFrame(out).describe().loc[["50%", "min", "max"]].rename(index={"50%": "median"})
+    def total(pca: PCAResult) -> np.ndarray:
+        return pca.explained_variance.sum(-1).double().cpu().numpy()
+
+    base = total(reference)
+    return _kind_summary({name: total(pca) / base for name, pca in pcas.items()}, pcas, kind)
 
 
 def similarity_table(reference: PCAResult, pcas: Mapping[str, PCAResult],

@@ -831,7 +831,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments of the training run."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=None,
-                   help="optimizer steps (default: the world's, v1 6000, v2 2000)")
+                   help="optimizer steps (default: the world's, "
+                   + ", ".join(f"{w} {n}" for w, n in WORLD_STEPS.items()) + ")")
     p.add_argument("--batch-size", type=int, default=64, help="image-caption pairs per step")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--warmup", type=int, default=100, help="linear warmup steps")
