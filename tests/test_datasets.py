@@ -204,11 +204,23 @@ def test_v2_world_datasets_are_registered_apart_from_v1():
     assert v1.scenes.config is W.DEFAULT_WORLD and v1.scenes.angle is None
 
 
+def test_v3_world_datasets_draw_pattern_backgrounds_under_their_own_class_names():
+    names = set(D.list_datasets())
+    assert {f"{d}.{t}" for d in WD.PATTERN_DISTRIBUTIONS for t in W.ATTRIBUTES} <= names
+    assert WD.reference_name("v3") == "world3.reference" and "world3.reference" in names
+    v3 = D.load_dataset("world3_palette.background", "test", size=12)
+    assert v3.scenes.config is W.PATTERN_WORLD and v3.scenes.shift == "palette"
+    assert list(v3.classnames) == ["bare", "wavy", "ribbed", "tiled"]
+    assert list(D.load_dataset("world2.background", "test", size=2).classnames) == [
+        "black", "gray", "brown", "navy"]
+    assert len(WD.downstream_tasks("v3")) == len(WD.downstream_tasks("v2"))
+
+
 def test_world_of_names_the_world_of_every_tutorial_dataset_and_refuses_others():
     for world in W.WORLDS:
         for distribution in WD.distributions(world):
             assert WD.world_of(f"{distribution}.color") == world
         assert WD.world_of(WD.reference_name(world)) == world
-    for bad in ("cifar10", "world3.color", "reference2.color"):
+    for bad in ("cifar10", "world4.color", "reference2.color"):
         with pytest.raises(ValueError, match="valid distributions: world, "):
             WD.world_of(bad)

@@ -49,5 +49,17 @@ def test_families_are_consistent_with_the_words():
 
 
 def test_unknown_dictionary_lists_valid_names():
-    with pytest.raises(ValueError, match=r"valid: \['general', 'tutorial'\]"):
+    with pytest.raises(ValueError, match=r"valid: \['general', 'tutorial', 'tutorial-v3'\]"):
         load_dictionary("imagenet")
+
+
+def test_v3_tutorial_dictionary_speaks_of_patterns_in_the_v3_vocabulary():
+    from residual_core.tutorial.world import PATTERN_WORLD
+
+    d = load_dictionary("tutorial-v3")
+    vocab = set(vocabulary(PATTERN_WORLD))
+    assert not {w for t in d.texts for w in t.split() if w not in vocab}
+    background = [t for t, f in zip(d.texts, d.families, strict=True) if "background" in f]
+    assert background and all(any(w in t.split() for w in PATTERN_WORLD.backgrounds)
+                              for t in background)
+    assert not any("navy" in t.split() for t in background)

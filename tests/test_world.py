@@ -341,8 +341,13 @@ def test_worlds_are_named_and_versioned():
     assert W.DEFAULT_WORLD.name == "v1" and V2.replace(rotation=3.0).name == "custom-v2"
     assert V2.shifts == W.NUISANCE_SHIFTS and "dark" in V2.shifts
     assert V2.attributes == W.DEFAULT_WORLD.attributes  # the same tasks and vocabulary
-    with pytest.raises(ValueError, match="unknown world 'v3'"):
-        W.world_config("v3")
+    v3 = W.world_config("v3")
+    assert v3 is W.PATTERN_WORLD and v3.name == "v3" and v3.version == 2
+    assert v3.shifts == V2.shifts and list(v3.attributes) == list(V2.attributes)
+    assert v3.backgrounds == ("bare", "wavy", "ribbed", "tiled")
+    assert set(W.vocabulary(v3)) - set(W.vocabulary(V2)) == {"bare", "wavy", "ribbed", "tiled"}
+    with pytest.raises(ValueError, match="unknown world 'v4'"):
+        W.world_config("v4")
     with pytest.raises(ValueError, match="version"):
         W.WorldConfig(version=3)
     with pytest.raises(ValueError, match="unknown shift 'dark' for world version 1"):
@@ -484,3 +489,63 @@ def test_v2_attributes_stay_readable_under_nuisance():
         sel = plain & (s.shape == sh)
         small, large = areas[sel & (s.size == 0)], areas[sel & (s.size == 2)]
         assert small.max() < large.min(), sh
+
+
+# ---------------------------------------------------------------- pattern backgrounds
+
+PATTERN = W.PATTERN_WORLD
+
+
+def test_pattern_background_config_validation():
+    with pytest.raises(ValueError, match="unknown background_style 'stripes'"):
+        V2.replace(background_style="stripes")
+    with pytest.raises(ValueError, match="needs version 2"):
+        W.WorldConfig(background_style="pattern")
+
+
+def _background_steps(img: np.ndarray) -> tuple[float, float]:
+    """Mean absolute grey step between vertical and between horizontal neighbours, top rows."""
+    grey = img[:8].astype(float).mean(-1)  # rows above the objects' reach, away from stars
+    return float(np.abs(np.diff(grey, axis=0)).mean()), float(np.abs(np.diff(grey, axis=1)).mean())
+
+
+def test_pattern_backgrounds_show_their_class_in_texture_not_colour():
+    cfg = PATTERN.replace(noise_std=0.0, specks=0, y_range=(30.0, 39.0))
+    s = W.sample_scenes(800, seed=3, config=cfg)
+    imgs = W.render(s, seed=4)
+    for i in range(200):
+        dv, dh = _background_steps(imgs[i])
+        kind = cfg.backgrounds[s.background[i]]
+        if kind == "bare":
+            assert max(dv, dh) < 1.0, (i, dv, dh)
+        elif kind == "wavy":  # bands across the image: steps from row to row
+            assert dv > 2 * dh and dv > 3, (i, dv, dh)
+        elif kind == "ribbed":
+            assert dh > 2 * dv and dh > 3, (i, dv, dh)
+        else:
+            assert min(dv, dh) > 3, (i, dv, dh)
+    # The class is not in the images' mean colour: a least-squares read-out of the class from
+    # it, fitted and scored on separate halves, stays near chance (1/4).
+    x = np.c_[imgs.reshape(len(s), -1, 3).mean(1), np.ones(len(s))]
+    y = np.eye(4)[s.background]
+    w = np.linalg.lstsq(x[:400], y[:400], rcond=None)[0]
+    assert (np.argmax(x[400:] @ w, 1) == s.background[400:]).mean() < 0.35
+    # ... while the colour-style world's mean colour gives it away
+    c = W.sample_scenes(800, seed=3, config=cfg.replace(background_style="colour",
+                                                        backgrounds=V2.backgrounds))
+    xc = np.c_[W.render(c, seed=4).reshape(len(c), -1, 3).mean(1), np.ones(len(c))]
+    wc = np.linalg.lstsq(xc[:400], np.eye(4)[c.background][:400], rcond=None)[0]
+    assert (np.argmax(xc[400:] @ wc, 1) == c.background[400:]).mean() > 0.9
+
+
+def test_pattern_background_survives_clutter_and_palette_shifts():
+    cfg = PATTERN.replace(noise_std=0.0, specks=0, y_range=(30.0, 39.0))
+    s = W.sample_scenes(200, seed=5, config=cfg)
+    base = W.render(s, seed=1)
+    for shift in ("palette", "clutter"):
+        shifted = W.render(W.sample_scenes(200, seed=5, config=cfg, shift=shift), seed=1)
+        assert np.abs(shifted.astype(float) - base).mean() > 5
+        if shift == "palette":  # lighter backgrounds, same patterns
+            assert shifted[:, :8].mean() > base[:, :8].mean() + 30
+            wavy = np.flatnonzero(s.background == 1)[:20]
+            assert all(np.subtract(*_background_steps(shifted[i])) > 2 for i in wavy)

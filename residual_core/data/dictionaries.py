@@ -23,7 +23,7 @@ from residual_core.core.dictionary import TextDictionary, read_tsv, to_tsv
 __all__ = ["DICTIONARIES", "general_dictionary", "load_dictionary", "tutorial_dictionary"]
 
 GENERAL_PATH = Path(__file__).parent / "general_dictionary.tsv"
-DICTIONARIES = ("general", "tutorial")
+DICTIONARIES = ("general", "tutorial", "tutorial-v3")
 """Names :func:`load_dictionary` knows."""
 
 
@@ -201,13 +201,19 @@ def general_dictionary() -> TextDictionary:
 
 
 def load_dictionary(name: str) -> TextDictionary:
-    """A dictionary by name: ``"tutorial"`` or ``"general"``.
+    """A dictionary by name: ``"tutorial"``, ``"tutorial-v3"`` or ``"general"``.
+
+    ``"tutorial-v3"`` is the tutorial dictionary in the v3 world's words (pattern backgrounds).
 
     Raises:
         ValueError: For another name, listing the valid ones.
     """
     if name == "tutorial":
         return tutorial_dictionary()
+    if name == "tutorial-v3":  # the v3 world's background words (patterns, not colours)
+        from residual_core.tutorial.world import PATTERN_WORLD
+
+        return tutorial_dictionary(PATTERN_WORLD)
     if name == "general":
         return read_tsv(GENERAL_PATH)
     raise ValueError(f"unknown dictionary {name!r}; valid: {list(DICTIONARIES)}")

@@ -19,9 +19,10 @@ Those are the v1 world's (``residual_core.tutorial.world.DEFAULT_WORLD``, the ea
 model's). The v2 world (``NUISANCE_WORLD``: caption-free continuous nuisance and a ``dark``
 shift; the shipped checkpoint's, and every chapter's) has the same tasks under the
 distributions of ``NUISANCE_DISTRIBUTIONS``, ``world2`` and ``world2_<shift>``, and its
-reference ``world2.reference`` (:func:`distributions`, :func:`reference_name` and
-:func:`downstream_tasks` take the world's name, ``v1`` or ``v2``; :func:`world_of` names the
-world of a dataset).
+reference ``world2.reference``; the v3 world (``PATTERN_WORLD``: v2 with pattern backgrounds)
+the same under ``world3``, ``world3_<shift>`` and ``world3.reference``, with its own background
+class names (:func:`distributions`, :func:`reference_name` and :func:`downstream_tasks` take
+the world's name, ``v1``, ``v2`` or ``v3``; :func:`world_of` names the world of a dataset).
 
 All tasks of one distribution and split share the same images (generated once, cached in
 memory), so one forward pass serves every attribute. Splits ``train``/``val``/``test`` come from
@@ -43,6 +44,7 @@ __all__ = [
     "BLOCK",
     "DISTRIBUTIONS",
     "NUISANCE_DISTRIBUTIONS",
+    "PATTERN_DISTRIBUTIONS",
     "REFERENCE_SIZES",
     "SPLIT_SIZES",
     "WORLD_SEED",
@@ -72,22 +74,31 @@ NUISANCE_DISTRIBUTIONS: dict[str, str | None] = {
     **{f"world2_{shift}": shift for shift in W.NUISANCE_SHIFTS},
 }
 """The same for the v2 world (``NUISANCE_WORLD``)."""
-_REFERENCES = {"v1": "reference", "v2": "reference2"}  # world_split's names of the references
-_WORLD_OF = {**{d: "v1" for d in DISTRIBUTIONS}, **{d: "v2" for d in NUISANCE_DISTRIBUTIONS},
+PATTERN_DISTRIBUTIONS: dict[str, str | None] = {
+    "world3": None,
+    **{f"world3_{shift}": shift for shift in W.NUISANCE_SHIFTS},
+}
+"""The same for the v3 world (``PATTERN_WORLD``: pattern backgrounds)."""
+_BY_WORLD = {"v1": DISTRIBUTIONS, "v2": NUISANCE_DISTRIBUTIONS, "v3": PATTERN_DISTRIBUTIONS}
+_SHIFT_OF = {d: shift for dists in _BY_WORLD.values() for d, shift in dists.items()}
+# world_split's names of the references
+_REFERENCES = {"v1": "reference", "v2": "reference2", "v3": "reference3"}
+_WORLD_OF = {**{d: w for w, dists in _BY_WORLD.items() for d in dists},
              **{r: w for w, r in _REFERENCES.items()}}
 
 
 def distributions(world: str = "v1") -> dict[str, str | None]:
     """The distributions of a named world → their shift.
 
-    ``v1``: :data:`DISTRIBUTIONS`, ``v2``: :data:`NUISANCE_DISTRIBUTIONS`.
+    ``v1``: :data:`DISTRIBUTIONS`, ``v2``: :data:`NUISANCE_DISTRIBUTIONS`, ``v3``:
+    :data:`PATTERN_DISTRIBUTIONS`.
     """
     W.world_config(world)
-    return DISTRIBUTIONS if world == "v1" else NUISANCE_DISTRIBUTIONS
+    return _BY_WORLD[world]
 
 
 def world_of(dataset: str) -> str:
-    """The named world (``v1`` or ``v2``) of a tutorial dataset: ``world2_dark.color`` → ``v2``.
+    """The named world (``v1``/``v2``/``v3``) of a tutorial dataset: ``world2_dark.color``: ``v2``.
 
     Raises:
         ValueError: ``dataset`` is not a tutorial-world dataset (the valid prefixes are named).
@@ -98,7 +109,7 @@ def world_of(dataset: str) -> str:
     distribution = dataset.partition(".")[0]
     if distribution not in _WORLD_OF or distribution in _REFERENCES.values():
         raise ValueError(f"{dataset!r} is not a tutorial-world dataset; valid distributions: "
-                         f"{', '.join([*DISTRIBUTIONS, *NUISANCE_DISTRIBUTIONS])}")
+                         f"{', '.join(_SHIFT_OF)}")
     return _WORLD_OF[distribution]
 
 
@@ -111,16 +122,15 @@ def image_set(dataset: str) -> str:
     references included, is its own.
     """
     distribution, _, task = dataset.partition(".")
-    if task in W.ATTRIBUTES and (distribution in DISTRIBUTIONS
-                                 or distribution in NUISANCE_DISTRIBUTIONS):
+    if task in W.ATTRIBUTES and distribution in _SHIFT_OF:
         return f"{distribution}.{next(iter(W.ATTRIBUTES))}"
     return dataset
 
 
 def reference_name(world: str = "v1") -> str:
-    """The registered name of a world's reference set: ``world.reference``, ``world2.reference``."""
+    """The registered name of a world's reference set: ``world.reference``, ``world2...``."""
     W.world_config(world)
-    return "world.reference" if world == "v1" else "world2.reference"
+    return {"v1": "world.reference", "v2": "world2.reference", "v3": "world3.reference"}[world]
 
 
 def downstream_tasks(world: str = "v1") -> list[str]:
@@ -152,7 +162,7 @@ def world_split(
 
     Args:
         distribution: ``world``, a shifted ``world_<shift>``, or ``reference`` (v1);
-            ``world2``, ``world2_<shift>`` or ``reference2`` (v2).
+            ``world2``, ``world2_<shift>`` or ``reference2`` (v2); the same with 3 (v3).
         split: ``train``, ``val`` or ``test``.
         size: Number of samples.
         config: The world (default: the distribution's; only that one is cached).
@@ -162,7 +172,7 @@ def world_split(
     """
     own = W.WORLDS[_WORLD_OF[distribution]]
     config = own if config is None else config
-    shift = {**DISTRIBUTIONS, **NUISANCE_DISTRIBUTIONS}.get(distribution)
+    shift = _SHIFT_OF.get(distribution)
     key = (distribution, split, size)
     if config is own and key in _WORLD_CACHE:
         return _WORLD_CACHE[key]
@@ -190,7 +200,7 @@ def _world_builder(
             split=split,
             images=images,
             labels=attributes[task],
-            classnames=W.ATTRIBUTES[task],
+            classnames=W.world_config(_WORLD_OF[distribution]).attributes[task],
             templates=W.TEMPLATES[task],
             attributes=attributes,
             scenes=scenes,
@@ -227,7 +237,7 @@ def _build_reference(split: str, size: int | None, world: str = "v1") -> Classif
 def specs() -> list[DatasetSpec]:
     """Every tutorial-world dataset: ``<distribution>.<task>`` for each task, and the reference."""
     out = []
-    for world, version in (("v1", ""), ("v2", " v2")):
+    for world, version in (("v1", ""), ("v2", " v2"), ("v3", " v3")):
         for distribution, shift in distributions(world).items():
             what = (f"base tutorial world{version}" if shift is None
                     else f"tutorial world{version}, {shift} shift")

@@ -267,6 +267,8 @@ def run(loaded: LoadedModel, world: str = "v1", *, reference_size: int = 5000,
 
     # C7/C8: chapter 03's ground-truth and head-view tables (TextSpan on the reference set,
     # probes of the training distribution), as notebooks/03_head_specialization.py builds them.
+    if dictionary == "tutorial" and world == "v3":  # its background words are patterns
+        dictionary = "tutorial-v3"
     words = embedded_dictionary(loaded, dictionary)
     textspan = SP.explain_heads(ref.units, heads, words, n_iters=n_texts, rank=rank)
     probe_chance = SP.chance_levels(test[base].attributes)

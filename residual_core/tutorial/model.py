@@ -87,6 +87,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "v2": {"layers": 8, "width": 192, "head_width": 32, "mlp_ratio": 2.0, "embed_dim": 192,
            "image_size": 64, "patch_size": 16},
 }
+ARCHITECTURES["v3"] = dict(ARCHITECTURES["v2"])  # the pattern-background world: v2's model
 """Image tower and embedding of the tutorial CLIP per world version (the training script's
 defaults for ``--world``). ``v1`` is :data:`TINY_CLIP_CONFIG`'s, the 4-layer model of the
 patch-grid world; ``v2`` is the shipped checkpoint's, 8 layers for the nuisance world (6 heads

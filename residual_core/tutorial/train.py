@@ -418,11 +418,11 @@ def train(args: argparse.Namespace) -> Path:
     """Run (or resume) a training run and save the checkpoint; returns the checkpoint path."""
     torch.set_num_threads(args.threads)
     device = _device(args.device)
-    tokenizer = WordTokenizer(world.vocabulary(), CONTEXT_LENGTH)
+    config = world.world_config(args.world)
+    tokenizer = WordTokenizer(world.vocabulary(config), CONTEXT_LENGTH)
     too_long = world.max_caption_words() + 2 - CONTEXT_LENGTH
     if too_long > 0:
         raise ValueError(f"captions can exceed the context by {too_long} tokens")
-    config = world.world_config(args.world)
     model_cfg = tiny_clip_config(tokenizer.vocab_size, tokenizer.context_length)
     arch = architecture(args)
     if arch != ARCHITECTURES["v1"]:  # the v1 config is built exactly as before
@@ -854,8 +854,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the text tower stays at its random init for this many first steps "
                    "(see train)")
     p.add_argument("--world", choices=list(world.WORLDS), default=SHIPPED_WORLD,
-                   help="world version: v2 (caption-free continuous nuisance, "
-                   "world.NUISANCE_WORLD; the shipped checkpoint's) or v1 (the patch-grid "
+                   help="world: v2 (caption-free continuous nuisance, "
+                   "world.NUISANCE_WORLD; the shipped checkpoint's), v3 (v2 with pattern "
+                   "backgrounds, world.PATTERN_WORLD) or v1 (the patch-grid "
                    "world); it also sets the defaults of --steps and of the architecture "
                    "flags below (model.ARCHITECTURES)")
     p.add_argument("--layers", type=int, default=None,
@@ -908,7 +909,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 SHIPPED_WORLD = "v2"
 """The world of the shipped checkpoint: ``--world``'s default, the only one whose run writes
 over ``model.CHECKPOINT_PATH`` (and its model card) unless ``--out`` says otherwise."""
-WORLD_STEPS = {"v1": 6000, "v2": 1500}
+WORLD_STEPS = {"v1": 6000, "v2": 1500, "v3": 3000}
 """``--steps`` per world: the schedules of the checkpoints trained on them (v2: 1,500 steps kept
 more of the paper's phenomena than 2,000 or 4,000; ``MODEL_CARD.md``, last table)."""
 

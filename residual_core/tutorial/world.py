@@ -1,11 +1,13 @@
 """A procedural image–caption world: one textured object, a background and a row of stars.
 
 Every 64×64 RGB image shows one object with a shape, a colour, a size, a texture and a
-horizontal position (left, center or right of the image); a background colour; and a row of
+horizontal position (left, center or right of the image); a background (a colour, or in v3 a
+pattern); and a row of
 one to four small stars in the bottom 8 pixel rows. Those seven attribute families are what
 captions talk about and what the tasks ask.
 
-The world comes in two **versions** (``WorldConfig.version``; named configs in ``WORLDS``):
+The world comes in two renderer **versions** (``WorldConfig.version``) and three named
+configs (``WORLDS``):
 
 - **v1** (``DEFAULT_WORLD``, ``WORLDS["v1"]``; the earlier 4-layer tiny CLIP's): objects sit
   on the 8-pixel patch grid (centres on patch corners, no size jitter; the vertical position
@@ -28,6 +30,10 @@ The world comes in two **versions** (``WorldConfig.version``; named configs in `
     brightness jitter (``background_jitter``);
 
   and it has one more shift, ``dark`` (dim light with a colour cast).
+- **v3** (``PATTERN_WORLD``, ``WORLDS["v3"]``; renderer version 2): v2 whose background class
+  is a pattern (bare, waves, ribs or tiles, words ``bare``/``wavy``/``ribbed``/``tiled``) in a
+  colour drawn for every image, instead of a colour per class (and no grating): the class is
+  no longer in the image's mean colour, which every head reads.
 
 Why v2: natural images give a ViT's early and middle layers many continuous factors to encode
 that its last layers, aligned with text, discard. A world whose images vary only along the
@@ -81,11 +87,13 @@ import numpy as np
 __all__ = [
     "ATTRIBUTES",
     "DEFAULT_WORLD",
+    "BACKGROUND_STYLES",
     "HIDDEN_BY_SHIFT",
     "IMAGE_SIZE",
     "NUISANCE",
     "NUISANCE_SHIFTS",
     "NUISANCE_WORLD",
+    "PATTERN_WORLD",
     "PREFIXES",
     "SHIFTS",
     "TEMPLATES",
@@ -144,6 +152,11 @@ _DEFAULT_MENTION = {
     "count": 0.3,
 }
 VERSIONS = (1, 2)
+BACKGROUND_STYLES = ("colour", "pattern")
+"""How the background class is drawn: ``colour`` (one colour per class, from
+``background_palette``) or ``pattern`` (v2: bare, horizontal waves, vertical ribs or tiles, in
+a colour drawn at random for every image from ``background_range``; the class cannot be read
+from an image's mean colour)."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +175,8 @@ class WorldConfig:
         sizes: Size words, aligned with ``radii``.
         textures: Texture words (``plain`` first).
         positions: Horizontal position words, aligned with ``x_centres``.
-        backgrounds: Background colour words, aligned with ``background_palette``.
+        backgrounds: Background words, aligned with ``background_palette`` (colour style) or
+            naming the four patterns (pattern style).
         counts: Star-count words for 1, 2, ... stars.
         palette: RGB of each object colour.
         background_palette: RGB of each background.
@@ -191,6 +205,12 @@ class WorldConfig:
         shift_light_range: (v2) brightness range of the ``dark`` shift.
         shift_cast: (v2) per-channel colour cast (uniform in ± this many grey levels) of
             ``dark``.
+        background_style: How the background class is drawn (``BACKGROUND_STYLES``):
+            ``colour`` (``background_palette``) or ``pattern`` (v2 renderer only).
+        background_range: (pattern) uniform range of the background's grey level.
+        shift_background_range: (pattern) the same under the ``palette`` shift.
+        background_tint: (pattern) uniform per-channel tint of the background colour.
+        pattern_amplitude: (pattern) peak amplitude (grey levels) of the background pattern.
         caption_error: Probability that a mentioned value is replaced by a wrong one.
         mention: Per-attribute mention probability (a mapping; stored as sorted pairs).
     """
@@ -251,6 +271,11 @@ class WorldConfig:
     shift_color_jitter: int = 35
     shift_light_range: tuple[float, float] = (0.35, 0.55)
     shift_cast: float = 20.0
+    background_style: str = "colour"
+    background_range: tuple[float, float] = (35.0, 105.0)
+    shift_background_range: tuple[float, float] = (95.0, 165.0)
+    background_tint: float = 25.0
+    pattern_amplitude: float = 50.0
     caption_error: float = 0.0
     mention: Mapping[str, float] | tuple[tuple[str, float], ...] = field(
         default_factory=lambda: tuple(sorted(_DEFAULT_MENTION.items()))
@@ -277,6 +302,12 @@ class WorldConfig:
             raise ValueError("background_palette must match backgrounds")
         if len(self.shift_background_palette) != len(self.backgrounds):
             raise ValueError("shift_background_palette must match backgrounds")
+        if self.background_style not in BACKGROUND_STYLES:
+            raise ValueError(f"unknown background_style {self.background_style!r}; valid: "
+                             f"{', '.join(BACKGROUND_STYLES)}")
+        if self.background_style == "pattern" and (self.version != 2
+                                                   or len(self.backgrounds) != 4):
+            raise ValueError("background_style 'pattern' draws 4 patterns and needs version 2")
         if len(self.shapes) != 5 or len(self.textures) != 4:
             raise ValueError("the renderer draws exactly 5 shapes and 4 textures (in this order)")
         if len(self.radii) != len(self.sizes):
@@ -375,7 +406,19 @@ objects (radii 7/10/13; the 8-layer model had learnt no shape after 1,000 steps 
 and background jitter 8. Candidate P3 was trained on milder photometric nuisance (2, 10, 8, 4);
 the stronger one taught the same architecture shape better (zero-shot 0.67 vs 0.53) and made
 the linear/TwoNN ratio grow with depth, at the price of a higher TwoNN ID in layer 0."""
-WORLDS: dict[str, WorldConfig] = {"v1": DEFAULT_WORLD, "v2": NUISANCE_WORLD}
+PATTERN_WORLD = NUISANCE_WORLD.replace(
+    background_style="pattern",
+    backgrounds=("bare", "wavy", "ribbed", "tiled"),
+    pattern_amplitude=50.0,
+)
+"""The v3 world: v2 with the background class drawn as a pattern (bare, waves, ribs, tiles) in
+a colour drawn anew for every image (grey level in ``background_range``, each channel tinted by
+up to ``background_tint``), in place of one colour per class and the nuisance grating. In v2
+every head reads the background class almost perfectly from the image's mean colour, so a
+linear probe names the background for nearly every head whatever the head specialises in; a
+pattern has no mean colour, so reading it needs a non-linear step and only some units learn it
+(tutorial-model candidates P14–P16, ``assets/prototypes.json``)."""
+WORLDS: dict[str, WorldConfig] = {"v1": DEFAULT_WORLD, "v2": NUISANCE_WORLD, "v3": PATTERN_WORLD}
 """The named worlds (``--world`` of the training script)."""
 
 
@@ -696,6 +739,30 @@ _BLOCK_MAP = ((_YY // 8) * 8 + _XX // 8).astype(np.uint8)  # 8×8-pixel block id
 _BG, _LIGHT, _DARK, _STAR, _SPECK = 0, 1, 2, 3, 4  # labels; specks 4..4+k-1, clutter after
 
 
+def _pattern(kind: np.ndarray, grating: np.ndarray, amplitude: float,
+             amp_max: float) -> np.ndarray:
+    """(n, H, W) background pattern of each class: bare, waves, ribs or tiles.
+
+    The per-image grating draws set the pattern's tilt (within ±15°), period and phase, and
+    scale its amplitude between 0.6 and 1 of ``amplitude`` (``amp_max``: the grating's
+    largest), so that only the kind of pattern, not its exact look, tells the class.
+    """
+    theta, period, phase, amp = (grating[:, i] for i in range(4))
+    tilt = (theta / np.pi - 0.5) * np.deg2rad(30.0)
+    cos, sin = np.cos(tilt)[:, None, None], np.sin(tilt)[:, None, None]
+    along_y = (_YY[None] * cos + _XX[None] * sin)  # (n, H, W) rows, tilted
+    along_x = (_XX[None] * cos - _YY[None] * sin)
+    k = (2 * np.pi / period)[:, None, None]
+    ph = phase[:, None, None]
+    waves, ribs = np.sin(k * along_y + ph), np.sin(k * along_x + ph)
+    # smooth, no edges; √2 gives the same RMS as the waves
+    tiles = np.sqrt(2) * np.sin(k * along_y + ph) * np.sin(k * along_x + 2 * ph)
+    kind = kind[:, None, None]
+    wave = np.where(kind == 1, waves, np.where(kind == 2, ribs, np.where(kind == 3, tiles, 0.0)))
+    scale = amplitude * (0.6 + 0.4 * np.clip(amp / max(amp_max, 1e-6), 0, 1))
+    return (scale[:, None, None] * wave).astype(np.float32)
+
+
 def _grating(grating: np.ndarray) -> np.ndarray:
     """(n, H, W) background grating, from separable sines (cheaper than one sine per pixel)."""
     theta, period, phase, amp = (grating[:, i] for i in range(4))
@@ -735,7 +802,14 @@ def _render_chunk_v2(scenes: Scenes, rng: np.random.Generator) -> np.ndarray:
                             else cfg.background_palette, np.float32)
         jitter = cfg.shift_color_jitter if shift == "palette" else cfg.color_jitter
         bj = cfg.background_jitter
-        table[:, _BG] = bg_pal[scenes.background] + rng.uniform(-bj, bj, (n, 1)).astype(np.float32)
+        if cfg.background_style == "pattern":
+            lo, hi = cfg.shift_background_range if shift == "palette" else cfg.background_range
+            tint = cfg.background_tint
+            table[:, _BG] = (rng.uniform(lo, hi, (n, 1))
+                             + rng.uniform(-tint, tint, (n, 3))).astype(np.float32)
+        else:
+            table[:, _BG] = (bg_pal[scenes.background]
+                             + rng.uniform(-bj, bj, (n, 1)).astype(np.float32))
         color = palette[scenes.color] + rng.uniform(-jitter, jitter, (n, 3)).astype(np.float32)
         table[:, _LIGHT] = color
         table[:, _DARK] = color * np.float32(cfg.texture_shade)
@@ -747,7 +821,10 @@ def _render_chunk_v2(scenes: Scenes, rng: np.random.Generator) -> np.ndarray:
             blocks = rng.integers(0, 256, (n, 64, 3)).astype(np.float32)
             table[:, _SPECK + k:] = 0.5 * blocks + 0.5 * table[:, _BG:_BG + 1]
             labels = np.where(labels == _BG, _BLOCK_MAP + np.uint8(_SPECK + k), labels)
-        else:
+        if cfg.background_style == "pattern":  # the class pattern, under clutter too
+            wave = _pattern(scenes.background, scenes.grating, cfg.pattern_amplitude,
+                            cfg.grating_amplitude)
+        elif not clutter:
             wave = _grating(scenes.grating)
         pattern = _texture_mask(scenes.texture, u, v, scenes.phase)
         labels = np.where(mask, pattern.view(np.uint8) + np.uint8(_LIGHT), labels)
@@ -764,7 +841,8 @@ def _render_chunk_v2(scenes: Scenes, rng: np.random.Generator) -> np.ndarray:
     flat = labels.astype(np.intp) + (np.arange(n) * table.shape[1])[:, None, None]
     img = table.reshape(-1, 3)[flat]  # (n, H, W, 3) int16
     if wave is not None:
-        img += np.where(labels == _BG, np.rint(wave), 0).astype(np.int16)[..., None]
+        behind = labels == _BG if not clutter else (labels == _BG) | (labels >= _SPECK + k)
+        img += np.where(behind, np.rint(wave), 0).astype(np.int16)[..., None]
     std = cfg.shift_noise_std if shift == "noise" else cfg.noise_std
     half_width = int(round(std * np.sqrt(3.0)))  # uniform noise with standard deviation ≈ std
     if half_width > 0:
