@@ -417,7 +417,7 @@ up to ``background_tint``), in place of one colour per class and the nuisance gr
 every head reads the background class almost perfectly from the image's mean colour, so a
 linear probe names the background for nearly every head whatever the head specialises in; a
 pattern has no mean colour, so reading it needs a non-linear step and only some units learn it
-(tutorial-model candidates P14–P16, ``assets/prototypes.json``)."""
+(what it did to the tutorial model's claims: the README's "Status of the tutorial model")."""
 WORLDS: dict[str, WorldConfig] = {"v1": DEFAULT_WORLD, "v2": NUISANCE_WORLD, "v3": PATTERN_WORLD}
 """The named worlds (``--world`` of the training script)."""
 
