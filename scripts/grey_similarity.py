@@ -24,27 +24,16 @@ import pandas as pd
 import torch
 
 from residual_core.analysis.geometry import subspace_similarity
-from residual_core.core.decompose import UnitProjector, decompose
 from residual_core.core.spectral import unit_pca
-from residual_core.core.units import Units, label_table
 from residual_core.data import world as WD
 from residual_core.data.registry import load_dataset
 from residual_core.models.loading import load_tutorial_checkpoint
-from residual_core.tutorial.model import CHECKPOINT_PATH, images_to_tensor, record_world
+from residual_core.runner.diagnose import encode, encode_images
+from residual_core.tutorial.model import CHECKPOINT_PATH, record_world
 from residual_core.tutorial.world import ATTRIBUTES
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 """ITU-R 601 luma weights (R, G, B)."""
-
-
-@torch.no_grad()
-def encode(model: torch.nn.Module, images: np.ndarray, batch_size: int = 250) -> Units:
-    """Decompose uint8 ``(n, H, W, 3)`` images into the model's labelled units."""
-    projector = UnitProjector.from_model(model)
-    pixels = model.visual.image_size[0]
-    parts = [decompose(model, images_to_tensor(list(images[i:i + batch_size]), pixels),
-                       projector=projector) for i in range(0, len(images), batch_size)]
-    return Units(torch.cat([p.data for p in parts]), parts[0].labels, parts[0].layout)
 
 
 def grey(images: np.ndarray) -> np.ndarray:
@@ -72,10 +61,9 @@ def main(argv: list[str] | None = None) -> None:
         task = f"{dist}.{next(iter(ATTRIBUTES))}"  # any task of a distribution: same images
         return np.asarray(load_dataset(task, "train", size=args.size).images[:args.size])
 
-    ref = encode(loaded.model, np.asarray(
-        load_dataset(WD.reference_name(world), "train", size=args.reference_size).images))
+    ref = encode(loaded, WD.reference_name(world), "train", args.reference_size).units
     ref_pca = unit_pca(ref)
-    heads = [u for u in ref.labels if label_table([u]).kind[0] == "head"]
+    heads = ref.layout.heads()
     plain = images(base)
     sets = {"training distribution": plain, "greyscale copies": grey(plain),
             "inverted greyscale copies": 255 - grey(plain)}
@@ -84,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
             sets[f"{shift} shift"] = images(dist)
     rows = []
     for name, imgs in sets.items():
-        sim = pd.Series(subspace_similarity(ref_pca, unit_pca(encode(loaded.model, imgs))).numpy(),
+        sim = pd.Series(subspace_similarity(ref_pca, unit_pca(encode_images(loaded, imgs))).numpy(),
                         index=list(ref_pca.labels))
         rows.append({"images": name,
                      "median_head_similarity": round(float(sim[heads].median()), 3)})

@@ -198,3 +198,21 @@ def test_nuisance_profile_script_switches_off_only_its_group():
     layout = record["model_cfg"]["vision_cfg"]
     n_heads = layout["layers"] * layout["width"] // layout["head_width"]
     assert heads.data.shape[:2] == (6, n_heads) and all(h.startswith("L") for h in heads.labels)
+
+
+def test_grey_similarity_script_makes_luma_copies():
+    """Greyscale copies carry ITU-R 601 luma in all three channels (hand-computed values)."""
+    import importlib.util
+
+    import numpy as np
+
+    path = Path(__file__).parents[1] / "scripts" / "grey_similarity.py"
+    spec = importlib.util.spec_from_file_location("grey_similarity", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    pixels = np.array([[[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]]]], np.uint8)
+    out = script.grey(pixels)
+    assert out.dtype == np.uint8 and out.shape == pixels.shape
+    # 0.299·255 = 76.2, 0.587·255 = 149.7, 0.114·255 = 29.1, white stays 255
+    assert out[0, 0, :, 0].tolist() == [76, 150, 29, 255]
+    assert (out == out[..., :1]).all()

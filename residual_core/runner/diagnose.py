@@ -46,8 +46,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import UInt8
 
 from residual_core.analysis import alignment as AL
 from residual_core.analysis import claims as C
@@ -116,15 +118,21 @@ def zero_shot_target(n_classes: int) -> float:
 
 
 @torch.no_grad()
+def encode_images(loaded: LoadedModel, images: UInt8[np.ndarray, "n height width 3"],
+                  batch_size: int = 250) -> Units:
+    """Decompose uint8 ``(H, W, 3)`` images into the model's labelled units (in memory)."""
+    projector = UnitProjector.from_model(loaded.model)
+    pixels = loaded.model.visual.image_size[0]  # open_clip keeps (height, width)
+    parts = [decompose(loaded.model, images_to_tensor(images[i:i + batch_size], pixels),
+                       projector=projector) for i in range(0, len(images), batch_size)]
+    return Units(torch.cat([p.data for p in parts]), parts[0].labels, parts[0].layout)
+
+
 def encode(loaded: LoadedModel, dataset: str, split: str, size: int,
            batch_size: int = 250) -> Encoded:
     """Decompose the images of a registered tutorial dataset split (in memory, no cache)."""
     ds = load_dataset(dataset, split, size=size)
-    projector = UnitProjector.from_model(loaded.model)
-    pixels = loaded.model.visual.image_size[0]  # open_clip keeps (height, width)
-    parts = [decompose(loaded.model, images_to_tensor(ds.images[i:i + batch_size], pixels),
-                       projector=projector) for i in range(0, len(ds), batch_size)]
-    units = Units(torch.cat([p.data for p in parts]), parts[0].labels, parts[0].layout)
+    units = encode_images(loaded, ds.images, batch_size)
     return Encoded(units, {k: torch.as_tensor(v) for k, v in (ds.attributes or {}).items()})
 
 
