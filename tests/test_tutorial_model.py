@@ -176,8 +176,10 @@ def test_shipped_checkpoint_decomposes_exactly():
     assert len(dec.labels) == 1 + layers + layers * heads  # embedding, MLPs, heads
 
 
-def test_resumed_training_matches_uninterrupted(tmp_path, monkeypatch):
-    """A run that crashes after a periodic save and is resumed ends with the same weights."""
+@pytest.mark.parametrize("options", [[], ["--drop-path", "0.3"]], ids=["plain", "drop-path"])
+def test_resumed_training_matches_uninterrupted(tmp_path, monkeypatch, options):
+    """A run that crashes after a periodic save and is resumed ends with the same weights
+    (with stochastic depth too: its masks are drawn from the step, not from a running RNG)."""
     from safetensors.torch import load_file
 
     from residual_core.tutorial import train as train_mod
@@ -186,7 +188,8 @@ def test_resumed_training_matches_uninterrupted(tmp_path, monkeypatch):
         out = tmp_path / name / "m.safetensors"
         args = train_mod.parse_args(["--steps", "4", "--warmup", "1", "--batch-size", "4",
                                      "--threads", "1", "--ckpt-every", "2", "--out", str(out),
-                                     "--work-dir", str(tmp_path / name / "work"), *extra])
+                                     "--work-dir", str(tmp_path / name / "work"), *options,
+                                     *extra])
         train_mod.train(args)
         return out
 
@@ -206,6 +209,44 @@ def test_resumed_training_matches_uninterrupted(tmp_path, monkeypatch):
     resumed = load_file(str(run("b", ["--resume"])))
     for key, value in straight.items():
         torch.testing.assert_close(resumed[key], value, msg=f"{key} differs after resume")
+
+
+def test_drop_path_drops_whole_branches_per_sample(tiny_model):
+    """Stochastic depth: in training each sample keeps a block's branch with probability 1 − p
+    (scaled by 1 / (1 − p)) or loses it; in eval mode, and once removed, the tower is unchanged."""
+    from residual_core.tutorial.train import DropPath
+
+    model, _ = tiny_model
+    x = torch.randn(2000, 5, 64)
+    block = model.visual.transformer.resblocks[1]  # the last of 2 blocks: p = rate
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        ref = model.visual(images)
+    drop = DropPath(model.visual, 0.25, seed=0)
+    assert drop.rates == [0.0, 0.25] and len(drop.handles) == 2  # block 0 never dropped
+    try:
+        block.ls_1.train()
+        drop.at(7)
+        out = block.ls_1(x)
+        kept = torch.isclose(out, x / 0.75).all(dim=(1, 2))
+        dropped = (out == 0).all(dim=(1, 2))
+        assert bool((kept | dropped).all())  # whole samples, nothing in between
+        assert abs(dropped.float().mean().item() - 0.25) < 0.03  # Bernoulli(0.25), n = 2000
+        drop.at(7)
+        assert torch.equal(block.ls_1(x), out)  # the same step draws the same masks
+        block.ls_1.eval()
+        assert torch.equal(block.ls_1(x), x)
+    finally:
+        block.ls_1.eval()
+        drop.remove()
+    model.train()  # no hook left: training mode computes what eval mode did
+    try:
+        with torch.no_grad():
+            torch.testing.assert_close(model.visual(images), ref)  # eval: fused attention
+    finally:
+        model.eval()
+    with pytest.raises(ValueError, match="drop-path"):
+        DropPath(model.visual, 1.0, seed=0)
 
 
 def test_training_at_another_input_size_records_and_loads_it(tmp_path, monkeypatch):

@@ -353,6 +353,48 @@ def clip_loss(
     return loss
 
 
+class DropPath:
+    """Stochastic depth on the image tower with DeiT's linear schedule, as forward hooks.
+
+    In training mode the attention and the MLP branch of block ``i`` of ``L`` are each dropped
+    for a sample with probability ``rate · i / (L − 1)`` (block 0 never) and scaled by
+    ``1 / (1 − p)`` otherwise. The hooks sit on the blocks' ``ls_1``/``ls_2`` (the branch
+    outputs), so the weights saved and the model in eval mode are plain open_clip. Masks come
+    from a generator reseeded from ``(seed, step)`` before each step (:meth:`at`), so a resumed
+    run draws the same masks.
+    """
+
+    def __init__(self, visual: nn.Module, rate: float, seed: int) -> None:
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"--drop-path must be in [0, 1), got {rate}")
+        blocks = visual.transformer.resblocks
+        self.seed = seed
+        self.generator = torch.Generator()
+        self.rates = [rate * i / max(len(blocks) - 1, 1) for i in range(len(blocks))]
+        self.handles = [branch.register_forward_hook(self._hook(p))
+                        for block, p in zip(blocks, self.rates, strict=True) if p > 0
+                        for branch in (block.ls_1, block.ls_2)]
+
+    def at(self, step: int) -> None:
+        """Reseed the masks for training step ``step``."""
+        state = np.random.SeedSequence([self.seed, step, 0xD209]).generate_state(1)
+        self.generator.manual_seed(int(state[0]))
+
+    def _hook(self, p: float) -> Any:
+        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+            if not module.training:
+                return None
+            keep = torch.rand(output.shape[0], generator=self.generator) >= p
+            scale = keep.to(output.dtype).to(output.device) / (1.0 - p)
+            return output * scale.view(-1, *([1] * (output.ndim - 1)))
+        return hook
+
+    def remove(self) -> None:
+        """Take the hooks off (the model is plain open_clip again)."""
+        for handle in self.handles:
+            handle.remove()
+
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices only (not gains, biases, embeddings or the logit scale)."""
     decay, no_decay = [], []
@@ -434,6 +476,7 @@ def train(args: argparse.Namespace) -> Path:
         # Position embeddings start ~4x smaller than world patch embeddings; see the module
         # docstring ("stronger position embeddings").
         model.visual.positional_embedding.mul_(args.pos_embed_scale)
+    drop_path = DropPath(model.visual, args.drop_path, args.seed) if args.drop_path else None
     optimizer = torch.optim.AdamW(
         _param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98), eps=1e-6
     )
@@ -445,7 +488,7 @@ def train(args: argparse.Namespace) -> Path:
         state = torch.load(state_path, map_location=device, weights_only=False)
         keys = ("steps", "batch_size", "seed", "lr", "warmup", "weight_decay", "hard_negatives",
                 "text_negatives", "init_logit_scale", "attribute_captions", "pos_embed_scale",
-                "freeze_text_steps")
+                "freeze_text_steps", "drop_path")
         changed = {k: (state["args"].get(k, 0.0), getattr(args, k)) for k in keys
                    if state["args"].get(k, 0.0) != getattr(args, k)}
         # States of runs from before --world were v1 runs of the v1 architecture.
@@ -477,6 +520,8 @@ def train(args: argparse.Namespace) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = lr
         images, texts, neg_texts, neg_valid, phrases = training_batch(step, args, config)
+        if drop_path is not None:
+            drop_path.at(step)
         negatives = valid = None
         if neg_texts is not None:
             negatives = tokenizer(neg_texts).to(device)
@@ -511,6 +556,8 @@ def train(args: argparse.Namespace) -> Path:
     total_s = elapsed + time.perf_counter() - t0
     _save_state(state_path, snapshot(done))
 
+    if drop_path is not None:
+        drop_path.remove()
     out = Path(args.out)
     tail = [r["loss"] for r in history[-50:]]
     metadata = {
@@ -525,6 +572,7 @@ def train(args: argparse.Namespace) -> Path:
         "attribute_captions": args.attribute_captions,
         "pos_embed_scale": args.pos_embed_scale,
         "freeze_text_steps": args.freeze_text_steps,
+        "drop_path": args.drop_path,
         "seed": args.seed,
         "optimizer": f"AdamW(betas=(0.9, 0.98), eps=1e-6, weight_decay={args.weight_decay})",
         "lr": args.lr,
@@ -738,8 +786,10 @@ def write_model_card(path: Path = CHECKPOINT_PATH, probes: bool = True) -> Path:
         f"attribute captions {'on' if meta.get('attribute_captions') else 'off'}, initial "
         f"logit scale {meta.get('init_logit_scale', 1 / 0.07):.1f}, image position embeddings "
         f"×{_pos_embed_scale(meta):g} at init, text tower frozen for the first "
-        f"{meta.get('freeze_text_steps', 0)} steps (see the module docstring "
-        "of `residual_core.tutorial.train`)",
+        f"{meta.get('freeze_text_steps', 0)} steps"
+        + (f", image-tower stochastic depth {meta['drop_path']:g} at the last block"
+           if meta.get("drop_path") else "")
+        + " (see the module docstring of `residual_core.tutorial.train`)",
         f"- Final loss (mean of the last 50 steps): {meta.get('final_loss_mean_last_50', 0):.3f} "
         + (f"(chance level of the plain CLIP loss ln({meta.get('batch_size')}) = "
            f"{math.log(meta.get('batch_size') or 1):.3f})"
@@ -848,6 +898,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(see attribute_loss)")
     p.add_argument("--init-logit-scale", type=float, default=1 / 0.07,
                    help="initial softmax scale (CLIP: 1/0.07; learnt, clamped at 100)")
+    p.add_argument("--drop-path", type=float, default=0.0,
+                   help="stochastic depth of the image tower's last block (DeiT's linear "
+                   "schedule from 0 at block 0; 0: off)")
     p.add_argument("--pos-embed-scale", type=float, default=3.0,
                    help="multiplies the initial image position embeddings (see train)")
     p.add_argument("--freeze-text-steps", type=int, default=500,
