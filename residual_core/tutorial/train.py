@@ -49,7 +49,10 @@ embedding 192; v1: 4 layers of width 128, 4 heads, MLP ×4, 8-pixel patches, emb
 it. Only a run on the shipped world writes over the shipped checkpoint by default; a v1 run
 goes to ``.cache/tutorial_v1/`` unless ``--out``/``--work-dir`` say otherwise.
 ``--snapshot-every`` also saves the weights of a long run every so many steps, for watching it
-with the diagnostic (``python -m residual_core.runner.diagnose``).
+with the diagnostic (``python -m residual_core.runner.diagnose``). ``--drop-path p`` adds
+stochastic depth to the image tower (``DropPath``; off by default: with 0.1 on the shipped
+recipe the early attention layers' direct effect grew and shape was not learnt, candidate
+``P11 + drop path 0.1`` of the model card).
 """
 
 from __future__ import annotations
