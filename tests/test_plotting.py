@@ -101,5 +101,6 @@ def test_task_label_drops_only_the_world_prefix():
     assert task_label("world.reference") == "reference"
     assert task_label("world2_dark.count") == "dark.count"
     assert task_label("world2.reference") == "reference"
+    assert task_label("world3_sketch.shape") == "sketch.shape"  # the v3 world's datasets
     assert task_label("eurosat") == "eurosat"
     assert task_label("worldwide.x") == "worldwide.x"

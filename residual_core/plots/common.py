@@ -21,12 +21,12 @@ __all__ = [
 
 
 def task_label(task: str) -> str:
-    """A dataset name for tables and axes: the tutorial's ``world`` (``world2``) prefix dropped.
+    """A dataset name for tables and axes: the tutorial world's prefix (``world2_``...) dropped.
 
     ``"world.color"`` → ``"color"``, ``"world2_clutter.color"`` → ``"clutter.color"``; other
     names (paper datasets) are returned unchanged.
     """
-    return re.sub(r"^world2?[._]", "", task)
+    return re.sub(r"^world[23]?[._]", "", task)
 
 
 def log_norm(values: np.ndarray, limits: tuple[float | None, float | None] | None):
