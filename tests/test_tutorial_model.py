@@ -249,6 +249,16 @@ def test_drop_path_drops_whole_branches_per_sample(tiny_model):
         DropPath(model.visual, 1.0, seed=0)
 
 
+@pytest.mark.parametrize("rate", ["1", "-0.2"])
+def test_drop_path_flag_refuses_rates_outside_0_1(rate, capsys):
+    from residual_core.tutorial.train import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--drop-path", rate])
+    assert f"--drop-path must be in [0, 1) (a drop probability), got {float(rate):g}" in (
+        capsys.readouterr().err)
+
+
 def test_training_at_another_input_size_records_and_loads_it(tmp_path, monkeypatch):
     """--image-size: the tower is built for it, trained on resized renders, loaded with it."""
     from residual_core.models.loading import load_tutorial_checkpoint

@@ -949,6 +949,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--card-only", action="store_true",
                    help="only rewrite MODEL_CARD.md from the checkpoint at --out")
     args = p.parse_args(argv)
+    if not 0.0 <= args.drop_path < 1.0:  # refused before the model is built
+        p.error(f"--drop-path must be in [0, 1) (a drop probability), got {args.drop_path:g}")
     for key, value in ARCHITECTURES[args.world].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
