@@ -53,6 +53,7 @@ size = 2000  # images per compared dataset (chapters 03–05's train size: read,
 threshold = 0.9  # explained variance at which the bases are cut (the paper's 90%)
 weighted = True  # weight directions by their variance (the paper's choice)
 seed = 0  # seed of the random bases of the chance level
+grayscale_check = True  # also compare the first `same` dataset's images with colour removed
 batch_size = 256
 centering = "shared"  # final LayerNorm mean split over units: "shared" (the authors') or "per-unit"
 device = "cpu"
@@ -242,7 +243,42 @@ display(geo.weighting_robustness(ref_pca, pcas, threshold, weighted, seed, simil
 #   of this chapter), both scores compare little more than the leading direction; they are then
 #   close to 1 for almost any input, and the control can only separate weakly. Compare the
 #   gaps between datasets, not just the verdicts.
+
+# %% [markdown]
+# ## Colour alone
 #
+# A shifted distribution usually changes several things at once: a sketch has no colour, no
+# texture and a blank page. To separate colour from the rest, the images of the reference's own
+# distribution (the first of `same`) are compared once more with only their colour removed:
+# every pixel's luminance copied into all three channels, the scene untouched. If this
+# colour-free copy lands as far from the reference subspaces as the control, colour alone
+# moves the heads that much, and any colourless distribution will score low whatever it
+# keeps of the scene.
+
+# %%
+if grayscale_check:
+    source = datasets[same[0]] if same else reference
+    gray_pca = geo.grayscale_pca(loaded, rc.load_dataset(source, split, size=size),
+                                 batch_size=batch_size, centering=centering, device=device)
+    gray_name = f"{same[0] if same else reference} without colour"
+    medians = geo.head_medians(similarity)
+    gray = geo.head_medians(geo.similarity_table(ref_pca, {gray_name: gray_pca}, threshold,
+                                                 weighted))
+    display(pd.concat([medians, gray]).sort_values(ascending=False)
+            .rename("heads: median similarity").to_frame())
+    if control in medians:
+        side = "below" if gray[gray_name] < medians[control] else "above"
+        print(f"{gray_name}: {gray[gray_name]:.3f}, {side} the control {control!r} "
+              f"({medians[control]:.3f})")
+
+# %% [markdown]
+# *Where the colour-free row sits between the reference's own images and the control is how
+# much of a colourless shift's distance colour alone explains. A colour-free row below the
+# control says that removing colour moves this model's heads further than noise images do: a
+# colourless shift such as the sketch is then expected below the control too, and a failing
+# C6 says more about colour than about what the shift does to the scene.*
+
+# %% [markdown]
 # ## Summary
 #
 # - Each unit's 90% principal subspace is computed on the reference and on every distribution,

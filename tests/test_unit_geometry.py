@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 from open_clip.transformer import VisionTransformer
+from PIL import Image
 from torch.utils.data import Dataset
 
 from residual_core.analysis.geometry import (
@@ -14,6 +15,8 @@ from residual_core.analysis.geometry import (
     components_needed,
     depth_profile,
     distinct_pairs,
+    grayscale,
+    grayscale_pca,
     head_medians,
     id_ranges,
     intrinsic_dimension_table,
@@ -28,10 +31,12 @@ from residual_core.analysis.geometry import (
     variance_ratio,
     weighting_robustness,
 )
+from residual_core.core.decompose import decompose
 from residual_core.core.intrinsic_dim import twonn
 from residual_core.core.spectral import unit_pca
 from residual_core.core.store import build_store
 from residual_core.core.units import UnitLayout, Units, unit_grid
+from residual_core.data.base import ClassificationDataset
 
 
 def gen(seed: int) -> torch.Generator:
@@ -290,3 +295,34 @@ def test_twonn_halves_and_id_ranges(known_store: FakeStore):
     assert ranges.index.tolist() == ["head", "mlp"]
     assert ranges.loc["head", ["linear_min", "linear_max"]].tolist() == [1, 4]
     assert ranges.loc["mlp", "linear_median"] == 5.5
+
+
+def pil_luma(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601-2 luma in PIL's fixed-point form, written out independently of PIL."""
+    r, g, b = (rgb[..., i].astype(np.int64) for i in range(3))
+    luma = ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
+    return np.repeat(luma[..., None], 3, -1)
+
+
+def test_grayscale_is_luma_in_every_channel():
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    out = np.asarray(grayscale(Image.fromarray(rgb, "RGB")))
+    np.testing.assert_array_equal(out, pil_luma(rgb))
+
+
+def test_grayscale_pca_equals_the_pca_of_greyed_images(loaded):
+    rgb = np.random.default_rng(1).integers(0, 256, (40, 64, 64, 3), dtype=np.uint8)
+    colour = ClassificationDataset("planted", "train", rgb, np.zeros(40), ["x"], ["{}"])
+    got = grayscale_pca(loaded, colour, batch_size=16)  # three batches, the last one short
+
+    def plain_pca(images: np.ndarray):
+        x = torch.stack([loaded.preprocess(Image.fromarray(im, "RGB")) for im in images])
+        return unit_pca(decompose(loaded.model, x))
+
+    want = plain_pca(pil_luma(rgb))
+    assert got.labels == want.labels
+    torch.testing.assert_close(got.explained_variance, want.explained_variance,
+                               rtol=1e-4, atol=1e-6)
+    assert (subspace_similarity(got, want) > 0.999).all()
+    # Colour matters to a random tower too: the coloured images' subspaces are not these.
+    assert (subspace_similarity(plain_pca(rgb), want) < 0.999).any()

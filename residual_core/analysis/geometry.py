@@ -10,18 +10,22 @@ claim holds on them, so chapters print them instead of hard-coding any.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
+from PIL import Image
 from torch import Tensor
 
+from residual_core.core.decompose import UnitProjector, decompose
 from residual_core.core.intrinsic_dim import linear_id, twonn_curve
-from residual_core.core.spectral import PCAResult, spectral_similarity_matrix
-from residual_core.core.units import label_table
+from residual_core.core.model import LoadedModel
+from residual_core.core.spectral import PCAResult, spectral_similarity_matrix, unit_pca
+from residual_core.core.units import Units, label_table
+from residual_core.data.base import ClassificationDataset
 
 __all__ = [
     "TwoNNFit",
@@ -306,6 +310,45 @@ def variance_ratio(reference: PCAResult, pcas: Mapping[str, PCAResult],
 
     base = total(reference)
     return _kind_summary({name: total(pca) / base for name, pca in pcas.items()}, pcas, kind)
+
+
+def grayscale(image: Image.Image) -> Image.Image:
+    """The image with its colour removed: ITU-R 601 luma copied into all three channels."""
+    return image.convert("L").convert("RGB")
+
+
+@torch.no_grad()
+def grayscale_pca(loaded: LoadedModel, dataset: ClassificationDataset, *,
+                  batch_size: int = 256, centering: str = "shared",
+                  device: str | torch.device | None = None) -> PCAResult:
+    """Per-unit PCA of a dataset's images with their colour removed (:func:`grayscale`).
+
+    Against the reference subspace it separates what losing colour alone does to a unit from
+    what a shift's other changes do: a sketch, say, loses colour *and* texture and background.
+    The images are converted before the model's preprocessing, decomposed batch by batch and
+    not cached.
+
+    Args:
+        loaded: The model.
+        dataset: Images without a transform (:func:`~residual_core.data.load_dataset`).
+        batch_size: Images per forward pass.
+        centering: As in :func:`~residual_core.core.decompose.decompose`.
+        device: Where to run (default: the model's device).
+
+    Returns:
+        The per-unit PCA, labelled as the model's units.
+    """
+    device = device or loaded.device
+    projector = UnitProjector.from_model(loaded.model, centering).to(device)
+
+    def batches() -> Iterator[Units]:
+        for start in range(0, len(dataset), batch_size):
+            stop = min(start + batch_size, len(dataset))
+            x = torch.stack([loaded.preprocess(grayscale(dataset.image(i)))
+                             for i in range(start, stop)]).to(device)
+            yield decompose(loaded.model, x, projector=projector)
+
+    return unit_pca(batches())
 
 
 def similarity_table(reference: PCAResult, pcas: Mapping[str, PCAResult],
