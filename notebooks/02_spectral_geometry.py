@@ -234,7 +234,8 @@ display(geo.weighting_robustness(ref_pca, pcas, threshold, weighted, seed, simil
 # - A dataset on which the heads hardly vary (a variance ratio far below 1 in the second table
 #   of "Principal subspaces on every distribution") gives subspaces set by what little varies
 #   on it: its low similarity says the images barely move the heads, not that they move them
-#   elsewhere. If that dataset is not the control, C6 fails for that reason.
+#   elsewhere. If that dataset is not the control, C6 fails for that reason; "Colour alone"
+#   below tells whether losing colour is what moves the heads.
 # - A weighted score is dominated by the leading directions. A unit whose first component
 #   carries most of its variance (high EVR of PC1 in the previous chapter) can score high from
 #   that one direction alone. The last table compares with the other weighting: if the order
