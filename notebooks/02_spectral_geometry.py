@@ -258,10 +258,10 @@ display(geo.weighting_robustness(ref_pca, pcas, threshold, weighted, seed, simil
 
 # %%
 if grayscale_check:
-    source = datasets[same[0]] if same else reference
+    name, source = (same[0], datasets[same[0]]) if same else (reference, reference)
     gray_pca = geo.grayscale_pca(loaded, rc.load_dataset(source, split, size=size),
                                  batch_size=batch_size, centering=centering, device=device)
-    gray_name = f"{same[0] if same else reference} without colour"
+    gray_name = f"{name} without colour"
     medians = geo.head_medians(similarity)
     gray = geo.head_medians(geo.similarity_table(ref_pca, {gray_name: gray_pca}, threshold,
                                                  weighted))

@@ -330,7 +330,8 @@ def grayscale_pca(loaded: LoadedModel, dataset: ClassificationDataset, *,
 
     Args:
         loaded: The model.
-        dataset: Images without a transform (:func:`~residual_core.data.load_dataset`).
+        dataset: The images (:func:`~residual_core.data.load_dataset`); a transform it
+            has is replaced by greyscale then the model's preprocessing.
         batch_size: Images per forward pass.
         centering: As in :func:`~residual_core.core.decompose.decompose`.
         device: Where to run (default: the model's device).
@@ -340,13 +341,12 @@ def grayscale_pca(loaded: LoadedModel, dataset: ClassificationDataset, *,
     """
     device = device or loaded.device
     projector = UnitProjector.from_model(loaded.model, centering).to(device)
+    grey = dataset.with_transform(lambda image: loaded.preprocess(grayscale(image)))
 
     def batches() -> Iterator[Units]:
-        for start in range(0, len(dataset), batch_size):
-            stop = min(start + batch_size, len(dataset))
-            x = torch.stack([loaded.preprocess(grayscale(dataset.image(i)))
-                             for i in range(start, stop)]).to(device)
-            yield decompose(loaded.model, x, projector=projector)
+        for start in range(0, len(grey), batch_size):
+            x, _ = grey.batch(range(start, min(start + batch_size, len(grey))))
+            yield decompose(loaded.model, x.to(device), projector=projector)
 
     return unit_pca(batches())
 
