@@ -59,6 +59,8 @@ def test_chapter_defaults_presets_and_sweep_grids_pass():
     ("05", {"lrs": {"residual": 0.1}}, "key 'residual' is not a variant (did you mean"),
     ("05", {"lambda_variant": "ResiDual"}, "lambda_variant='ResiDual': is not a variant"),
     ("02", {"control": "randm"}, "is not a key of the datasets parameter (did you mean 'random'"),
+    ("02", {"same": ["wrld"]}, "item 0 ('wrld') is not a key of the datasets parameter (did "
+                               "you mean 'world'"),
     ("03", {"centering": "mean"}, "centering='mean': is not a centring"),
     ("03", {"span": 3}, "span=3: expects a TextSpan span; got the int 3"),
 ])

@@ -236,6 +236,7 @@ DATASET = Rule("str", names=_datasets, what="a dataset of residual_core.data.lis
 VARIANT = Rule("str", names=_variants, what="a variant")
 SPLIT = Rule("str", names=_splits, what="a split")
 IMAGES = _int(1, "the dataset's default for the split")
+DATASET_KEY = Rule("str", names=_dataset_keys, what="a key of the datasets parameter")
 TEXT = Rule("str")
 
 RULES: dict[str, Rule] = {
@@ -257,7 +258,8 @@ RULES: dict[str, Rule] = {
     "default_task": TEXT,
     "task_families": Rule("dict", keys=TEXT, item=TEXT),
     "datasets": Rule("dict", keys=TEXT, item=DATASET, nonempty=True),
-    "control": Rule("str", names=_dataset_keys, what="a key of the datasets parameter"),
+    "control": DATASET_KEY,
+    "same": Rule("list", item=DATASET_KEY),
     "split": SPLIT,
     "reference_split": SPLIT,
     "size": IMAGES,
